@@ -1,0 +1,314 @@
+"""Realizations of marked point processes as padded tensors, and the user-facing container.
+
+**The realization tensor.** Every draw of a :class:`~pyro_dpp.PointProcess` with ``K`` marks is a
+tensor of shape ``batch_shape + (max_events, K + 2)``. Row ``e`` holds one event (or one thinning
+candidate)::
+
+    value[..., e, 0]       time t_e in [0, duration]
+    value[..., e, 1:K+1]   mark weights w_e (one-hot for exact events, soft for relaxed candidates)
+    value[..., e, K+1]     "no event" weight (0 for exact events, 1 - sum(w_e) for candidates)
+
+Real rows come first, in nondecreasing time order; their weights (marks and "no event" together)
+sum to one. *Padding* rows come last: all weights are zero and the time equals the duration, so
+padding never enters a history sum and keeps times sorted. :func:`event_mask` tells them apart.
+
+Relaxed draws (``temperature > 0``) additionally carry the log-weights of every candidate as the
+attribute ``value._pyro_dpp_log_weights`` (``batch x events x (K+1)``), so that the density can be
+evaluated in log space even where a weight underflowed to zero in float32. This follows the
+precedent of Pyro's straight-through categorical, which attaches the soft sample to the hard one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+LOG_WEIGHTS_ATTR = "_pyro_dpp_log_weights"
+_SIMPLEX_ATOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def num_marks_of(value: torch.Tensor) -> int:
+    """Number of marks ``K`` of a realization tensor (its last dimension is ``K + 2``)."""
+    return value.shape[-1] - 2
+
+
+def event_mask(value: torch.Tensor) -> torch.Tensor:
+    """Boolean ``batch x events`` mask of the real (non-padding) rows of a realization tensor."""
+    return value[..., 1:].sum(-1) > 0.5
+
+
+def pad_realization(
+    times: torch.Tensor, weights: torch.Tensor, rest: torch.Tensor, duration: torch.Tensor
+) -> torch.Tensor:
+    """Assemble a realization tensor from ``times`` (batch x events), mark ``weights``
+    (batch x events x marks), the "no event" weight ``rest`` (batch x events) and ``duration``
+    (batch). Rows whose weights are all zero are padding; their time is set to the duration."""
+    mask = (weights.sum(-1) + rest) > 0.5
+    times = torch.where(mask, times, duration.unsqueeze(-1).expand_as(times))
+    return torch.cat([times.unsqueeze(-1), weights, rest.unsqueeze(-1)], dim=-1)
+
+
+def _atol(dtype: torch.dtype) -> float:
+    return _SIMPLEX_ATOL.get(dtype, 1e-4)
+
+
+def validate_realization(
+    value: torch.Tensor,
+    num_marks: int,
+    duration: torch.Tensor,
+    name: str = "value",
+    exact: bool | None = None,
+) -> None:
+    """Check a realization tensor and raise :class:`ValueError` saying what to change.
+
+    :param value: tensor of shape ``batch x events x (num_marks + 2)``.
+    :param num_marks: the number of marks the tensor must have.
+    :param duration: window lengths, broadcastable to the batch shape of ``value``.
+    :param name: how to call the tensor in error messages.
+    :param exact: if True, real rows must have one-hot marks (an exact realization); if False, rows
+        be thinning candidates (weights summing to one including "no event"); if None, either.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() < 2 or value.shape[-1] != num_marks + 2:
+        raise ValueError(
+            f"{name} must have shape batch x events x {num_marks + 2} (time, {num_marks} mark weights, "
+            f"'no event' weight), got {tuple(value.shape)}; build it with "
+            "SpikeTrains(...).to_tensor() or from_lists/from_events"
+        )
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or inf; remove or fix those rows")
+    times, weights = value[..., 0], value[..., 1:]
+    atol = _atol(value.dtype)
+    if (weights < -atol).any():
+        raise ValueError(f"{name} has negative mark weights; weights must lie on the simplex")
+    total = weights.sum(-1)
+    real = total > 0.5
+    if ((real & ((total - 1).abs() > atol)) | (~real & (total.abs() > atol))).any():
+        raise ValueError(
+            f"{name} has rows whose weights sum neither to 1 (an event) nor to 0 (padding); "
+            "marks must lie on the simplex"
+        )
+    if (real[..., 1:] & ~real[..., :-1]).any():
+        raise ValueError(f"{name} has real events after padding rows; put padding rows last")
+    duration = torch.as_tensor(duration, dtype=value.dtype, device=value.device)
+    if (times < 0).any() or (real & (times > duration.unsqueeze(-1) * (1 + atol))).any():
+        raise ValueError(
+            f"{name} has event times outside the window [0, duration]; drop them or enlarge the duration"
+        )
+    both = real[..., 1:] & real[..., :-1]
+    if (both & (times[..., 1:] < times[..., :-1])).any():
+        raise ValueError(f"{name} has unsorted event times; sort events by time within each sequence")
+    if exact is True:
+        one_hot = (weights[..., :num_marks] - (weights[..., :num_marks] > 0.5).to(value.dtype)).abs() <= atol
+        if (real & ~(one_hot.all(-1) & (weights[..., num_marks].abs() <= atol))).any():
+            raise ValueError(
+                f"{name} has soft or 'no event' marks, but this process is exact (temperature=0): "
+                "pass one-hot events, or use temperature > 0 to score relaxed candidates"
+            )
+
+
+def _as_duration(duration: Any, batch: int) -> torch.Tensor:
+    duration = torch.as_tensor(duration, dtype=torch.get_default_dtype())
+    if duration.dim() == 0:
+        duration = duration.expand(batch)
+    if duration.shape != (batch,):
+        raise ValueError(f"duration must be a scalar or have one entry per sequence ({batch}), got {tuple(duration.shape)}")
+    if not torch.isfinite(duration).all() or (duration <= 0).any():
+        raise ValueError("duration must be positive and finite")
+    return duration.clone()
+
+
+class SpikeTrains:
+    """A batch of marked event sequences (spike trains) on windows ``[0, duration]``.
+
+    The container users hold. It converts from per-neuron spike-time lists and from
+    (times, marks) arrays, and to and from the padded realization tensor that
+    :class:`~pyro_dpp.PointProcess` samples and scores (see :mod:`pyro_dpp.events` for the layout).
+
+    :param torch.Tensor times: ``batch x events`` event times.
+    :param torch.Tensor weights: ``batch x events x marks`` mark weights (one-hot for exact events).
+    :param torch.Tensor duration: ``batch`` window lengths.
+    :param torch.Tensor rest: ``batch x events`` "no event" weights (zeros for exact events);
+        a row whose weights and rest are all zero is padding.
+    """
+
+    def __init__(
+        self,
+        times: torch.Tensor,
+        weights: torch.Tensor,
+        duration: torch.Tensor,
+        rest: torch.Tensor | None = None,
+    ) -> None:
+        if rest is None:
+            rest = torch.zeros_like(times)
+        duration = torch.as_tensor(duration, dtype=times.dtype, device=times.device)
+        self._value = pad_realization(times, weights, rest, duration.expand(times.shape[:-1]))
+        self.duration = duration.expand(times.shape[:-1])
+        validate_realization(self._value, weights.shape[-1], self.duration, name="spike trains")
+
+    # ---- views -------------------------------------------------------------------------------
+    @property
+    def times(self) -> torch.Tensor:
+        """``batch x events`` event times (padding rows hold the duration)."""
+        return self._value[..., 0]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``batch x events x marks`` mark weights: one-hot for exact events, soft for relaxed ones."""
+        return self._value[..., 1:-1]
+
+    @property
+    def rest(self) -> torch.Tensor:
+        """``batch x events`` "no event" weights (nonzero only for relaxed candidates)."""
+        return self._value[..., -1]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``batch x events`` boolean mask of real rows."""
+        return event_mask(self._value)
+
+    @property
+    def num_marks(self) -> int:
+        return num_marks_of(self._value)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self._value.shape[:-2]
+
+    @property
+    def num_events(self) -> torch.Tensor:
+        """``batch`` number of real rows (events, or candidates for relaxed trains)."""
+        return self.mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self._value.shape[0] if self._value.dim() > 2 else 1
+
+    def __repr__(self) -> str:
+        return (
+            f"SpikeTrains(batch_shape={tuple(self.batch_shape)}, num_marks={self.num_marks}, "
+            f"max_events={self._value.shape[-2]})"
+        )
+
+    # ---- conversions -------------------------------------------------------------------------
+    @classmethod
+    def from_tensor(cls, value: torch.Tensor, duration: Any | None = None) -> "SpikeTrains":
+        """Wrap a realization tensor (as returned by ``PointProcess.sample``/``rsample``).
+
+        :param duration: window lengths; defaults to the time held by the last row, which is the
+            duration whenever the last row is padding.
+        """
+        if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[-1] < 2:
+            raise ValueError("value must be a realization tensor of shape batch x events x (marks + 2)")
+        if duration is None:
+            if event_mask(value)[..., -1].any():
+                raise ValueError("value has no padding row to read the duration from; pass duration=")
+            duration = value[..., -1, 0]
+        return cls(value[..., 0], value[..., 1:-1], duration, rest=value[..., -1])
+
+    def to_tensor(self, max_events: int | None = None) -> torch.Tensor:
+        """The padded realization tensor with ``max_events`` rows (default: as many as needed, plus
+        one padding row so the duration can be recovered).
+
+        :raises ValueError: if a sequence holds more than ``max_events`` events.
+        """
+        most = int(self.num_events.max()) if self._value.numel() else 0
+        if max_events is None:
+            max_events = most + 1
+        if most > max_events:
+            raise ValueError(
+                f"a sequence holds {most} events but max_events={max_events}; pass a larger max_events"
+            )
+        rows = self._value.shape[-2]
+        if max_events <= rows:
+            return self._value[..., :max_events, :].clone()
+        pad = self._value.new_zeros(self.batch_shape + (max_events - rows, self._value.shape[-1]))
+        pad[..., 0] = self.duration.unsqueeze(-1)
+        return torch.cat([self._value, pad], dim=-2)
+
+    @classmethod
+    def from_lists(cls, spikes: Sequence[Sequence[Any]], duration: Any) -> "SpikeTrains":
+        """Build from ``spikes[sequence][neuron]``, an array of spike times of that neuron.
+
+        :param duration: a scalar or one window length per sequence.
+        """
+        if len(spikes) == 0:
+            raise ValueError("spikes must hold at least one sequence")
+        num_marks = len(spikes[0])
+        times, marks = [], []
+        for s, seq in enumerate(spikes):
+            if len(seq) != num_marks:
+                raise ValueError(
+                    f"sequence {s} has {len(seq)} neurons but sequence 0 has {num_marks}; every "
+                    "sequence must list the same neurons (use an empty array for a silent neuron)"
+                )
+            t = [np.asarray(train, dtype=float).reshape(-1) for train in seq]
+            times.append(np.concatenate(t) if t else np.zeros(0))
+            marks.append(np.concatenate([np.full(len(x), k) for k, x in enumerate(t)]) if t else np.zeros(0, int))
+        return cls.from_events(times, marks, num_marks, duration)
+
+    @classmethod
+    def from_events(cls, times: Any, marks: Any, num_marks: int, duration: Any) -> "SpikeTrains":
+        """Build from event ``times`` and integer ``marks`` (``0 <= mark < num_marks``).
+
+        Either one sequence (two 1-D arrays) or a list of sequences (two lists of 1-D arrays).
+        Events are sorted by time; none is dropped.
+        """
+        single = not isinstance(times, (list, tuple))
+        if single:
+            times, marks = [times], [marks]
+        if len(times) != len(marks):
+            raise ValueError(f"got {len(times)} time arrays but {len(marks)} mark arrays")
+        batch = len(times)
+        duration = _as_duration(duration, batch)
+        dtype = duration.dtype
+        seqs = []
+        for s, (t, m) in enumerate(zip(times, marks)):
+            t = torch.as_tensor(np.asarray(t, dtype=float), dtype=dtype).reshape(-1)
+            m_np = np.asarray(m).reshape(-1)
+            if len(t) != len(m_np):
+                raise ValueError(f"sequence {s}: {len(t)} times but {len(m_np)} marks")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"sequence {s} has NaN or inf spike times")
+            if len(m_np) and (not np.issubdtype(m_np.dtype, np.integer) and not np.all(m_np == np.round(m_np))):
+                raise ValueError(f"sequence {s}: marks must be integer neuron ids")
+            m = torch.as_tensor(m_np.astype(np.int64))
+            if len(m) and (m.min() < 0 or m.max() >= num_marks):
+                raise ValueError(
+                    f"sequence {s} has neuron ids outside 0..{num_marks - 1}; raise num_marks or fix the ids"
+                )
+            if len(t) and (t.min() < 0 or t.max() > duration[s]):
+                raise ValueError(
+                    f"sequence {s} has spike times outside [0, {float(duration[s])}]; "
+                    "drop them or enlarge the duration"
+                )
+            order = torch.argsort(t, stable=True)
+            seqs.append((t[order], m[order]))
+        rows = max(1, max(len(t) for t, _ in seqs))
+        out_t = torch.zeros(batch, rows, dtype=dtype)
+        out_w = torch.zeros(batch, rows, num_marks, dtype=dtype)
+        for s, (t, m) in enumerate(seqs):
+            out_t[s, : len(t)] = t
+            out_w[s, torch.arange(len(t)), m] = 1.0
+        if single:
+            return cls(out_t[0], out_w[0], duration[0])
+        return cls(out_t, out_w, duration)
+
+    def to_lists(self) -> list[list[np.ndarray]]:
+        """Per-sequence, per-neuron spike-time arrays. Relaxed rows are read by their largest weight
+        (rows whose largest weight is "no event" are not spikes)."""
+        value = self._value if self._value.dim() > 2 else self._value.unsqueeze(0)
+        out = []
+        for seq in value.detach().cpu():
+            mark = seq[:, 1:].argmax(-1)
+            real = seq[:, 1:].sum(-1) > 0.5
+            out.append([seq[real & (mark == k), 0].numpy() for k in range(self.num_marks)])
+        return out
+
+    def to(self, *args: Any, **kwargs: Any) -> "SpikeTrains":
+        """Move to a device or dtype, like :meth:`torch.Tensor.to`."""
+        value = self._value.to(*args, **kwargs)
+        return SpikeTrains.from_tensor(value, self.duration.to(*args, **kwargs))

@@ -1,0 +1,132 @@
+"""The intensity interface: history -> conditional intensity, in two evaluation modes.
+
+An :class:`Intensity` describes ``lambda_k(t | H_t)`` for ``K`` *modelled* marks, given a history of
+events over ``K + C`` marks: the modelled marks first, then ``C`` *context* marks (events that enter
+the history but are not modelled, such as observed spikes when sampling hidden ones). History events
+are weighted: ``weights[..., e, j]`` is event ``e``'s weight on mark ``j`` (one-hot for exact events,
+soft for relaxed candidates, all zero for padding), and every intensity must be a function of the
+weighted history, so that padding rows change nothing.
+
+Two ways to evaluate (DESIGN §5), which must agree to float precision:
+
+1. **Scan** (used by the samplers): :meth:`Intensity.initial_state`, :meth:`Intensity.rates` and
+   :meth:`Intensity.update` step through events in time order with a compact state, batched over
+   any leading batch shape. ``rates(state, t)`` is the intensity at ``t`` given the events folded
+   into ``state`` so far (all of them before ``t``).
+2. **Parallel** (used for scoring): :meth:`Intensity.forward` evaluates the intensity at many query
+   times from a whole padded history at once, counting only events strictly before each query.
+
+Writing your own: subclass :class:`Intensity`, set ``num_marks`` and ``num_context_marks``, implement
+the four methods above and ``batch_shape``; optionally :meth:`compensator` (a closed form, else
+quadrature is used), :meth:`breakpoints` (times where the intensity is not smooth, to place
+quadrature nodes), :meth:`max_rate` (a constant bound on the summed rates, used when ``bound`` is
+omitted) and :meth:`local_bound` (for Ogata-style exact sampling without a global bound). Parameter
+batch dimensions must broadcast against the data's batch dimensions from the right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+State = tuple[torch.Tensor, ...]
+
+
+class Intensity(torch.nn.Module):
+    """Base class of conditional intensities (see the module docstring for the contract).
+
+    :ivar int num_marks: ``K``, the marks this intensity models.
+    :ivar int num_context_marks: ``C``, marks that only enter the history.
+    """
+
+    num_marks: int
+    num_context_marks: int = 0
+
+    @property
+    def num_history_marks(self) -> int:
+        """``K + C``: the width of the history weights."""
+        return self.num_marks + self.num_context_marks
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """Batch shape of the parameters (broadcast against the data's)."""
+        raise NotImplementedError
+
+    def like(self) -> torch.Tensor:
+        """A tensor with the dtype and device computations should use."""
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t
+        return torch.zeros(())
+
+    # ---- scan ------------------------------------------------------------------------------
+    def initial_state(self, batch_shape: torch.Size, like: torch.Tensor, num_steps: int) -> State:
+        """The state of an empty history for data of shape ``batch_shape``; the scan will fold in
+        at most ``num_steps`` events (finite-support kernels may size a history window by it)."""
+        raise NotImplementedError
+
+    def rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
+        """``batch x K`` intensities at ``time`` (``batch``) given the events in ``state``."""
+        raise NotImplementedError
+
+    def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
+        """Fold an event at ``time`` (``batch``) with ``weights`` (``batch x (K + C)``) into the state."""
+        raise NotImplementedError
+
+    # ---- parallel --------------------------------------------------------------------------
+    def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``batch x Q x K`` intensities at ``query`` (``batch x Q``) given the history ``times``
+        (``batch x E``) with ``weights`` (``batch x E x (K + C)``), counting events strictly before."""
+        raise NotImplementedError
+
+    # ---- optional --------------------------------------------------------------------------
+    def compensator(
+        self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``batch`` integral of the summed intensity over ``[0, duration]`` in closed form, or None."""
+        return None
+
+    def breakpoints(self, times: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """``batch x P`` extra times where the intensity has kinks (besides event times), or None."""
+        return None
+
+    def max_rate(self) -> torch.Tensor | None:
+        """A constant bound on the summed intensity over any history (parameter batch shape), or None."""
+        return None
+
+    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(bound, horizon)``: the summed intensity stays below ``bound`` on ``(time, time + horizon]``
+        if no event happens there. None if the intensity offers no such bound."""
+        return None
+
+    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mean, std)`` guesses of the number of events in ``[0, duration]``, used to size
+        ``max_events`` when no bound is given; None if unknown."""
+        return None
+
+
+def as_param(value: Any, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A tensor from user input, keeping a given tensor (and its graph) as it is."""
+    if isinstance(value, torch.Tensor):
+        return value
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    device = like.device if like is not None else None
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
+def check_finite(name: str, value: torch.Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def safe_log(x: torch.Tensor) -> torch.Tensor:
+    """``log x`` with -inf at zero and a zero (not NaN) gradient there."""
+    positive = x > 0
+    return torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))), -torch.inf)
+
+
+def pairwise_lags(times: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch x Q x E`` lags ``query - times`` clamped at zero, and the mask of strictly positive lags."""
+    lag = query.unsqueeze(-1) - times.unsqueeze(-2)
+    before = lag > 0
+    return torch.where(before, lag, torch.zeros_like(lag)), before

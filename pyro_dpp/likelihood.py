@@ -1,0 +1,183 @@
+"""Densities: the exact point-process log-likelihood and the DPP (relaxed thinning) density.
+
+Exact (DESIGN §2)::
+
+    log p = sum_e log lambda_{k_e}(t_e | H) - sum_k integral_0^T lambda_k(t | H_t) dt
+
+with the compensator in closed form where the intensity offers one, otherwise by Gauss-Legendre
+quadrature between consecutive history events and kernel kinks (the intensity is smooth there, so
+the rule converges exponentially fast in the number of nodes).
+
+Differentiable point process (temperature tau > 0)::
+
+    log q = N log lambda_bar - lambda_bar T + sum_n log Concrete_tau(y_n ; pi_n)
+
+with the Concrete density evaluated in log space from the log-weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .events import LOG_WEIGHTS_ATTR, event_mask
+from .intensity.base import Intensity, safe_log
+from .thinning import bound_tolerance
+
+#: Gauss-Legendre nodes per interval between breakpoints used by default.
+DEFAULT_QUADRATURE_NODES = 8
+_QUERY_CHUNK = 1 << 14
+
+
+def history(value: torch.Tensor, num_marks: int, context: torch.Tensor | None,
+            num_context_marks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The events of ``value`` and ``context`` as one weighted history.
+
+    :returns: ``times`` (batch x (E + M)) and ``weights`` (batch x (E + M) x (K + C)): modelled marks
+        first, then context marks; the rows need not be sorted.
+    """
+    times = value[..., 0]
+    weights = value[..., 1 : 1 + num_marks]
+    if num_context_marks:
+        weights = torch.cat([weights, weights.new_zeros(weights.shape[:-1] + (num_context_marks,))], -1)
+    if context is None or context.shape[-2] == 0:
+        return times, weights
+    batch = torch.broadcast_shapes(value.shape[:-2], context.shape[:-2])
+    ctx = context.expand(batch + context.shape[-2:])
+    ctx_w = ctx[..., 1 : 1 + num_context_marks]
+    ctx_w = torch.cat([ctx_w.new_zeros(ctx_w.shape[:-1] + (num_marks,)), ctx_w], -1)
+    times = torch.cat([times.expand(batch + times.shape[-1:]), ctx[..., 0]], -1)
+    weights = torch.cat([weights.expand(batch + weights.shape[-2:]), ctx_w], -2)
+    return times, weights
+
+
+def evaluate(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``intensity(times, weights, query)`` in chunks of queries, to bound memory."""
+    if query.shape[-1] <= _QUERY_CHUNK:
+        return intensity(times, weights, query)
+    parts = [intensity(times, weights, q) for q in query.split(_QUERY_CHUNK, dim=-1)]
+    return torch.cat(parts, -2)
+
+
+def quadrature_compensator(
+    intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor,
+    nodes: int = DEFAULT_QUADRATURE_NODES,
+) -> torch.Tensor:
+    """``batch`` integral of the summed intensity over ``[0, duration]`` by Gauss-Legendre quadrature
+    with ``nodes`` nodes on each interval between consecutive breakpoints (history event times and
+    the intensity's kinks)."""
+    batch = torch.broadcast_shapes(times.shape[:-1], duration.shape)
+    times = times.expand(batch + times.shape[-1:])
+    duration = duration.expand(batch)
+    points = [times.new_zeros(batch + (1,)), times.detach()]
+    extra = intensity.breakpoints(times.detach(), weights)
+    if extra is not None:
+        points.append(extra.expand(batch + extra.shape[-1:]))
+    end = duration.unsqueeze(-1)
+    points = torch.cat(points + [end], -1)
+    points = torch.minimum(points.clamp(min=0), end).sort(-1).values
+    left, right = points[..., :-1], points[..., 1:]
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
+    w = torch.as_tensor(w, dtype=times.dtype, device=times.device)
+    half = ((right - left) / 2).unsqueeze(-1)
+    query = ((left + right) / 2).unsqueeze(-1) + half * x  # batch x P x nodes
+    rates = evaluate(intensity, times, weights, query.flatten(-2)).sum(-1)
+    return (rates.reshape(query.shape) * half * w).sum((-1, -2))
+
+
+def compensator(
+    intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor,
+    nodes: int = DEFAULT_QUADRATURE_NODES,
+) -> torch.Tensor:
+    """The closed form if the intensity has one, else :func:`quadrature_compensator`."""
+    closed = intensity.compensator(times, weights, duration)
+    if closed is not None:
+        return closed
+    return quadrature_compensator(intensity, times, weights, duration, nodes)
+
+
+def exact_log_likelihood(
+    intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None = None,
+    nodes: int = DEFAULT_QUADRATURE_NODES,
+) -> torch.Tensor:
+    """``batch`` exact log-likelihood of the events in ``value`` (realization tensor)."""
+    k = intensity.num_marks
+    times, weights = history(value, k, context, intensity.num_context_marks)
+    rates = evaluate(intensity, times, weights, value[..., 0])  # batch x E x K
+    marks = value[..., 1 : 1 + k]
+    chosen = marks > 0
+    log_rates = torch.where(chosen, safe_log(torch.where(chosen, rates, torch.ones_like(rates))), torch.zeros_like(rates))
+    events = (marks * log_rates).sum((-1, -2))
+    return events - compensator(intensity, times, weights, duration, nodes)
+
+
+def concrete_log_density(log_y: torch.Tensor, log_pi: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Log density of ``y = exp(log_y)`` under Concrete(pi, tau), over the last dimension:
+
+    .. math::
+        \log (M-1)! + (M-1)\log\tau + \sum_i [\log\pi_i - (\tau+1)\log y_i]
+        - M \log\sum_i \pi_i y_i^{-\tau}
+
+    Classes with :math:`\pi_i = 0` are degenerate (:math:`y_i = 0` almost surely) and dropped, so
+    ``M`` counts the classes with positive probability; a value with weight on such a class has
+    density zero (``-inf``).
+
+    **References**
+
+    [1] C. J. Maddison, A. Mnih, Y. W. Teh, "The Concrete Distribution", ICLR 2017.
+    [2] E. Jang, S. Gu, B. Poole, "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017.
+    """
+    active = log_pi > -math.inf
+    m = active.sum(-1).to(log_pi.dtype)
+    lp = torch.where(active, log_pi, torch.zeros_like(log_pi))
+    ly = torch.where(active, log_y, torch.zeros_like(log_y))
+    terms = torch.where(active, lp - (temperature + 1) * ly, torch.zeros_like(lp)).sum(-1)
+    lse = torch.logsumexp(torch.where(active, lp - temperature * ly, torch.full_like(lp, -math.inf)), -1)
+    density = torch.lgamma(m) + (m - 1) * math.log(temperature) + terms - m * lse
+    impossible = (~active & (log_y > -math.inf)).any(-1)
+    return torch.where(impossible, torch.full_like(density, -math.inf), density)
+
+
+def relaxed_log_weights(value: torch.Tensor, num_marks: int) -> torch.Tensor:
+    """The log-weights of a relaxed realization: the exact ones carried by ``rsample``'s output,
+    else the logarithm of the stored weights."""
+    carried = getattr(value, LOG_WEIGHTS_ATTR, None)
+    if carried is not None:
+        return carried
+    weights = value[..., 1 : num_marks + 2]
+    real = event_mask(value).unsqueeze(-1)
+    if (real & (weights <= 0)).any():
+        raise ValueError(
+            "a relaxed value has weights that are exactly zero (underflow at low temperature), so its "
+            "density cannot be recovered from the weights alone; score the tensor returned by rsample "
+            "itself (it carries its log-weights), or sample in float64"
+        )
+    return torch.where(real, torch.log(torch.where(real, weights, torch.ones_like(weights))), torch.zeros_like(weights))
+
+
+def dpp_log_density(
+    intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, bound: torch.Tensor, temperature: float,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``batch`` log density of a relaxed realization under the differentiable point process."""
+    k = intensity.num_marks
+    times, weights = history(value, k, context, intensity.num_context_marks)
+    rates = evaluate(intensity, times, weights, value[..., 0])  # batch x N x K
+    real = event_mask(value)
+    total = rates.sum(-1)
+    ratio = torch.where(real, total / bound.unsqueeze(-1), torch.zeros_like(total))
+    if (ratio > 1 + bound_tolerance(ratio.dtype)).any():
+        raise ValueError(
+            f"the summed intensity reached {float(ratio.max()):.6g} times the bound at a candidate; "
+            "the bound must dominate the intensity everywhere: pass a larger bound"
+        )
+    rest = (1 - ratio).clamp(min=0)
+    log_pi = torch.cat([safe_log(rates) - torch.log(bound)[..., None, None], safe_log(rest).unsqueeze(-1)], -1)
+    log_y = relaxed_log_weights(value, k)
+    per_row = concrete_log_density(log_y, log_pi, temperature)
+    per_row = torch.where(real, per_row, torch.zeros_like(per_row))
+    count = real.sum(-1).to(value.dtype)
+    return count * torch.log(bound) - bound * duration + per_row.sum(-1)

@@ -1,0 +1,303 @@
+"""Samplers: candidates from a homogeneous Poisson process and the sequential scan over them.
+
+Three flavours share one scan (DESIGN §2, §5):
+
+- exact thinning (``temperature == 0``): hard marks ``m_n ~ Categorical(pi_n)``, accepted candidates
+  kept (:func:`sample_exact`);
+- the differentiable point process (``temperature > 0``): every candidate kept with a Concrete soft
+  mark computed from the soft history (:func:`sample_relaxed`), optionally straight-through;
+- Ogata-style exact sampling with the intensity's local bound when no constant bound is given
+  (:func:`sample_ogata`).
+
+Context events (marks that enter the history but are not modelled) are merged into the time line,
+so a step is a candidate, a context event or padding. All sequences of the batch advance in lockstep.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .events import LOG_WEIGHTS_ATTR, pad_realization
+from .intensity.base import Intensity, safe_log
+
+# Relative slack on the bound check: rounding in the summed rates is not a violation.
+_BOUND_RTOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def bound_tolerance(dtype: torch.dtype) -> float:
+    return _BOUND_RTOL.get(dtype, 1e-5)
+
+
+def default_max_events(mean: torch.Tensor, std: torch.Tensor | None = None) -> int:
+    """A count that a Poisson(mean) (or a count with the given std) exceeds with negligible probability
+    (about 10 standard deviations above the mean)."""
+    mean = mean.detach()
+    std = mean.sqrt() if std is None else std.detach()
+    return int(math.ceil(float((mean + 10 * std).max()))) + 10
+
+
+def draw_candidates(
+    bound: torch.Tensor, duration: torch.Tensor, max_events: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates of a homogeneous Poisson process of rate ``bound`` on ``[0, duration]``.
+
+    :returns: sorted ``times`` (batch x N, padding holds the duration) and their ``mask``.
+    :raises ValueError: if a sequence draws more than ``max_events`` candidates.
+    """
+    with torch.no_grad():
+        counts = torch.poisson(bound * duration)
+        most = int(counts.max()) if counts.numel() else 0
+        if most > max_events:
+            raise ValueError(
+                f"a sequence drew {most} thinning candidates but max_events={max_events}; "
+                "pass a larger max_events (or a tighter bound)"
+            )
+        width = max(most, 1)
+        index = torch.arange(width, device=duration.device)
+        mask = index < counts.unsqueeze(-1)
+        u = torch.rand(duration.shape + (width,), dtype=duration.dtype, device=duration.device)
+        u = torch.where(mask, u, torch.ones_like(u)).sort(-1).values
+        return (u * duration.unsqueeze(-1)).detach(), mask
+
+
+def merge_timeline(
+    cand_times: torch.Tensor, cand_mask: torch.Tensor, context: torch.Tensor | None, num_context_marks: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge candidates with context events in time order.
+
+    :returns: ``times`` (batch x S), ``is_candidate`` and ``is_context`` (batch x S), the context
+        weights on the time line (batch x S x C) and ``candidate_step`` (batch x N): the step of
+        each candidate.
+    """
+    batch = cand_times.shape[:-1]
+    n = cand_times.shape[-1]
+    if context is None or context.shape[-2] == 0:
+        steps = torch.arange(n, device=cand_times.device).expand(batch + (n,))
+        zeros = cand_times.new_zeros(batch + (n, num_context_marks))
+        return cand_times, cand_mask, torch.zeros_like(cand_mask), zeros, steps
+    context = context.expand(batch + context.shape[-2:])
+    ctx_weights = context[..., 1 : 1 + num_context_marks]
+    ctx_mask = context[..., 1:].sum(-1) > 0.5
+    inf = torch.full_like(cand_times[..., :1], torch.inf)
+    keys = torch.cat([torch.where(cand_mask, cand_times, inf), torch.where(ctx_mask, context[..., 0], inf)], -1)
+    order = keys.argsort(dim=-1, stable=True)
+    times = torch.cat([cand_times, context[..., 0]], -1).gather(-1, order)
+    is_candidate = torch.cat([cand_mask, torch.zeros_like(ctx_mask)], -1).gather(-1, order)
+    is_context = torch.cat([torch.zeros_like(cand_mask), ctx_mask], -1).gather(-1, order)
+    weights = torch.cat([cand_times.new_zeros(batch + (n, num_context_marks)), ctx_weights], -2)
+    weights = weights.gather(-2, order.unsqueeze(-1).expand(order.shape + (num_context_marks,)))
+    candidate_step = order.argsort(-1)[..., :n]
+    return times, is_candidate, is_context, weights, candidate_step
+
+
+def _check_bound(worst: torch.Tensor, bound: torch.Tensor, at: torch.Tensor) -> None:
+    ratio = float(worst.max()) if worst.numel() else 0.0
+    if ratio > 1 + bound_tolerance(worst.dtype):
+        flat = int(worst.argmax())
+        raise ValueError(
+            f"the summed intensity reached {ratio:.6g} times the bound (at t = {float(at.flatten()[flat]):.6g}); "
+            "the bound must dominate the intensity everywhere: pass a larger bound"
+        )
+
+
+def _scan(
+    intensity: Intensity,
+    bound: torch.Tensor,
+    duration: torch.Tensor,
+    context: torch.Tensor | None,
+    max_events: int,
+    temperature: float,
+    straight_through: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thinning scan. Returns per-candidate ``marks`` (batch x N x (K+1)): one-hot if
+    ``temperature == 0`` else soft (straight-through: hard forward, soft backward), their
+    ``log_weights``, the candidate ``times`` and ``mask``."""
+    k = intensity.num_marks
+    cand_times, cand_mask = draw_candidates(bound, duration, max_events)
+    times, is_cand, is_ctx, ctx_w, cand_step = merge_timeline(
+        cand_times, cand_mask, context, intensity.num_context_marks
+    )
+    batch, steps = times.shape[:-1], times.shape[-1]
+    log_bound = torch.log(bound).unsqueeze(-1)
+    gumbel = -torch.log(-torch.log(torch.rand(batch + (steps, k + 1), dtype=times.dtype, device=times.device)
+                                   .clamp(min=torch.finfo(times.dtype).tiny)))
+    state = intensity.initial_state(batch, times, steps)
+    worst = times.new_zeros(batch)
+    worst_at = times.new_zeros(batch)
+    marks, logs = [], []
+    cand_f = is_cand.to(times.dtype).unsqueeze(-1)
+    ctx_f = is_ctx.to(times.dtype).unsqueeze(-1)
+    for s in range(steps):
+        t = times[..., s]
+        rates = intensity.rates(state, t)  # batch x K
+        total = rates.sum(-1)
+        ratio = torch.where(is_cand[..., s], total / bound, torch.zeros_like(total)).detach()
+        worst_at = torch.where(ratio > worst, t, worst_at)
+        worst = torch.maximum(worst, ratio)
+        rest = torch.clamp(1 - total / bound, min=0)
+        log_pi = torch.cat([safe_log(rates) - log_bound, safe_log(rest).unsqueeze(-1)], -1)
+        if temperature > 0:
+            log_y = torch.log_softmax((log_pi + gumbel[..., s, :]) / temperature, -1)
+            y = log_y.exp()
+            if straight_through:
+                hard = F.one_hot(y.argmax(-1), k + 1).to(y)
+                y = hard + y - y.detach()
+        else:
+            log_y = log_pi  # unused for exact draws
+            y = F.one_hot((log_pi + gumbel[..., s, :]).argmax(-1), k + 1).to(times.dtype)
+        event = y[..., :k] * cand_f[..., s, :]
+        weights = torch.cat([event, ctx_w[..., s, :] * ctx_f[..., s, :]], -1)
+        state = intensity.update(state, t, weights)
+        marks.append(y)
+        logs.append(log_y)
+    _check_bound(worst, bound, worst_at)
+    index = cand_step.unsqueeze(-1).expand(cand_step.shape + (k + 1,))
+    marks = torch.stack(marks, -2).gather(-2, index)
+    logs = torch.stack(logs, -2).gather(-2, index)
+    return marks, logs, cand_times, cand_mask
+
+
+def _fit_rows(x: torch.Tensor, rows: int, fill: float = 0.0) -> torch.Tensor:
+    """Pad (or cut padding off) the event dimension (-2) of ``x`` to ``rows``."""
+    n = x.shape[-2]
+    if n >= rows:
+        return x[..., :rows, :]
+    pad = x.new_full(x.shape[:-2] + (rows - n, x.shape[-1]), fill)
+    return torch.cat([x, pad], -2)
+
+
+def sample_relaxed(
+    intensity: Intensity,
+    bound: torch.Tensor,
+    duration: torch.Tensor,
+    context: torch.Tensor | None,
+    max_events: int,
+    temperature: float,
+    straight_through: bool = False,
+) -> torch.Tensor:
+    """A draw of the differentiable point process: every candidate with its soft mark.
+
+    :returns: a realization tensor ``batch x max_events x (K+2)`` carrying the log-weights of its
+        candidates as the attribute ``_pyro_dpp_log_weights`` (see :mod:`pyro_dpp.events`).
+    """
+    marks, logs, times, mask = _scan(intensity, bound, duration, context, max_events, temperature, straight_through)
+    m = mask.unsqueeze(-1).to(marks.dtype)
+    marks = _fit_rows(marks * m, max_events)
+    logs = _fit_rows(torch.where(mask.unsqueeze(-1), logs, torch.zeros_like(logs)), max_events)
+    times = _fit_rows(times.unsqueeze(-1), max_events).squeeze(-1)
+    value = pad_realization(times, marks[..., :-1], marks[..., -1], duration)
+    setattr(value, LOG_WEIGHTS_ATTR, logs)
+    return value
+
+
+def _compact(times: torch.Tensor, marks: torch.Tensor, accepted: torch.Tensor, duration: torch.Tensor,
+             max_events: int) -> torch.Tensor:
+    """Move the accepted rows to the front, keep their order, pad to ``max_events`` rows."""
+    counts = accepted.sum(-1)
+    most = int(counts.max()) if counts.numel() else 0
+    if most > max_events:
+        raise ValueError(
+            f"a sequence has {most} events but max_events={max_events}; pass a larger max_events"
+        )
+    order = (~accepted).to(torch.int8).argsort(dim=-1, stable=True)
+    times = times.gather(-1, order)
+    marks = marks.gather(-2, order.unsqueeze(-1).expand(order.shape + (marks.shape[-1],)))
+    keep = accepted.gather(-1, order).unsqueeze(-1).to(marks.dtype)
+    marks = _fit_rows(marks * keep, max_events)
+    times = _fit_rows(times.unsqueeze(-1), max_events).squeeze(-1)
+    return pad_realization(times, marks, torch.zeros_like(times), duration)
+
+
+@torch.no_grad()
+def sample_exact(
+    intensity: Intensity, bound: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None, max_events: int
+) -> torch.Tensor:
+    """Exact thinning with a constant ``bound``: a realization tensor of accepted events.
+
+    Candidates are capped by ``max_events`` too, since every accepted event is a candidate and the
+    cap is sized from ``bound * duration``."""
+    k = intensity.num_marks
+    cap = max(max_events, default_max_events(bound * duration))
+    marks, _, times, mask = _scan(intensity, bound, duration, context, cap, 0.0, False)
+    accepted = mask & (marks[..., :k].sum(-1) > 0.5)
+    return _compact(times, marks[..., :k], accepted, duration, max_events)
+
+
+@torch.no_grad()
+def sample_ogata(
+    intensity: Intensity, duration: torch.Tensor, context: torch.Tensor | None, max_events: int
+) -> torch.Tensor:
+    """Exact sampling with the intensity's local bound (Ogata's modified thinning), lockstep over
+    the batch: propose the next time from the current local bound, stop at the bound's horizon or
+    the next context event, accept with probability ``sum(lambda) / bound``."""
+    like = intensity.like()
+    batch = duration.shape
+    k, c = intensity.num_marks, intensity.num_context_marks
+    if context is None or context.shape[-2] == 0:
+        context = duration.new_zeros(batch + (1, c + 2))
+        context[..., 0] = duration.unsqueeze(-1)
+    context = context.expand(batch + context.shape[-2:])
+    ctx_mask = context[..., 1:].sum(-1) > 0.5
+    ctx_times = torch.where(ctx_mask, context[..., 0], torch.full_like(context[..., 0], torch.inf))
+    num_ctx = context.shape[-2]
+    state = intensity.initial_state(batch, like.new_zeros(()).to(duration), max_events + num_ctx + 1)
+    now = duration.new_zeros(batch)
+    next_ctx = torch.zeros(batch, dtype=torch.long, device=duration.device)
+    out_t = duration.new_zeros(batch + (max_events + 1,))
+    out_w = duration.new_zeros(batch + (max_events + 1, k))
+    count = torch.zeros(batch, dtype=torch.long, device=duration.device)
+    tol = 1 + bound_tolerance(duration.dtype)
+    while True:
+        ctx_t = ctx_times.gather(-1, next_ctx.clamp(max=num_ctx - 1).unsqueeze(-1)).squeeze(-1)
+        ctx_t = torch.where(next_ctx < num_ctx, ctx_t, torch.full_like(ctx_t, torch.inf))
+        active = now < duration
+        if not bool(active.any()):
+            break
+        bound, horizon = intensity.local_bound(state, now)
+        proposal = now + torch.empty_like(now).exponential_() / bound
+        limit = torch.minimum(torch.minimum(now + horizon, ctx_t), duration)
+        hit_ctx = active & (proposal > limit) & (ctx_t <= limit)
+        propose = active & ~(proposal > limit)
+        t = torch.where(propose, proposal, limit)
+        rates = intensity.rates(state, t)
+        total = rates.sum(-1)
+        if bool((propose & (total > bound * tol)).any()):
+            raise ValueError(
+                "the intensity exceeded its own local bound during Ogata sampling; the intensity's "
+                "local_bound() is wrong for these parameters (pass a constant bound= instead)"
+            )
+        u = torch.rand_like(total) * bound
+        cumulative = rates.cumsum(-1)
+        mark = (u.unsqueeze(-1) >= cumulative).sum(-1)
+        accept = propose & (u < total)
+        one_hot = F.one_hot(mark.clamp(max=k - 1), k).to(duration.dtype)
+        event_w = one_hot * accept.unsqueeze(-1).to(duration.dtype)
+        ctx_idx = next_ctx.clamp(max=num_ctx - 1)
+        ctx_w = context[..., 1 : 1 + c].gather(-2, ctx_idx[..., None, None].expand(batch + (1, c))).squeeze(-2)
+        ctx_w = ctx_w * hit_ctx.unsqueeze(-1).to(duration.dtype)
+        moved = accept | hit_ctx
+        if bool(moved.any()):
+            new_state = intensity.update(state, t, torch.cat([event_w, ctx_w], -1))
+            state = tuple(
+                torch.where(moved.reshape(moved.shape + (1,) * (new.dim() - moved.dim())), new, old)
+                for new, old in zip(new_state, state)
+            )
+        slot = count.clamp(max=max_events).unsqueeze(-1)
+        out_t.scatter_(-1, slot, torch.where(accept, t, out_t.gather(-1, slot).squeeze(-1)).unsqueeze(-1))
+        prev = out_w.gather(-2, slot.unsqueeze(-1).expand(batch + (1, k))).squeeze(-2)
+        out_w.scatter_(-2, slot.unsqueeze(-1).expand(batch + (1, k)),
+                       torch.where(accept.unsqueeze(-1), one_hot, prev).unsqueeze(-2))
+        count = count + accept.long()
+        if bool((count > max_events).any()):
+            raise ValueError(
+                f"a sequence exceeded max_events={max_events} events; pass a larger max_events"
+            )
+        next_ctx = next_ctx + hit_ctx.long()
+        now = torch.where(active, t, now)
+    mask = torch.arange(max_events + 1, device=duration.device) < count.unsqueeze(-1)
+    out_w = out_w * mask.unsqueeze(-1).to(out_w.dtype)
+    return pad_realization(out_t[..., :max_events], out_w[..., :max_events, :],
+                           out_t.new_zeros(batch + (max_events,)), duration)
