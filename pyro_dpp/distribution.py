@@ -24,7 +24,7 @@ class _Realization(constraints.Constraint):
     def check(self, value: torch.Tensor) -> torch.Tensor:
         weights = value[..., 1:]
         total = weights.sum(-1)
-        ok = torch.isfinite(value).all(-1) & (weights >= 0).all(-1) & ((total - 1).abs() < 1e-3) | (total == 0)
+        ok = torch.isfinite(value).all(-1) & (weights >= 0).all(-1) & (((total - 1).abs() < 1e-3) | (total == 0))
         return ok.all(-1)
 
 

@@ -312,3 +312,21 @@ class SpikeTrains:
         """Move to a device or dtype, like :meth:`torch.Tensor.to`."""
         value = self._value.to(*args, **kwargs)
         return SpikeTrains.from_tensor(value, self.duration.to(*args, **kwargs))
+
+
+def select_marks(value: torch.Tensor, marks: Sequence[int], duration: torch.Tensor) -> torch.Tensor:
+    """The exact realization of a subset of marks: columns ``marks`` of ``value``; events of other
+    marks become padding, moved last with the order of the rest kept.
+
+    :param value: an exact realization tensor (one-hot rows).
+    :param duration: the window lengths (batch).
+    """
+    index = torch.as_tensor(list(marks), dtype=torch.long, device=value.device)
+    weights = value[..., 1:-1].index_select(-1, index)
+    keep = weights.sum(-1) > 0.5
+    order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)
+    times = value[..., 0].gather(-1, order)
+    keep = keep.gather(-1, order)
+    weights = weights.gather(-2, order.unsqueeze(-1).expand(order.shape + (weights.shape[-1],)))
+    weights = weights * keep.unsqueeze(-1).to(weights.dtype)
+    return pad_realization(times, weights, torch.zeros_like(times), duration.expand(times.shape[:-1]))

@@ -31,6 +31,14 @@ DEFAULT_QUADRATURE_NODES = 8
 _QUERY_CHUNK = 1 << 14
 
 
+def trim_padding(value: torch.Tensor | None) -> torch.Tensor | None:
+    """Drop the padding rows that every sequence of the batch has (they change no density)."""
+    if value is None or value.shape[-2] == 0:
+        return value
+    rows = int(event_mask(value).sum(-1).max()) if value.numel() else 0
+    return value[..., :rows, :] if rows < value.shape[-2] else value
+
+
 def history(value: torch.Tensor, num_marks: int, context: torch.Tensor | None,
             num_context_marks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The events of ``value`` and ``context`` as one weighted history.
@@ -53,11 +61,13 @@ def history(value: torch.Tensor, num_marks: int, context: torch.Tensor | None,
     return times, weights
 
 
-def evaluate(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """``intensity(times, weights, query)`` in chunks of queries, to bound memory."""
+def evaluate(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor,
+             log: bool = False) -> torch.Tensor:
+    """``intensity(times, weights, query)`` (or its ``log_forward``) in chunks of queries, to bound memory."""
+    fn = intensity.log_forward if log else intensity
     if query.shape[-1] <= _QUERY_CHUNK:
-        return intensity(times, weights, query)
-    parts = [intensity(times, weights, q) for q in query.split(_QUERY_CHUNK, dim=-1)]
+        return fn(times, weights, query)
+    parts = [fn(times, weights, q) for q in query.split(_QUERY_CHUNK, dim=-1)]
     return torch.cat(parts, -2)
 
 
@@ -78,6 +88,8 @@ def quadrature_compensator(
     end = duration.unsqueeze(-1)
     points = torch.cat(points + [end], -1)
     points = torch.minimum(points.clamp(min=0), end).sort(-1).values
+    inside = int((points < end).sum(-1).max()) + 1  # the rest are zero-length intervals at the end
+    points = torch.cat([points[..., :inside], end], -1)
     left, right = points[..., :-1], points[..., 1:]
     x, w = np.polynomial.legendre.leggauss(nodes)
     x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
@@ -105,11 +117,12 @@ def exact_log_likelihood(
 ) -> torch.Tensor:
     """``batch`` exact log-likelihood of the events in ``value`` (realization tensor)."""
     k = intensity.num_marks
+    value, context = trim_padding(value), trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
-    rates = evaluate(intensity, times, weights, value[..., 0])  # batch x E x K
+    log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x E x K
     marks = value[..., 1 : 1 + k]
     chosen = marks > 0
-    log_rates = torch.where(chosen, safe_log(torch.where(chosen, rates, torch.ones_like(rates))), torch.zeros_like(rates))
+    log_rates = torch.where(chosen, log_rates, torch.zeros_like(log_rates))
     events = (marks * log_rates).sum((-1, -2))
     return events - compensator(intensity, times, weights, duration, nodes)
 
@@ -141,21 +154,25 @@ def concrete_log_density(log_y: torch.Tensor, log_pi: torch.Tensor, temperature:
     return torch.where(impossible, torch.full_like(density, -math.inf), density)
 
 
-def relaxed_log_weights(value: torch.Tensor, num_marks: int) -> torch.Tensor:
+def relaxed_log_weights(value: torch.Tensor, num_marks: int, log_pi: torch.Tensor | None = None) -> torch.Tensor:
     """The log-weights of a relaxed realization: the exact ones carried by ``rsample``'s output,
-    else the logarithm of the stored weights."""
+    else the logarithm of the stored weights. A zero weight is an underflow (and raises) unless
+    ``log_pi`` is given and says its class has probability zero (then its log-weight is -inf)."""
     carried = getattr(value, LOG_WEIGHTS_ATTR, None)
     if carried is not None:
         return carried
     weights = value[..., 1 : num_marks + 2]
     real = event_mask(value).unsqueeze(-1)
-    if (real & (weights <= 0)).any():
+    zero = real & (weights <= 0)
+    if log_pi is not None:
+        zero = zero & (log_pi > -math.inf)
+    if zero.any():
         raise ValueError(
             "a relaxed value has weights that are exactly zero (underflow at low temperature), so its "
             "density cannot be recovered from the weights alone; score the tensor returned by rsample "
             "itself (it carries its log-weights), or sample in float64"
         )
-    return torch.where(real, torch.log(torch.where(real, weights, torch.ones_like(weights))), torch.zeros_like(weights))
+    return torch.where(real, safe_log(weights), torch.zeros_like(weights))
 
 
 def dpp_log_density(
@@ -164,10 +181,13 @@ def dpp_log_density(
 ) -> torch.Tensor:
     """``batch`` log density of a relaxed realization under the differentiable point process."""
     k = intensity.num_marks
+    carried = getattr(value, LOG_WEIGHTS_ATTR, None)  # slicing value below drops the attribute
+    rows = int(event_mask(value).sum(-1).max()) if value.numel() else 0
+    value, context = value[..., :rows, :], trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
-    rates = evaluate(intensity, times, weights, value[..., 0])  # batch x N x K
+    log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K
     real = event_mask(value)
-    total = rates.sum(-1)
+    total = log_rates.exp().sum(-1)
     ratio = torch.where(real, total / bound.unsqueeze(-1), torch.zeros_like(total))
     if (ratio > 1 + bound_tolerance(ratio.dtype)).any():
         raise ValueError(
@@ -175,8 +195,8 @@ def dpp_log_density(
             "the bound must dominate the intensity everywhere: pass a larger bound"
         )
     rest = (1 - ratio).clamp(min=0)
-    log_pi = torch.cat([safe_log(rates) - torch.log(bound)[..., None, None], safe_log(rest).unsqueeze(-1)], -1)
-    log_y = relaxed_log_weights(value, k)
+    log_pi = torch.cat([log_rates - torch.log(bound)[..., None, None], safe_log(rest).unsqueeze(-1)], -1)
+    log_y = carried[..., :rows, :] if carried is not None else relaxed_log_weights(value, k, log_pi)
     per_row = concrete_log_density(log_y, log_pi, temperature)
     per_row = torch.where(real, per_row, torch.zeros_like(per_row))
     count = real.sum(-1).to(value.dtype)

@@ -13,9 +13,8 @@ from .events import SpikeTrains
 
 def _pyplot() -> Any:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
+        # No matplotlib.use() here: a library must not switch the user's backend (it replaced the
+        # inline backend of notebooks). Headless sessions fall back to Agg by themselves.
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError("plotting needs matplotlib: pip install 'pyro-dpp[plot]'") from err

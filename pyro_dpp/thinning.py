@@ -132,13 +132,14 @@ def _scan(
     ctx_f = is_ctx.to(times.dtype).unsqueeze(-1)
     for s in range(steps):
         t = times[..., s]
-        rates = intensity.rates(state, t)  # batch x K
+        log_rates = intensity.log_rates(state, t)  # batch x K
+        rates = log_rates.exp()
         total = rates.sum(-1)
         ratio = torch.where(is_cand[..., s], total / bound, torch.zeros_like(total)).detach()
         worst_at = torch.where(ratio > worst, t, worst_at)
         worst = torch.maximum(worst, ratio)
         rest = torch.clamp(1 - total / bound, min=0)
-        log_pi = torch.cat([safe_log(rates) - log_bound, safe_log(rest).unsqueeze(-1)], -1)
+        log_pi = torch.cat([log_rates - log_bound, safe_log(rest).unsqueeze(-1)], -1)
         if temperature > 0:
             log_y = torch.log_softmax((log_pi + gumbel[..., s, :]) / temperature, -1)
             y = log_y.exp()

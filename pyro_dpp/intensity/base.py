@@ -73,7 +73,16 @@ class Intensity(torch.nn.Module):
         """Fold an event at ``time`` (``batch``) with ``weights`` (``batch x (K + C)``) into the state."""
         raise NotImplementedError
 
+    def log_rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
+        """``log rates(state, time)``; override where a stable log-space form exists (an intensity
+        whose rates underflow to zero in float32 would otherwise give -inf log-likelihoods)."""
+        return safe_log(self.rates(state, time))
+
     # ---- parallel --------------------------------------------------------------------------
+    def log_forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``log forward(times, weights, query)``, in a stable log-space form where one exists."""
+        return safe_log(self(times, weights, query))
+
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``batch x Q x K`` intensities at ``query`` (``batch x Q``) given the history ``times``
         (``batch x E``) with ``weights`` (``batch x E x (K + C)``), counting events strictly before."""

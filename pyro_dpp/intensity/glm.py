@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Intensity, State, as_param, check_finite
+from .base import Intensity, State, as_param, check_finite, safe_log
 from .basis import Basis
 
 ACTIVATIONS = ("sigmoid", "hardtanh", "softplus", "exp")
@@ -24,6 +24,20 @@ def activate(name: str, potential: torch.Tensor, amplitude: torch.Tensor) -> tor
     if name == "exp":
         return amplitude * torch.exp(potential)
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
+
+
+def log_activate(name: str, potential: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+    """``log(amplitude * g(potential))`` without underflow for very negative potentials."""
+    if name == "sigmoid":
+        return torch.log(amplitude) + F.logsigmoid(potential)
+    if name == "exp":
+        return torch.log(amplitude) + potential
+    if name == "softplus":
+        # softplus(u) = exp(u) (1 + O(exp(u))) for u << 0
+        small = potential < -20
+        safe = torch.where(small, torch.zeros_like(potential), potential)
+        return torch.log(amplitude) + torch.where(small, potential, torch.log(F.softplus(safe)))
+    return safe_log(activate(name, potential, amplitude))
 
 
 class GLM(Intensity):
@@ -49,9 +63,16 @@ class GLM(Intensity):
     :param Basis basis: the filter basis (``L`` functions).
     :param str activation: one of ``"sigmoid"``, ``"hardtanh"``, ``"softplus"``, ``"exp"``.
     :param amplitude: positive ``a``.
+    :param future: optional realization tensor ``batch x M x (F + 2)`` of events the intensity sees
+        *ahead* of time through anticausal filters (an acausal guide: hidden units that see future
+        observed spikes), adding :math:`\sum_l \sum_j V_{lij} \sum_{n: t_n > t} w_{nj} \phi_l(t_n - t)`.
+    :param future_weight: ``batch x L x K x F`` anticausal filter weights :math:`V`.
+    :param int window: events the scan keeps for a finite-support basis (default: the basis's
+        ``window``, else the whole history); an event leaving it while still in the support raises.
     """
 
-    def __init__(self, bias: Any, weight: Any, basis: Basis, activation: str = "sigmoid", amplitude: Any = 1.0) -> None:
+    def __init__(self, bias: Any, weight: Any, basis: Basis, activation: str = "sigmoid", amplitude: Any = 1.0,
+                 window: int | None = None, future: Any = None, future_weight: Any = None) -> None:
         super().__init__()
         bias = as_param(bias)
         weight = as_param(weight, bias)
@@ -69,7 +90,17 @@ class GLM(Intensity):
                 f"functions and {k} marks, got {tuple(weight.shape)}"
             )
         self.bias, self.weight, self.amplitude = bias, weight, amplitude
-        self.basis, self.activation = basis, activation
+        self.basis, self.activation, self.window = basis, activation, window
+        if (future is None) != (future_weight is None):
+            raise ValueError("future and future_weight go together: pass both or neither")
+        if future is not None:
+            future_weight = as_param(future_weight, bias)
+            if future.shape[-1] - 2 != future_weight.shape[-1] or future_weight.shape[-3:-1] != weight.shape[-3:-1]:
+                raise ValueError(
+                    f"future_weight must have shape (..., {basis.num_basis}, {k}, F) for future events with F "
+                    f"marks, got {tuple(future_weight.shape)} and future {tuple(future.shape)}"
+                )
+        self.future, self.future_weight = future, future_weight
         self.num_marks = k
         self.num_context_marks = weight.shape[-1] - k
 
@@ -78,34 +109,65 @@ class GLM(Intensity):
 
     @property
     def batch_shape(self) -> torch.Size:
-        return torch.broadcast_shapes(self.bias.shape[:-1], self.weight.shape[:-3], self.amplitude.shape)
+        shapes = [self.bias.shape[:-1], self.weight.shape[:-3], self.amplitude.shape]
+        if self.future is not None:
+            shapes += [self.future.shape[:-2], self.future_weight.shape[:-3]]
+        return torch.broadcast_shapes(*shapes)
 
-    def _rates_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        # features: batch x L x D -> potential: batch x K
+    def _anticausal(self, query: torch.Tensor) -> torch.Tensor | float:
+        """``batch x Q x K`` potential from future events at ``query`` (``batch x Q``)."""
+        if self.future is None:
+            return 0.0
+        lead = self.future[..., 0].unsqueeze(-2) - query.unsqueeze(-1)  # batch x Q x M
+        features = torch.einsum("...qml,...mf->...qlf", self.basis(lead), self.future[..., 1:-1])
+        return torch.einsum("...qlf,...lkf->...qk", features, self.future_weight)
+
+    def _state_potential(self, state: State, time: torch.Tensor) -> torch.Tensor:
+        """``batch x K`` membrane potential at ``time`` from the scan state."""
+        features = self.basis.state_features(state, time)  # batch x L x D
         potential = self.bias + torch.einsum("...ld,...lkd->...k", features, self.weight)
-        return activate(self.activation, potential, self.amplitude.unsqueeze(-1))
+        if self.future is not None:
+            potential = potential + self._anticausal(time.unsqueeze(-1)).squeeze(-2)
+        return potential
+
+    def _potential(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``batch x Q x K`` membrane potential at ``query`` from a whole history."""
+        features = self.basis.features(times, weights, query)  # batch x Q x L x D
+        potential = self.bias.unsqueeze(-2) + torch.einsum("...qld,...lkd->...qk", features, self.weight)
+        return potential + self._anticausal(query)
 
     def initial_state(self, batch_shape: torch.Size, like: torch.Tensor, num_steps: int) -> State:
-        return self.basis.initial_state(batch_shape, self.num_history_marks, like, num_steps)
+        return self.basis.initial_state(batch_shape, self.num_history_marks, like, num_steps, self.window)
 
     def rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
-        return self._rates_from_features(self.basis.state_features(state, time))
+        return activate(self.activation, self._state_potential(state, time), self.amplitude.unsqueeze(-1))
+
+    def log_rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
+        return log_activate(self.activation, self._state_potential(state, time), self.amplitude.unsqueeze(-1))
 
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return self.basis.update(state, time, weights)
 
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        features = self.basis.features(times, weights, query)  # batch x Q x L x D
-        potential = self.bias.unsqueeze(-2) + torch.einsum("...qld,...lkd->...qk", features, self.weight)
-        return activate(self.activation, potential, self.amplitude[..., None, None])
+        return activate(self.activation, self._potential(times, weights, query), self.amplitude[..., None, None])
+
+    def log_forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        return log_activate(self.activation, self._potential(times, weights, query), self.amplitude[..., None, None])
 
     def breakpoints(self, times: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         kinks = self.basis.kinks()
         if kinks is None:
-            return None
+            if self.future is None:
+                return None
+            return self.future[..., 0]  # the anticausal drive jumps at future events
         kinks = kinks.to(times)
         kinks = kinks[kinks > 0]
-        return (times.unsqueeze(-1) + kinks).flatten(-2)
+        points = (times.unsqueeze(-1) + kinks).flatten(-2)
+        if self.future is not None:
+            ahead = (self.future[..., 0].unsqueeze(-1) - kinks).flatten(-2)
+            batch = torch.broadcast_shapes(points.shape[:-1], ahead.shape[:-1])
+            points = torch.cat([points.expand(batch + points.shape[-1:]), ahead.expand(batch + ahead.shape[-1:])], -1)
+        return points
 
     def max_rate(self) -> torch.Tensor | None:
         if self.activation in ("sigmoid", "hardtanh"):

@@ -1,0 +1,87 @@
+"""Model and guides for an SNN with hidden neurons, as plain Pyro functions.
+
+Observed spikes ``X``, hidden spikes ``Z``. The joint intensity factorises over marks, so
+
+    log p(X, Z) = log p(Z | X-history)   site "hidden":   hidden process, context = X
+                + log p(X | Z-history)   site "observed": observed process, context = soft Z
+
+The guide samples site "hidden" from a variational network (same family, its own parameters)
+conditioned on ``X``. The estimator is chosen by the temperature and the ELBO alone:
+
+- path-wise: ``temperature > 0`` (the DPP at both hidden sites) with ``Trace_ELBO``;
+- score function: ``temperature = 0`` (exact process, hard samples) with ``Trace_ELBO`` (plain
+  REINFORCE, the paper's baseline) or ``TraceGraph_ELBO`` with a ``baseline`` (variance reduced).
+
+Passing the model's own network as the guide network (with the same ``name``) gives the paper's
+special case ``q = p``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro
+import torch
+
+from .network import SNN
+
+
+def snn_model(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temperature: float = 0.0,
+              name: str = "model") -> None:
+    """The generative model: hidden spikes, then the observed spikes given them.
+
+    :param observed: ``batch x events x (D_o + 2)`` observed realization tensor.
+    :param duration: ``batch`` window lengths.
+    :param SNN network: the generative network.
+    :param float temperature: 0 (exact hidden process) or > 0 (DPP).
+    """
+    pyro.module(name, network)
+    with pyro.plate("sequences", observed.shape[0]):
+        hidden = pyro.sample("hidden", network.hidden_process(observed, duration, temperature))
+        pyro.sample("observed", network.observed_process(hidden, duration), obs=observed)
+
+
+def snn_guide(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temperature: float = 0.0,
+              name: str = "guide", baseline: dict[str, Any] | None = None) -> None:
+    """The variational distribution of the hidden spikes given the observed ones.
+
+    :param SNN network: the variational network (``acausal=True`` to see future observed spikes;
+        the model's network with ``name="model"`` for ``q = p``).
+    :param dict baseline: Pyro's baseline options for ``TraceGraph_ELBO`` (e.g.
+        ``{"nn_baseline": module, "nn_baseline_input": x}``), used with ``temperature = 0``.
+    """
+    pyro.module(name, network)
+    infer = {"baseline": baseline} if baseline else {}
+    with pyro.plate("sequences", observed.shape[0]):
+        pyro.sample("hidden", network.hidden_process(observed, duration, temperature), infer=infer)
+
+
+class CountBaseline(torch.nn.Module):
+    """A score-function baseline: an affine function of a sequence's observed spike counts per
+    neuron (scaled by the window length), trained by ``TraceGraph_ELBO``'s squared-error baseline
+    loss. A module, so it lives with the model's parameters rather than the global param store.
+
+    :param int n_observed: observed neurons.
+    """
+
+    def __init__(self, n_observed: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(n_observed + 1, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    @staticmethod
+    def features(observed: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
+        """``batch x (D_o + 1)``: spike counts per neuron and the duration."""
+        counts = observed[..., 1:-1].sum(-2)
+        return torch.cat([counts, duration.unsqueeze(-1).expand(counts.shape[:-1] + (1,))], -1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features).squeeze(-1)
+
+    def options(self, observed: torch.Tensor, duration: torch.Tensor) -> dict[str, Any]:
+        """The guide's ``baseline`` options for this module."""
+        features = self.features(observed, duration).to(observed)
+        if features.shape[0] == 1:
+            features = features[0]  # TraceGraph_ELBO's downstream cost drops a plate of size one
+        return {"nn_baseline": self, "nn_baseline_input": features}

@@ -1,0 +1,269 @@
+"""The spiking neural network (DESIGN §3) as a :class:`torch.nn.Module` that makes point processes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..distribution import PointProcess
+from ..events import SpikeTrains, event_mask, select_marks
+from ..intensity.basis import Basis, EpanechnikovBasis, ExponentialBasis, RaisedCosineBasis
+from ..intensity.glm import ACTIVATIONS, GLM
+from ..thinning import default_max_events
+
+BASES = ("epanechnikov", "exponential", "raised_cosine")
+
+
+def make_basis(name: str | Basis, num_basis: int = 2) -> Basis:
+    """A basis by name: ``"epanechnikov"`` (the paper's: centres 0..10, width 1), ``"exponential"``
+    (time constants log-spaced 1..10) or ``"raised_cosine"`` (peaks up to lag 10)."""
+    if isinstance(name, Basis):
+        return name
+    if name == "epanechnikov":
+        return EpanechnikovBasis(num_basis, 0.0, 10.0, 1.0)
+    if name == "exponential":
+        return ExponentialBasis(torch.logspace(0, 1, num_basis) if num_basis > 1 else [3.0])
+    if name == "raised_cosine":
+        return RaisedCosineBasis(num_basis, last_peak=10.0)
+    raise ValueError(f"unknown basis {name!r}; choose one of {BASES} or pass a Basis")
+
+
+class SNN(torch.nn.Module):
+    r"""A spiking neural network of ``n_observed + n_hidden`` neurons (observed first):
+
+    .. math::
+        u_i(t) = b_i + \sum_l \sum_j W_{lij} \sum_{n: t_n < t} w_{nj}\, \phi_l(t - t_n), \qquad
+        \lambda_i(t) = a\, g(u_i(t))
+
+    It builds the point processes of a model/guide pair: :meth:`hidden_process` (hidden neurons,
+    observed spikes as context) and :meth:`observed_process` (observed neurons, hidden soft events
+    as context), and simulates data with :meth:`simulate`.
+
+    **References**
+
+    [1] H. Kajino, "A Differentiable Point Process with Its Application to Spiking Neural
+        Networks", ICML 2021.
+    [2] D. Jimenez Rezende, W. Gerstner, "Stochastic variational learning in recurrent spiking
+        networks", Frontiers in Computational Neuroscience, 2014.
+
+    :param int n_observed: observed neurons ``D_o``.
+    :param int n_hidden: hidden neurons ``D_h``.
+    :param basis: a :class:`~pyro_dpp.intensity.Basis` or a name from :data:`BASES`.
+    :param int num_basis: ``L`` when ``basis`` is a name (paper: 2).
+    :param str activation: ``"sigmoid"`` (paper), ``"hardtanh"``, ``"softplus"`` or ``"exp"``.
+    :param float amplitude: ``a`` (paper: 5).
+    :param float neuron_bound: per-neuron bound on the rate; required for softplus/exp (sampling
+        raises if a rate exceeds it), defaults to ``a`` for the bounded activations.
+    :param connection_mask: ``D x D`` boolean mask of allowed connections (target x source).
+    :param float refractory: if set, self-connections are projected to ``W[l, i, i] <= refractory``
+        by :meth:`project_` (paper: -0.1).
+    :param str init: ``"paper"`` (W ~ U[-5, 5], b ~ U[-1, 1], self-connections ~ U[-5, -0.1]) or
+        ``"small"`` (W ~ N(0, 0.1^2), b = 0, self-connections -1).
+    :param bool acausal: add anticausal filters through which hidden neurons see future observed
+        spikes (for a guide).
+    """
+
+    def __init__(
+        self,
+        n_observed: int,
+        n_hidden: int,
+        basis: str | Basis = "epanechnikov",
+        num_basis: int = 2,
+        activation: str = "sigmoid",
+        amplitude: float = 5.0,
+        neuron_bound: float | None = None,
+        connection_mask: Any = None,
+        refractory: float | None = -0.1,
+        init: str = "paper",
+        acausal: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_observed < 1 or n_hidden < 0:
+            raise ValueError("an SNN needs n_observed >= 1 and n_hidden >= 0")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+        if not (amplitude > 0 and math.isfinite(amplitude)):
+            raise ValueError(f"amplitude must be positive and finite, got {amplitude}")
+        if activation in ("sigmoid", "hardtanh"):
+            neuron_bound = amplitude if neuron_bound is None else neuron_bound
+            if neuron_bound < amplitude:
+                raise ValueError(
+                    f"neuron_bound={neuron_bound} is below the activation's maximum {amplitude}; "
+                    "thinning needs a bound >= the largest rate"
+                )
+        elif neuron_bound is None or not neuron_bound > 0:
+            raise ValueError(f"activation {activation!r} is unbounded: pass neuron_bound > 0 (a rate bound per neuron)")
+        self.n_observed, self.n_hidden = n_observed, n_hidden
+        self.basis = make_basis(basis, num_basis)
+        self.activation, self.amplitude, self.neuron_bound = activation, float(amplitude), float(neuron_bound)
+        self.refractory = refractory
+        d, n_basis = n_observed + n_hidden, self.basis.num_basis
+        self.weight = torch.nn.Parameter(torch.zeros(n_basis, d, d))
+        self.bias = torch.nn.Parameter(torch.zeros(d))
+        self.future_weight = torch.nn.Parameter(torch.zeros(n_basis, n_hidden, n_observed)) if acausal else None
+        if connection_mask is not None:
+            connection_mask = torch.as_tensor(connection_mask, dtype=torch.bool)
+            if connection_mask.shape != (d, d):
+                raise ValueError(f"connection_mask must have shape ({d}, {d}), got {tuple(connection_mask.shape)}")
+        self.register_buffer("connection_mask", connection_mask)
+        self.reset_parameters(init)
+
+    @property
+    def num_neurons(self) -> int:
+        return self.n_observed + self.n_hidden
+
+    @property
+    def observed_index(self) -> list[int]:
+        return list(range(self.n_observed))
+
+    @property
+    def hidden_index(self) -> list[int]:
+        return list(range(self.n_observed, self.num_neurons))
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "paper") -> None:
+        """Random initialisation: ``"paper"`` or ``"small"`` (see the class docstring)."""
+        eye = torch.eye(self.num_neurons, dtype=torch.bool, device=self.weight.device)
+        if init == "paper":
+            self.weight.uniform_(-5, 5)
+            self.bias.uniform_(-1, 1)
+            self_conn = torch.empty_like(self.weight).uniform_(-5, -0.1)
+        elif init == "small":
+            self.weight.normal_(0, 0.1)
+            self.bias.zero_()
+            self_conn = torch.full_like(self.weight, -1.0)
+        else:
+            raise ValueError(f"unknown init {init!r}; choose 'paper' or 'small'")
+        self.weight.copy_(torch.where(eye, self_conn, self.weight))
+        if self.future_weight is not None:
+            self.future_weight.normal_(0, 0.1)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project onto the constraint set: self-connections ``<= refractory`` (if set)."""
+        if self.refractory is None:
+            return
+        index = torch.arange(self.num_neurons, device=self.weight.device)
+        diag = self.weight[:, index, index]
+        self.weight[:, index, index] = diag.clamp(max=self.refractory)
+
+    def regularizer(self) -> torch.Tensor:
+        """The Frobenius norm of the filter weights (the paper adds 0.1 times it to the loss)."""
+        norm = self.weight.pow(2).sum()
+        if self.future_weight is not None:
+            norm = norm + self.future_weight.pow(2).sum()
+        return norm.sqrt()
+
+    # ---- point processes --------------------------------------------------------------------
+    def _effective_weight(self, weight: torch.Tensor | None) -> torch.Tensor:
+        weight = self.weight if weight is None else weight
+        if self.connection_mask is not None:
+            weight = weight * self.connection_mask.to(weight)
+        return weight
+
+    def intensity(
+        self, targets: list[int], context: list[int], window: int | None = None,
+        future: torch.Tensor | None = None, params: dict[str, torch.Tensor] | None = None,
+    ) -> GLM:
+        """The :class:`~pyro_dpp.intensity.GLM` of neurons ``targets`` with ``context`` neurons as
+        context marks. ``params`` may override ``bias``/``weight``/``future_weight`` with tensors
+        that have extra leading batch dimensions (e.g. one copy per gradient draw)."""
+        params = params or {}
+        device = self.weight.device
+        rows = torch.as_tensor(targets, dtype=torch.long, device=device)
+        cols = torch.as_tensor(list(targets) + list(context), dtype=torch.long, device=device)
+        weight = self._effective_weight(params.get("weight"))
+        weight = weight.index_select(-2, rows).index_select(-1, cols)
+        bias = params.get("bias", self.bias).index_select(-1, rows)
+        future_weight = None
+        if future is not None:
+            future_weight = params.get("future_weight", self.future_weight)
+        return GLM(bias, weight, self.basis, self.activation, self.amplitude, window=window,
+                   future=future, future_weight=future_weight)
+
+    def _window(self, rate: float, context: torch.Tensor | None) -> int | None:
+        """Scan window for finite-support bases: a Poisson tail bound of the candidates within one
+        support length, plus the most context events found in any such stretch of the data."""
+        support = self.basis.support
+        if not math.isfinite(support):
+            return None
+        window = default_max_events(torch.tensor(rate * support))
+        if context is not None and context.shape[-2]:
+            times = torch.where(event_mask(context), context[..., 0], torch.full_like(context[..., 0], math.inf))
+            flat = times.detach().reshape(-1, times.shape[-1]).contiguous()
+            ends = torch.searchsorted(flat, (flat + support).contiguous())
+            window += int((ends - torch.arange(flat.shape[-1], device=flat.device)).max())
+        return window
+
+    def _check_data(self, value: torch.Tensor, marks: int, what: str) -> None:
+        if value.dim() < 2 or value.shape[-1] != marks + 2:
+            raise ValueError(
+                f"{what} spikes have {value.shape[-1] - 2 if value.dim() >= 2 else '?'} neurons but the network "
+                f"has {marks} {what} neurons"
+            )
+
+    def hidden_process(
+        self, observed: SpikeTrains | torch.Tensor, duration: Any = None, temperature: float = 0.0,
+        straight_through: bool = False, params: dict[str, torch.Tensor] | None = None,
+        max_events: int | None = None,
+    ) -> PointProcess:
+        """The hidden neurons' process given the observed spikes (context; for an acausal network
+        also seen ahead of time). ``temperature > 0``: the DPP; 0: exact."""
+        observed, duration = _value_and_duration(observed, duration)
+        self._check_data(observed, self.n_observed, "observed")
+        observed = observed.to(self.weight)
+        bound = self.neuron_bound * self.n_hidden
+        future = observed if self.future_weight is not None else None
+        intensity = self.intensity(self.hidden_index, self.observed_index, self._window(bound, observed), future, params)
+        return PointProcess(intensity, duration, bound=bound, temperature=temperature, context=observed,
+                            straight_through=straight_through, max_events=max_events)
+
+    def observed_process(
+        self, hidden: torch.Tensor | SpikeTrains, duration: Any = None, params: dict[str, torch.Tensor] | None = None,
+    ) -> PointProcess:
+        """The observed neurons' exact process given hidden events (soft or hard) as context."""
+        hidden, duration = _value_and_duration(hidden, duration)
+        self._check_data(hidden, self.n_hidden, "hidden")
+        bound = self.neuron_bound * self.n_observed
+        intensity = self.intensity(self.observed_index, self.hidden_index, self._window(bound, hidden), None, params)
+        return PointProcess(intensity, duration, bound=bound, context=hidden.to(self.weight))
+
+    def joint_process(self, duration: Any, max_events: int | None = None) -> PointProcess:
+        """The exact process of all neurons together (observed first), for simulation."""
+        bound = self.neuron_bound * self.num_neurons
+        intensity = self.intensity(list(range(self.num_neurons)), [], self._window(bound, None))
+        return PointProcess(intensity, torch.as_tensor(duration, dtype=self.weight.dtype), bound=bound,
+                            max_events=max_events)
+
+    @torch.no_grad()
+    def simulate(self, num_sequences: int, duration: float, seed: int | None = None) -> tuple[SpikeTrains, SpikeTrains]:
+        """Sample ``num_sequences`` sequences of all neurons jointly by exact thinning.
+
+        :returns: ``(observed, hidden)`` spike trains.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
+        process = self.joint_process(duration)
+        value = process.sample((num_sequences,))
+        durations = process.duration.expand(num_sequences)
+        observed = select_marks(value, self.observed_index, durations)
+        hidden = select_marks(value, self.hidden_index, durations)
+        return SpikeTrains.from_tensor(_trim(observed), durations), SpikeTrains.from_tensor(_trim(hidden), durations)
+
+
+def _trim(value: torch.Tensor) -> torch.Tensor:
+    """Drop trailing all-padding rows, keeping one."""
+    rows = int(event_mask(value).sum(-1).max()) + 1 if value.numel() else 1
+    return value[..., : min(rows, value.shape[-2]), :]
+
+
+def _value_and_duration(data: SpikeTrains | torch.Tensor, duration: Any) -> tuple[torch.Tensor, Any]:
+    if isinstance(data, SpikeTrains):
+        return data.to_tensor(), data.duration if duration is None else duration
+    if not isinstance(data, torch.Tensor):
+        raise ValueError(f"spikes must be SpikeTrains or a realization tensor, got {type(data).__name__}")
+    if duration is None:
+        raise ValueError("pass duration= with a realization tensor (or pass SpikeTrains)")
+    return data, duration

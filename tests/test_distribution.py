@@ -1,0 +1,742 @@
+"""Table-driven tests of :class:`pyro_dpp.PointProcess` (in the style of NumPyro's test_distributions).
+
+One table, ``CASES``, lists PointProcess configurations; generic tests run over every row. Each row
+builds its intensity through a parameter factory ``p(name, value, positive=False)`` so that the same
+row can be built with plain tensors, with ``requires_grad`` leaves, or with ``pyro.param`` sites.
+Tests of bad inputs follow the table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceGraph_ELBO
+from pyro.optim import Adam
+from torch.distributions import constraints
+
+from pyro_dpp import PointProcess, SpikeTrains, event_mask
+from pyro_dpp.events import LOG_WEIGHTS_ATTR
+from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+Param = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Case:
+    """One PointProcess configuration: ``intensity(p)`` builds the intensity from the parameter
+    factory ``p``; ``kwargs`` go to :class:`PointProcess`; ``context`` (a realization tensor) is
+    passed as ``context=`` if given; ``batch_shape`` is the expected batch shape."""
+
+    intensity: Callable[[Param], Any]
+    kwargs: dict = field(default_factory=dict)
+    context: torch.Tensor | None = None
+    batch_shape: tuple = ()
+
+    @property
+    def relaxed(self) -> bool:
+        return self.kwargs.get("temperature", 0.0) > 0
+
+    @property
+    def straight_through(self) -> bool:
+        return self.kwargs.get("straight_through", False)
+
+
+def T(case_id: str, intensity: Callable[[Param], Any], context: torch.Tensor | None = None, batch: tuple = (),
+      **kwargs: Any):
+    kwargs.setdefault("duration", 2.0)
+    return pytest.param(Case(intensity, kwargs, context, batch), id=case_id)
+
+
+def _ctx(times, marks, num_marks=1, duration=2.0):
+    return SpikeTrains.from_events(torch.tensor(times), torch.tensor(marks), num_marks, duration).to_tensor()
+
+
+# Context events (one context mark) for the rows with context: unbatched, and batched (2 sequences).
+CTX1 = _ctx([0.3, 0.9, 1.4], [0, 0, 0])
+CTX2 = SpikeTrains.from_events(
+    [torch.tensor([0.2, 1.1]), torch.tensor([0.7])], [torch.tensor([0, 0]), torch.tensor([0])], 1, 2.0
+).to_tensor()
+
+
+def poisson(rates):
+    return lambda p: Poisson(p("rates", rates, positive=True))
+
+
+def hawkes(baseline, adjacency, decay):
+    return lambda p: ExpHawkes(
+        p("baseline", baseline, positive=True),
+        p("adjacency", adjacency, positive=True),
+        p("decay", decay, positive=True),
+    )
+
+
+def glm(bias, weight, basis, activation="sigmoid", amplitude=2.0):
+    return lambda p: GLM(
+        p("bias", bias), p("weight", weight), basis(), activation, p("amplitude", amplitude, positive=True)
+    )
+
+
+_W3 = [[[-0.5, 0.4, 0.1], [0.3, -0.4, 0.2], [0.0, 0.5, -0.3]]]  # 1 x 3 x 3
+_W3_SMALL = [[[0.2 * w for w in row] for row in _W3[0]]]
+_W_EPAN = [[[-0.5, 0.4], [0.3, -0.6]], [[0.2, 0.1], [-0.1, 0.3]]]  # 2 x 2 x 2
+_B_CTX = [[0.0, 0.3], [0.5, -0.5]]  # 2 sequences x 2 marks
+_W_CTX = [[[0.2, -0.3, 0.5], [0.1, 0.2, -0.4]], [[0.0, 0.1, 0.2], [0.3, 0.0, 0.1]]]  # 2 x 2 x (2 + 1 context)
+_W_INHIB = [[[-0.3, -0.2], [-0.1, -0.4]], [[-0.2, -0.1], [-0.3, -0.2]], [[-0.1, -0.1], [-0.1, -0.1]]]  # 3 x 2 x 2
+
+
+def _exp_basis():
+    return ExponentialBasis([0.5])
+
+
+def _exp_basis2():
+    return ExponentialBasis([0.3, 1.0])
+
+
+def _epan_basis():
+    return EpanechnikovBasis(2, 0.0, 1.0, 0.5)
+
+
+def _rc_basis():
+    return RaisedCosineBasis(3, 1.0, 0.5)
+
+
+_HAWKES_ADJ = [[0.2, 0.1], [0.1, 0.2]]
+_HAWKES_ADJ_CTX = [[0.2, 0.1, 0.3], [0.1, 0.2, 0.2]]
+_DECAY_MATRIX = [[1.0, 2.0], [0.5, 1.5]]
+_DECAY_MATRIX_CTX = [[1.0, 2.0, 3.0], [0.5, 1.5, 1.0]]
+
+CASES = [
+    # Poisson
+    T("poisson-exact", poisson([0.6, 1.2])),
+    T("poisson-relaxed", poisson([0.6, 1.2]), temperature=0.5),
+    T("poisson-relaxed-loose-bound", poisson([0.6, 1.2]), temperature=0.3, bound=3.0),
+    T("poisson-relaxed-st", poisson([0.6, 1.2]), temperature=0.5, straight_through=True),
+    T("poisson-batched-durations-exact", poisson([[0.5, 1.0], [1.0, 0.5], [0.2, 0.2]]), duration=[1.0, 2.0, 1.5],
+      batch=(3,)),
+    T("poisson-broadcast-batch-relaxed", poisson([[[0.5, 1.0]], [[1.0, 0.3]]]), temperature=0.5,
+      duration=[1.0, 2.0, 1.5], batch=(2, 3)),
+    T("poisson-max-events-exact", poisson([0.7]), max_events=30),  # rate * T = 1.4: no zero score
+    # linear Hawkes, exponential kernels
+    T("hawkes-exact-ogata", hawkes([0.4, 0.3], _HAWKES_ADJ, 1.0)),
+    T("hawkes-exact-bound", hawkes([0.4, 0.3], _HAWKES_ADJ, 1.0), bound=6.0),
+    T("hawkes-relaxed", hawkes([0.4, 0.3], _HAWKES_ADJ, 1.0), temperature=0.5, bound=4.0),
+    T("hawkes-matrix-decay-exact", hawkes([0.4, 0.3], _HAWKES_ADJ, _DECAY_MATRIX)),
+    T("hawkes-matrix-decay-relaxed", hawkes([0.4, 0.3], _HAWKES_ADJ, _DECAY_MATRIX), temperature=0.3, bound=4.0),
+    T("hawkes-context-exact", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), context=CTX1),
+    T("hawkes-context-relaxed-matrix-decay", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, _DECAY_MATRIX_CTX),
+      context=CTX1, temperature=0.5, bound=5.0),
+    T("hawkes-context-batched-relaxed-st", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), context=CTX2,
+      temperature=0.5, bound=5.0, straight_through=True, batch=(2,)),
+    T("hawkes-batched-durations-exact-ogata", hawkes([[0.4, 0.3], [0.1, 0.6]], _HAWKES_ADJ, 1.0),
+      duration=[1.5, 2.5], batch=(2,)),
+    T("hawkes-batched-durations-relaxed", hawkes([[0.4, 0.3], [0.1, 0.6]], _HAWKES_ADJ, 1.0),
+      duration=[1.5, 2.5], temperature=0.5, bound=4.0, batch=(2,)),
+    # GLM / SNN
+    T("glm-exp-sigmoid-exact", glm([0.0, -1.0, 0.5], _W3, _exp_basis)),
+    T("glm-exp-sigmoid-relaxed", glm([0.0, -1.0, 0.5], _W3, _exp_basis), temperature=0.3),
+    T("glm-exp-sigmoid-relaxed-st", glm([0.0, -1.0, 0.5], _W3, _exp_basis), temperature=0.3, straight_through=True),
+    # hardtanh rates are exactly 0 below u = -1: small weights keep the potential away from there
+    T("glm-exp-hardtanh-relaxed", glm([0.2, 0.0, 0.3], _W3_SMALL, _exp_basis, "hardtanh"), temperature=0.5),
+    T("glm-exp2-context-batched-exact", glm(_B_CTX, _W_CTX, _exp_basis2, amplitude=1.5), context=CTX2, batch=(2,)),
+    T("glm-exp2-context-batched-relaxed", glm(_B_CTX, _W_CTX, _exp_basis2, amplitude=1.5), context=CTX2,
+      temperature=0.5, batch=(2,)),
+    T("glm-epan-sigmoid-exact", glm([0.2, -0.2], _W_EPAN, _epan_basis)),
+    T("glm-epan-sigmoid-relaxed", glm([0.2, -0.2], _W_EPAN, _epan_basis), temperature=0.3),
+    T("glm-epan-sigmoid-batched-st", glm([[0.2, -0.2], [0.0, 0.4]], _W_EPAN, _epan_basis), duration=[1.0, 2.0],
+      temperature=0.3, straight_through=True, batch=(2,)),
+    T("glm-raisedcos-softplus-exact", glm([0.0, -0.5], _W_INHIB, _rc_basis, "softplus", 1.0), bound=2.0),
+    T("glm-raisedcos-softplus-relaxed", glm([0.0, -0.5], _W_INHIB, _rc_basis, "softplus", 1.0), bound=2.0,
+      temperature=0.5),
+    T("glm-raisedcos-sigmoid-batched-amplitude-relaxed",
+      glm([0.0, -0.5], _W_INHIB, _rc_basis, "sigmoid", [1.0, 2.0]), temperature=0.5, batch=(2,)),
+]
+
+
+def make(case: Case, dtype: torch.dtype = torch.float32, param: Callable | None = None, **overrides: Any):
+    """Build ``(PointProcess, params)``; ``param(name, tensor, positive)`` turns initial values into
+    parameters (default: the plain tensors)."""
+    params: dict[str, torch.Tensor] = {}
+
+    def p(name: str, value: Any, positive: bool = False) -> torch.Tensor:
+        init = torch.as_tensor(value, dtype=dtype)
+        params[name] = init if param is None else param(name, init, positive)
+        return params[name]
+
+    intensity = case.intensity(p)
+    kwargs = {**case.kwargs, **overrides}
+    if case.context is not None:
+        kwargs["context"] = case.context
+    return PointProcess(intensity, **kwargs), params
+
+
+def leaf_param(name, init, positive):
+    return init.clone().requires_grad_()
+
+
+def pyro_param(name, init, positive):
+    return pyro.param(name, init, constraint=constraints.positive if positive else constraints.real)
+
+
+@pytest.fixture(autouse=True)
+def _validation():
+    pyro.clear_param_store()
+    with pyro.validation_enabled(True):
+        yield
+    pyro.clear_param_store()
+
+
+def draw(d: PointProcess, sample_shape=()):
+    return d.rsample(sample_shape) if d.has_rsample else d.sample(sample_shape)
+
+
+def check_realization(x: torch.Tensor, d: PointProcess, exact: bool, hard: bool | None = None) -> None:
+    """Independent check of the realization layout (not via pyro_dpp's own validator): ``exact``
+    values hold one-hot events only; ``hard`` values (exact or straight-through) one-hot rows."""
+    k = d.num_marks
+    assert x.shape[-1] == k + 2
+    times, weights = x[..., 0], x[..., 1:]
+    total = weights.sum(-1)
+    real = total > 0.5
+    tol = 1e-4 if x.dtype == torch.float32 else 1e-9
+    assert torch.all(weights >= -tol)
+    assert torch.all(torch.where(real, (total - 1).abs(), total.abs()) <= tol)
+    # real rows first
+    assert not torch.any(real[..., 1:] & ~real[..., :-1])
+    duration = d.duration.expand(x.shape[:-2])
+    assert torch.all(times >= 0)
+    assert torch.all(times <= duration.unsqueeze(-1) * (1 + tol))
+    # padding rows hold the duration, so times are sorted over all rows
+    assert torch.all(torch.where(real, torch.zeros_like(times), (times - duration.unsqueeze(-1)).abs()) <= tol)
+    assert torch.all(times[..., 1:] >= times[..., :-1])
+    if exact:
+        assert torch.all(weights[..., k].abs() <= tol)
+    if exact or hard:
+        assert torch.all(torch.where(real.unsqueeze(-1), (weights - weights.round()).abs(), weights.abs()) <= tol)
+    elif real.any():
+        assert torch.any((weights[real] > tol) & (weights[real] < 1 - tol)), "relaxed values should be soft"
+
+
+# --------------------------------------------------------------------------------------------
+# Generic tests over the table
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_has_rsample(case):
+    d, _ = make(case)
+    assert d.has_rsample is case.relaxed
+    assert d.expand((2,) + d.batch_shape).has_rsample is case.relaxed
+    if not case.relaxed:
+        with pytest.raises(ValueError, match="rsample needs temperature > 0"):
+            d.rsample()
+
+
+@pytest.mark.parametrize("sample_shape", [(), (3,)], ids=["scalar", "vector"])
+@pytest.mark.parametrize("case", CASES)
+def test_sample_shape(case, sample_shape):
+    torch.manual_seed(0)
+    d, _ = make(case)
+    expected = torch.Size(sample_shape) + d.batch_shape + d.event_shape
+    assert d.event_shape == (d.max_events, d.num_marks + 2)
+    x = d.sample(sample_shape)
+    assert x.shape == expected
+    assert not x.requires_grad
+    check_realization(x, d, exact=not case.relaxed, hard=case.straight_through)
+    if case.relaxed:
+        y = d.rsample(sample_shape)
+        assert y.shape == expected
+        check_realization(y, d, exact=False, hard=case.straight_through)
+        logs = getattr(y, LOG_WEIGHTS_ATTR)
+        assert logs.shape == expected[:-1] + (d.num_marks + 1,)
+        # relaxed draws keep every candidate: real rows carry soft weights, padding rows none
+        real = event_mask(y)
+        if not case.straight_through:
+            assert torch.allclose(torch.where(real.unsqueeze(-1), logs.exp(), torch.zeros_like(logs)), y[..., 1:],
+                                  atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batch_shape(case):
+    d, _ = make(case)
+    assert d.batch_shape == case.batch_shape
+    assert make(case, torch.float64)[0].batch_shape == case.batch_shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CASES)
+def test_log_prob(case, dtype):
+    torch.manual_seed(1)
+    d, _ = make(case, dtype)
+    x = draw(d, (2,))
+    assert x.dtype == dtype
+    lp = d.log_prob(x)
+    assert lp.dtype == dtype
+    assert lp.shape == (2,) + d.batch_shape
+    assert torch.isfinite(lp).all()
+    # one sample scored against the batch broadcasts to the batch shape
+    assert d.log_prob(draw(d)).shape == d.batch_shape
+    # a value that is not padded to max_events is accepted (observed data)
+    if not case.relaxed:
+        rows = int(event_mask(x).sum(-1).max()) + 1
+        assert torch.allclose(d.log_prob(x[..., :rows, :]), lp)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.values[0].straight_through])
+def test_log_prob_float32_matches_float64(case):
+    torch.manual_seed(2)
+    d64, _ = make(case, torch.float64)
+    d32, _ = make(case, torch.float32)
+    x = draw(d64, (2,)).detach().clone()  # no carried log-weights: scored from the weights
+    lp64 = d64.log_prob(x)
+    lp32 = d32.log_prob(x.float())
+    assert torch.allclose(lp32.double(), lp64, rtol=1e-3, atol=1e-3), (lp32, lp64)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].relaxed and not c.values[0].straight_through])
+def test_carried_log_weights_match_weights(case):
+    torch.manual_seed(3)
+    d, _ = make(case, torch.float64)
+    x = d.rsample((2,))
+    assert torch.allclose(d.log_prob(x), d.log_prob(x.detach().clone()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_expand(case):
+    torch.manual_seed(4)
+    d, _ = make(case)
+    shape = (4,) + d.batch_shape
+    e = d.expand(shape)
+    assert e.batch_shape == shape
+    assert e.event_shape == d.event_shape
+    assert e.temperature == d.temperature and e.straight_through == d.straight_through
+    x = draw(e)
+    assert x.shape == shape + d.event_shape
+    check_realization(x, e, exact=not case.relaxed, hard=case.straight_through)
+    lp = e.log_prob(x)
+    assert lp.shape == shape and torch.isfinite(lp).all()
+    # the expanded process scores like the original
+    assert torch.allclose(lp, d.log_prob(x))
+    e2 = d.expand((2, 3) + d.batch_shape)
+    assert draw(e2, (2,)).shape == (2, 2, 3) + d.batch_shape + d.event_shape
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mask(case):
+    torch.manual_seed(5)
+    d, _ = make(case)
+    x = draw(d)
+    assert torch.equal(d.mask(False).log_prob(x), torch.zeros(d.batch_shape))
+    e = d.expand((3,) + d.batch_shape)
+    y = draw(e)
+    keep = torch.tensor([True, False, True]).reshape((3,) + (1,) * len(d.batch_shape))
+    masked = e.mask(keep).log_prob(y)
+    full = e.log_prob(y)
+    assert masked.shape == full.shape == e.batch_shape
+    assert torch.equal(masked[1], torch.zeros_like(masked[1]))
+    assert torch.allclose(masked[0::2], full[0::2])
+    assert (full[1] != 0).all()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_support(case):
+    torch.manual_seed(6)
+    d, _ = make(case)
+    x = draw(d, (2,))
+    ok = d.support.check(x)
+    assert ok.shape == (2,) + d.batch_shape
+    assert ok.all()
+    assert d.support.event_dim == 2
+    assert not event_mask(x)[..., -1].any()  # the last row is padding
+    bad = x.detach().clone()
+    bad[..., 0, 1:] = 0.4  # weights of the first row no longer sum to 0 or 1
+    assert not d.support.check(bad).any()
+    bad = x.detach().clone()
+    bad[..., -1, 0] = float("nan")  # a padding row with a NaN time
+    assert not d.support.check(bad).any()
+    bad = x.detach().clone()
+    bad[..., -1, 1], bad[..., -1, 2] = 0.5, -0.5  # negative weights summing to 0
+    assert not d.support.check(bad).any()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plate(case):
+    torch.manual_seed(7)
+    d, _ = make(case)
+    batch = d.batch_shape
+
+    def model():
+        with pyro.plate("n", 3, dim=-len(batch) - 1):
+            return pyro.sample("x", d)
+
+    trace = poutine.trace(model).get_trace()
+    x = trace.nodes["x"]["value"]
+    assert x.shape == (3,) + batch + d.event_shape
+    assert trace.nodes["x"]["fn"].batch_shape == (3,) + batch
+    trace.compute_log_prob()
+    lp = trace.nodes["x"]["log_prob"]
+    assert lp.shape == (3,) + batch and torch.isfinite(lp).all()
+
+
+def _event_model(case, batch_ndims):
+    def model():
+        d, _ = make(case)
+        with pyro.plate("n", 2, dim=-1):
+            return pyro.sample("x", d.to_event(batch_ndims))
+
+    return model
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])
+@pytest.mark.parametrize("case", CASES)
+def test_predictive(case, parallel):
+    torch.manual_seed(8)
+    d, _ = make(case)
+    model = _event_model(case, len(d.batch_shape))
+    samples = Predictive(model, num_samples=2, parallel=parallel)()
+    x = samples["x"]
+    assert x.shape == (2, 2) + d.batch_shape + d.event_shape
+    assert not torch.equal(x[0], x[1])  # independent draws
+    check_realization(x, d, exact=not case.relaxed, hard=case.straight_through)
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceGraph_ELBO], ids=["Trace_ELBO", "TraceGraph_ELBO"])
+@pytest.mark.parametrize("case", CASES)
+def test_svi_step(case, elbo):
+    torch.manual_seed(9)
+    d0, init = make(case)
+    n = len(d0.batch_shape)
+
+    main = next(iter(init))
+
+    def shifted(name, value, positive):  # the model differs from the guide's initial value
+        if name != main:
+            return value
+        return value * 0.8 if positive else value - 0.3
+
+    def model():
+        # Pyro requires equal value shapes in model and guide: fix max_events to the guide's
+        d, _ = make(case, param=shifted, max_events=d0.max_events)
+        with pyro.plate("n", 2, dim=-1):
+            pyro.sample("x", d.to_event(n))
+
+    def guide():
+        d, _ = make(case, param=pyro_param)
+        with pyro.plate("n", 2, dim=-1):
+            pyro.sample("x", d.to_event(n))
+
+    svi = SVI(model, guide, Adam({"lr": 0.05}), elbo())
+    loss = svi.step()
+    assert math.isfinite(loss)
+    store = pyro.get_param_store()
+    assert set(store.keys()) == set(init)
+    changed = False
+    for name, value in init.items():
+        new = store[name].detach()
+        assert torch.isfinite(new).all()
+        changed |= not torch.allclose(new, value)
+    assert changed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_reach_parameters(case, dtype):
+    torch.manual_seed(10)
+    d, params = make(case, dtype, param=leaf_param)
+    names, tensors = list(params), list(params.values())  # names[0]: rates / baseline / bias
+    if case.relaxed:
+        x = d.rsample((2,))
+        assert x.requires_grad
+        # random coefficients: weights and "no event" together sum to one in every row, and a plain
+        # sum of the mark weights is constant where "no event" has probability 0 (Poisson, default bound)
+        coef = torch.rand(x[..., 1:].shape, dtype=dtype)
+        grads = torch.autograd.grad((x[..., 1:] * coef).sum(), tensors, retain_graph=True, allow_unused=True)
+        assert grads[0] is not None and (grads[0] != 0).any(), "rsample gives no gradient to " + names[0]
+        assert all(g is None or torch.isfinite(g).all() for g in grads)
+        assert not d.sample().requires_grad
+    else:
+        x = d.sample((2,))
+        assert not x.requires_grad
+    # random coefficients: a plain sum can have a zero gradient at its maximum (e.g. Poisson with n = rate T)
+    coef = torch.rand(torch.broadcast_shapes(x.shape[:-2], d.batch_shape), dtype=dtype)
+    grads = torch.autograd.grad((d.log_prob(x) * coef).sum(), tensors, allow_unused=True)
+    for name, g in zip(names, grads, strict=True):
+        assert g is not None, f"log_prob gives no gradient to {name}"
+        assert torch.isfinite(g).all()
+        assert g.dtype == dtype
+    assert (grads[0] != 0).any()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.values[0].relaxed])
+def test_temperature_zero_is_exact(case):
+    """The same configuration at temperature 0: exact samples scored by the exact likelihood."""
+    torch.manual_seed(11)
+    exact = Case(case.intensity, {k: v for k, v in case.kwargs.items()
+                                  if k not in ("temperature", "straight_through")}, case.context)
+    d, _ = make(exact)
+    assert not d.has_rsample
+    x = d.sample((2,))
+    check_realization(x, d, exact=True)
+    assert torch.isfinite(d.log_prob(x)).all()
+    if not case.straight_through:
+        relaxed, _ = make(case)
+        soft = relaxed.sample((4,))
+        assert event_mask(soft).any()
+        with pytest.raises(ValueError, match="soft or 'no event' marks"):
+            d.log_prob(soft)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _poisson(**kwargs):
+    kwargs.setdefault("duration", 2.0)
+    return PointProcess(Poisson([0.5, 1.0]), validate_args=True, **kwargs)
+
+
+def _value(rows, duration=2.0):
+    """An exact realization with K = 2 from ``(time, mark)`` rows, plus one padding row."""
+    x = torch.zeros(len(rows) + 1, 4)
+    for e, (t, m) in enumerate(rows):
+        x[e, 0] = t
+        x[e, 1 + m] = 1.0
+    x[-1, 0] = duration
+    return x
+
+
+def test_valid_value_is_accepted():
+    lp = _poisson().log_prob(_value([(0.2, 0), (0.5, 1), (1.5, 0)]))
+    expected = 2 * math.log(0.5) + math.log(1.0) - 1.5 * 2.0
+    assert lp.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (_value([(0.5, 0), (0.2, 1)]), "unsorted event times"),
+        (_value([(0.5, 0), (2.5, 1)]), "outside the window"),
+        (_value([(-0.1, 0), (0.5, 1)]), "outside the window"),
+        (_value([(float("nan"), 0)]), "NaN or inf"),
+        (_value([(float("inf"), 0)]), "NaN or inf"),
+        (torch.tensor([[0.3, 0.7, 0.7, 0.0], [2.0, 0.0, 0.0, 0.0]]), "simplex"),
+        (torch.tensor([[0.3, 1.5, -0.5, 0.0], [2.0, 0.0, 0.0, 0.0]]), "negative mark weights"),
+        (torch.tensor([[0.3, 0.2, 0.2, 0.0], [2.0, 0.0, 0.0, 0.0]]), "simplex"),
+        (torch.tensor([[0.3, 0.6, 0.3, 0.1], [2.0, 0.0, 0.0, 0.0]]), "soft or 'no event' marks"),
+        (torch.tensor([[0.3, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0]]), "soft or 'no event' marks"),
+        (torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.3, 1.0, 0.0, 0.0]]), "after padding"),
+        (torch.zeros(3, 3), "batch x events x 4"),
+        (torch.zeros(3, 5), "batch x events x 4"),
+        (torch.zeros(4), "batch x events x 4"),
+    ],
+    ids=["unsorted", "after-window", "negative-time", "nan", "inf", "not-simplex", "negative-weight",
+         "sum-below-one", "soft-exact", "no-event-exact", "event-after-padding", "too-few-marks",
+         "too-many-marks", "no-event-dim"],
+)
+def test_log_prob_rejects_bad_values(value, match):
+    with pytest.raises(ValueError, match=match):
+        _poisson().log_prob(value)
+
+
+def test_log_prob_rejects_per_sequence_out_of_window():
+    d = PointProcess(Poisson([0.5, 1.0]), [1.0, 3.0], validate_args=True)
+    x = torch.stack([_value([(0.5, 0)], 3.0), _value([(2.5, 1)], 3.0)])
+    assert torch.isfinite(d.log_prob(x)).all()
+    with pytest.raises(ValueError, match="outside the window"):
+        d.log_prob(x.flip(0))  # 2.5 lies outside the first window [0, 1]
+
+
+def test_relaxed_process_rejects_bad_values():
+    d = _poisson(temperature=0.5)
+    with pytest.raises(ValueError, match="unsorted"):
+        d.log_prob(torch.tensor([[0.5, 0.2, 0.3, 0.5], [0.2, 0.2, 0.3, 0.5], [2.0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="simplex"):
+        d.log_prob(torch.tensor([[0.5, 0.2, 0.3, 0.4], [2.0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="batch x events x 4"):
+        d.log_prob(torch.zeros(2, 5))
+
+
+def test_log_prob_rejects_non_broadcastable_value():
+    d = PointProcess(Poisson([[0.5, 1.0]] * 3), 2.0, validate_args=True)
+    x = _value([(0.5, 0)]).expand(2, -1, -1)
+    with pytest.raises(ValueError, match="does not broadcast with batch_shape"):
+        d.log_prob(x)
+
+
+@pytest.mark.parametrize(
+    "make_process",
+    [
+        lambda: PointProcess(Poisson([[0.5, 1.0]] * 3), [1.0, 2.0]),
+        lambda: PointProcess(Poisson([[0.5, 1.0]] * 3), 2.0, bound=torch.full((2,), 3.0)),
+        lambda: PointProcess(ExpHawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), [1.0, 2.0, 3.0], context=CTX2),
+    ],
+    ids=["duration", "bound", "context"],
+)
+def test_non_broadcastable_batch_shapes(make_process):
+    with pytest.raises(ValueError, match="do not broadcast|does not broadcast"):
+        make_process()
+
+
+@pytest.mark.parametrize("temperature", [-0.1, float("nan"), float("inf"), "hot"])
+def test_bad_temperature(temperature):
+    with pytest.raises(ValueError, match="temperature must be"):
+        _poisson(temperature=temperature)
+
+
+def test_straight_through_needs_temperature():
+    with pytest.raises(ValueError, match="straight_through=True needs temperature > 0"):
+        _poisson(straight_through=True)
+
+
+def test_rsample_needs_temperature():
+    with pytest.raises(ValueError, match="rsample needs temperature > 0"):
+        _poisson().rsample()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5], ids=["exact", "relaxed"])
+def test_bound_exceeded_when_sampling(temperature):
+    torch.manual_seed(12)
+    d = PointProcess(Poisson([1.0, 2.0]), 2.0, bound=2.0, temperature=temperature)
+    with pytest.raises(ValueError, match="times the bound.*pass a larger bound"):
+        d.sample((4,))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5], ids=["exact", "relaxed"])
+def test_bound_exceeded_by_glm_softplus(temperature):
+    torch.manual_seed(13)
+    intensity = GLM([1.0, 1.0], [[[0.5, 0.5], [0.5, 0.5]]], ExponentialBasis([1.0]), "softplus")
+    d = PointProcess(intensity, 2.0, bound=2.0, temperature=temperature)  # softplus(1) * 2 = 2.63 > 2
+    with pytest.raises(ValueError, match="times the bound"):
+        d.sample((2,))
+
+
+def test_bound_exceeded_in_log_prob():
+    torch.manual_seed(14)
+    ok = PointProcess(Poisson([1.0, 2.0]), 2.0, bound=4.0, temperature=0.5)
+    x = ok.rsample((2,))
+    assert torch.isfinite(ok.log_prob(x)).all()
+    tight = PointProcess(Poisson([1.0, 2.0]), 2.0, bound=2.5, temperature=0.5, validate_args=True)
+    with pytest.raises(ValueError, match="times the bound.*pass a larger bound"):
+        tight.log_prob(x)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5], ids=["exact", "relaxed"])
+def test_max_events_overflow_when_sampling(temperature):
+    torch.manual_seed(15)
+    d = PointProcess(Poisson([5.0, 5.0]), 2.0, temperature=temperature, max_events=3)
+    with pytest.raises(ValueError, match="max_events=3.*pass a larger max_events"):
+        d.sample((4,))
+
+
+def test_max_events_overflow_ogata():
+    torch.manual_seed(16)
+    d = PointProcess(ExpHawkes([5.0, 5.0], _HAWKES_ADJ, 1.0), 2.0, max_events=3)
+    with pytest.raises(ValueError, match="max_events=3"):
+        d.sample((2,))
+
+
+@pytest.mark.parametrize("max_events", [0, -2, 2.5])
+def test_bad_max_events(max_events):
+    with pytest.raises(ValueError, match="max_events must be a positive integer"):
+        _poisson(max_events=max_events)
+
+
+def test_relaxed_softplus_glm_needs_bound():
+    intensity = GLM([0.0, 0.0], [[[0.1, 0.1], [0.1, 0.1]]], ExponentialBasis([1.0]), "softplus")
+    with pytest.raises(ValueError, match="needs a constant bound.*pass bound="):
+        PointProcess(intensity, 2.0, temperature=0.5)
+
+
+def test_exact_softplus_glm_needs_bound():
+    intensity = GLM([0.0, 0.0], [[[0.1, 0.1], [0.1, 0.1]]], ExponentialBasis([1.0]), "softplus")
+    with pytest.raises(ValueError, match="bound="):
+        PointProcess(intensity, 2.0).sample()
+
+
+@pytest.mark.parametrize(
+    "baseline, adjacency, decay, match",
+    [
+        ([-0.1, 0.3], _HAWKES_ADJ, 1.0, "nonnegative"),
+        ([0.1, 0.3], [[0.2, -0.1], [0.1, 0.2]], 1.0, "nonnegative"),
+        ([0.1, 0.3], _HAWKES_ADJ, 0.0, "decay must be positive"),
+        ([0.1, 0.3], _HAWKES_ADJ, [[1.0, -1.0], [1.0, 1.0]], "decay must be positive"),
+        ([0.1, float("nan")], _HAWKES_ADJ, 1.0, "NaN or inf"),
+        ([0.1, 0.3], [[0.2, 0.1]], 1.0, "adjacency must have shape"),
+    ],
+    ids=["baseline", "adjacency", "decay", "decay-matrix", "nan", "shape"],
+)
+def test_bad_hawkes_parameters(baseline, adjacency, decay, match):
+    with pytest.raises(ValueError, match=match):
+        ExpHawkes(baseline, adjacency, decay)
+
+
+@pytest.mark.parametrize("name", ["duration", "bound"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), [1.0, 0.0]])
+def test_nonpositive_duration_and_bound(name, value):
+    kwargs = {"duration": 2.0, name: value}
+    with pytest.raises(ValueError, match=f"{name} must be positive and finite"):
+        PointProcess(Poisson([0.5, 1.0]), **kwargs)
+
+
+def test_not_an_intensity():
+    with pytest.raises(ValueError, match="intensity must be a pyro_dpp.intensity.Intensity"):
+        PointProcess(lambda t: t, 2.0)
+
+
+@pytest.mark.parametrize(
+    "context, match",
+    [
+        (_ctx([0.3], [1], num_marks=2), "context must have shape batch x events x 3"),
+        (torch.zeros(3, 4), "context must have shape batch x events x 3"),
+        ([[0.3, 1.0, 0.0]], "context must be a realization tensor or SpikeTrains"),
+        (torch.tensor([[0.9, 1.0, 0.0], [0.3, 1.0, 0.0], [2.0, 0.0, 0.0]]), "context has unsorted"),
+        (torch.tensor([[2.5, 1.0, 0.0], [3.0, 0.0, 0.0]]), "context has event times outside"),
+    ],
+    ids=["two-context-marks", "width", "not-a-tensor", "unsorted", "out-of-window"],
+)
+def test_bad_context(context, match):
+    with pytest.raises(ValueError, match=match):
+        PointProcess(ExpHawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), 2.0, context=context)
+
+
+def test_context_as_spike_trains():
+    torch.manual_seed(17)
+    trains = SpikeTrains.from_events(torch.tensor([0.3, 0.9, 1.4]), torch.tensor([0, 0, 0]), 1, 2.0)
+    a = PointProcess(ExpHawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), 2.0, context=trains)
+    b = PointProcess(ExpHawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), 2.0, context=CTX1)
+    c = PointProcess(ExpHawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), 2.0)
+    x = a.sample((2,))
+    assert torch.allclose(a.log_prob(x), b.log_prob(x))
+    # the context excites: it changes the likelihood
+    assert not torch.allclose(a.log_prob(x), c.log_prob(x))
+
+
+def test_underflowed_relaxed_value_needs_carried_log_weights():
+    torch.manual_seed(18)
+    d = PointProcess(Poisson([0.5, 1.0]), 2.0, bound=3.0, temperature=0.01, validate_args=True)
+    x = d.rsample((4,))
+    real = event_mask(x)
+    assert (real.unsqueeze(-1) & (x[..., 1:] == 0)).any(), "expected float32 underflow at temperature 0.01"
+    assert torch.isfinite(d.log_prob(x)).all()  # carried log-weights
+    with pytest.raises(ValueError, match="exactly zero.*score the tensor returned by rsample"):
+        d.log_prob(x.detach().clone())  # the copy has lost them
+
+
+def test_straight_through_value_needs_carried_log_weights():
+    torch.manual_seed(19)
+    d = PointProcess(Poisson([0.5, 1.0]), 2.0, temperature=0.5, straight_through=True, validate_args=True)
+    x = d.rsample((2,))
+    assert torch.isfinite(d.log_prob(x)).all()
+    with pytest.raises(ValueError, match="exactly zero"):
+        d.log_prob(x.detach().clone())
