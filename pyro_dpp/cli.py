@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _hawkes(args: argparse.Namespace) -> int:
     from . import PointProcess, SpikeTrains
     from . import plot as dpp_plot
     from .intensity import ExpHawkes
@@ -56,11 +56,12 @@ def _demo(args: argparse.Namespace) -> int:
     plt = dpp_plot._pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [3, 3, 1.6]})
     dpp_plot.raster(trains, ax=axes[0], title="exact sample")
-    dpp_plot.raster(SpikeTrains.from_tensor(soft.detach()), ax=axes[1], title=f"relaxed sample (tau={args.temperature})")
+    dpp_plot.raster(SpikeTrains.from_tensor(soft.detach()), ax=axes[1],
+                    title=f"relaxed sample (tau={args.temperature})")
     dpp_plot.time_rescaling(intervals, ax=axes[2], title="time rescaling")
     fig.tight_layout()
-    fig.savefig(out / "demo.png", dpi=120)
-    print(f"Saved {out / 'demo.png'} ({time.perf_counter() - start:.1f} s)")
+    fig.savefig(out / "hawkes.png", dpi=120)
+    print(f"Saved {out / 'hawkes.png'} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
@@ -84,21 +85,129 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .jobs import demo
+
+    demo(Path(args.out), seed=args.seed, epochs=args.epochs, draws=args.draws, duration=args.duration,
+         force=args.force, progress=not args.no_progress)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .jobs import simulate
+
+    simulate(Path(args.out), args.observed, args.hidden, args.sequences, args.duration, args.seed, args.amplitude,
+             args.basis, force=args.force)
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .jobs import train
+
+    train(Path(args.data), Path(args.out), args.hidden, args.estimator, args.epochs, args.temperature,
+          args.temperature_decay, args.optimizer, args.lr, args.batch_size, args.guide, args.basis, args.amplitude,
+          args.seed, args.duration, force=args.force, progress=not args.no_progress)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .jobs import evaluate
+
+    evaluate(Path(args.data), Path(args.model), Path(args.guide) if args.guide else None, args.particles,
+             Path(args.out) if args.out else None, args.duration, force=args.force)
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .jobs import reproduce
+
+    reproduce(args.experiment, Path(args.out), args.quick, args.seed, args.draws, force=args.force,
+              progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .snn.network import BASES
+    from .snn.training import OPTIMIZERS
+
     parser = argparse.ArgumentParser(prog="pyro-dpp", description="Differentiable point processes in Pyro.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulate, score and differentiate a Hawkes process; save plots")
-    demo.add_argument("--out", default="demo-output", help="folder for the figures")
+
+    def common(p: argparse.ArgumentParser, out_default: str | None = None, progress: bool = False) -> None:
+        if out_default is not None:
+            p.add_argument("--out", default=out_default, help=f"output location (default {out_default})")
+        p.add_argument("--force", action="store_true", help="overwrite existing results")
+        p.add_argument("--seed", type=int, default=0)
+        if progress:
+            p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    demo = sub.add_parser("demo", help="the paper's synthetic SNN: gradient variance, training, figures")
+    common(demo, "demo-output", progress=True)
+    demo.add_argument("--epochs", type=_positive_int, default=8)
+    demo.add_argument("--draws", type=_positive_int, default=20, help="gradient draws per estimator for E[std]")
     demo.add_argument("--duration", type=_positive_float, default=50.0)
-    demo.add_argument("--sequences", type=_positive_int, default=8)
-    demo.add_argument("--particles", type=_positive_int, default=16)
-    demo.add_argument("--temperature", type=_positive_float, default=0.3,
-                      help="relaxation temperature of the differentiable sampler (> 0)")
-    demo.add_argument("--bound", type=_positive_float, default=None,
-                      help="constant bound on the summed intensity for the differentiable sampler "
-                           "(default: 8 x the stationary event rate)")
-    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    hawkes = sub.add_parser("hawkes", help="simulate, score and differentiate a Hawkes process; save plots")
+    hawkes.add_argument("--out", default="demo-output", help="folder for the figures")
+    hawkes.add_argument("--duration", type=_positive_float, default=50.0)
+    hawkes.add_argument("--sequences", type=_positive_int, default=8)
+    hawkes.add_argument("--particles", type=_positive_int, default=16)
+    hawkes.add_argument("--temperature", type=_positive_float, default=0.3,
+                        help="relaxation temperature of the differentiable sampler (> 0)")
+    hawkes.add_argument("--bound", type=_positive_float, default=None,
+                        help="constant bound on the summed intensity for the differentiable sampler "
+                             "(default: 8 x the stationary event rate)")
+    hawkes.add_argument("--seed", type=int, default=0)
+    hawkes.set_defaults(func=_hawkes)
+
+    sim = sub.add_parser("simulate", help="simulate spike trains of a random SNN into a .npz or .csv file")
+    common(sim, "spikes.npz")
+    sim.add_argument("--observed", type=_positive_int, default=2)
+    sim.add_argument("--hidden", type=int, default=4)
+    sim.add_argument("--sequences", type=_positive_int, default=10)
+    sim.add_argument("--duration", type=_positive_float, default=50.0)
+    sim.add_argument("--amplitude", type=_positive_float, default=5.0)
+    sim.add_argument("--basis", choices=BASES, default="epanechnikov")
+    sim.set_defaults(func=_simulate)
+
+    fit = sub.add_parser("fit", help="fit an SNN with hidden neurons to spike trains (.npz or .csv)")
+    fit.add_argument("data", help="spike-train file (see README: npz arrays or a time,neuron[,sequence] csv)")
+    common(fit, "fit.json", progress=True)
+    fit.add_argument("--hidden", type=int, default=4, help="number of hidden neurons")
+    fit.add_argument("--estimator", choices=("pathwise", "score_function", "score_function_baseline"),
+                     default="pathwise")
+    fit.add_argument("--epochs", type=_positive_int, default=20)
+    fit.add_argument("--temperature", type=_positive_float, default=0.3, help="initial temperature tau_0")
+    fit.add_argument("--temperature-decay", type=_positive_float, default=0.95, help="tau_e = tau_0 * r^e")
+    fit.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adagrad")
+    fit.add_argument("--lr", type=_positive_float, default=0.05)
+    fit.add_argument("--batch-size", type=_positive_int, default=1, help="sequences per step (paper: 1)")
+    fit.add_argument("--guide", choices=("causal", "acausal", "prior"), default="causal",
+                     help="variational network: causal, acausal (sees future observed spikes) or q = p")
+    fit.add_argument("--basis", choices=BASES, default="epanechnikov")
+    fit.add_argument("--amplitude", type=_positive_float, default=5.0)
+    fit.add_argument("--duration", type=_positive_float, default=None,
+                     help="window length (default: read from the file)")
+    fit.set_defaults(func=_fit)
+
+    ev = sub.add_parser("evaluate", help="exact ELBO and log-likelihood of spike trains under a fitted SNN")
+    ev.add_argument("data")
+    ev.add_argument("--model", required=True, help="a *_model.pt written by fit or simulate")
+    ev.add_argument("--guide", default=None, help="a *_guide.pt (default: q = p)")
+    ev.add_argument("--particles", type=_positive_int, default=64)
+    ev.add_argument("--duration", type=_positive_float, default=None)
+    common(ev)
+    ev.add_argument("--out", default=None, help="JSON file for the per-sequence results")
+    ev.set_defaults(func=_evaluate)
+
+    rep = sub.add_parser("reproduce", help="the paper's experiments: exp1 (gradient variance), exp2 (test ELBO "
+                                          "vs training size), exp3 (time per epoch vs amplitude)")
+    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3"))
+    common(rep, "results", progress=True)
+    rep.add_argument("--quick", action="store_true", help="reduced sizes (about a minute)")
+    rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")
+    rep.set_defaults(func=_reproduce)
     return parser
 
 
@@ -106,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, ImportError) as err:
         print(f"pyro-dpp: error: {err}", file=sys.stderr)
         return 2
 

@@ -111,8 +111,20 @@ def validate_realization(
             )
 
 
-def _as_duration(duration: Any, batch: int) -> torch.Tensor:
-    duration = torch.as_tensor(duration, dtype=torch.get_default_dtype())
+def _numpy(x: Any) -> Any:
+    """``x`` itself, or a tensor's values as a numpy array (from any device)."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _as_duration(duration: Any, batch: int, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    if dtype is None:
+        # a floating tensor keeps its dtype; anything else gets the default dtype
+        floating = isinstance(duration, torch.Tensor) and duration.is_floating_point()
+        dtype = duration.dtype if floating else torch.get_default_dtype()
+    if device is None and isinstance(duration, torch.Tensor):
+        device = duration.device
+    duration = torch.as_tensor(duration, dtype=dtype, device=device)
     if duration.dim() == 0:
         duration = duration.expand(batch)
     if duration.shape != (batch,):
@@ -230,10 +242,14 @@ class SpikeTrains:
         return torch.cat([self._value, pad], dim=-2)
 
     @classmethod
-    def from_lists(cls, spikes: Sequence[Sequence[Any]], duration: Any) -> "SpikeTrains":
+    def from_lists(cls, spikes: Sequence[Sequence[Any]], duration: Any, dtype: torch.dtype | None = None,
+                   device: torch.device | str | None = None) -> "SpikeTrains":
         """Build from ``spikes[sequence][neuron]``, an array of spike times of that neuron.
 
         :param duration: a scalar or one window length per sequence.
+        :param dtype: floating dtype of the result (default: ``duration``'s if it is a floating
+            tensor, else torch's default dtype).
+        :param device: device of the result (default: ``duration``'s if it is a tensor, else the CPU).
         """
         if len(spikes) == 0:
             raise ValueError("spikes must hold at least one sequence")
@@ -245,17 +261,18 @@ class SpikeTrains:
                     f"sequence {s} has {len(seq)} neurons but sequence 0 has {num_marks}; every "
                     "sequence must list the same neurons (use an empty array for a silent neuron)"
                 )
-            t = [np.asarray(train, dtype=float).reshape(-1) for train in seq]
+            t = [np.asarray(_numpy(train), dtype=float).reshape(-1) for train in seq]
             times.append(np.concatenate(t) if t else np.zeros(0))
             marks.append(np.concatenate([np.full(len(x), k) for k, x in enumerate(t)]) if t else np.zeros(0, int))
-        return cls.from_events(times, marks, num_marks, duration)
+        return cls.from_events(times, marks, num_marks, duration, dtype=dtype, device=device)
 
     @classmethod
-    def from_events(cls, times: Any, marks: Any, num_marks: int, duration: Any) -> "SpikeTrains":
+    def from_events(cls, times: Any, marks: Any, num_marks: int, duration: Any, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> "SpikeTrains":
         """Build from event ``times`` and integer ``marks`` (``0 <= mark < num_marks``).
 
         Either one sequence (two 1-D arrays) or a list of sequences (two lists of 1-D arrays).
-        Events are sorted by time; none is dropped.
+        Events are sorted by time; none is dropped. ``dtype`` and ``device`` as in :meth:`from_lists`.
         """
         single = not isinstance(times, (list, tuple))
         if single:
@@ -263,12 +280,13 @@ class SpikeTrains:
         if len(times) != len(marks):
             raise ValueError(f"got {len(times)} time arrays but {len(marks)} mark arrays")
         batch = len(times)
-        duration = _as_duration(duration, batch)
-        dtype = duration.dtype
+        duration = _as_duration(duration, batch, dtype, device)
+        dtype, device = duration.dtype, duration.device
+        duration = duration.cpu()  # events are assembled on the CPU, then moved to ``device``
         seqs = []
         for s, (t, m) in enumerate(zip(times, marks)):
-            t = torch.as_tensor(np.asarray(t, dtype=float), dtype=dtype).reshape(-1)
-            m_np = np.asarray(m).reshape(-1)
+            t = torch.as_tensor(np.asarray(_numpy(t), dtype=float), dtype=dtype).reshape(-1)
+            m_np = np.asarray(_numpy(m)).reshape(-1)
             if len(t) != len(m_np):
                 raise ValueError(f"sequence {s}: {len(t)} times but {len(m_np)} marks")
             if not torch.isfinite(t).all():
@@ -293,6 +311,7 @@ class SpikeTrains:
         for s, (t, m) in enumerate(seqs):
             out_t[s, : len(t)] = t
             out_w[s, torch.arange(len(t)), m] = 1.0
+        out_t, out_w, duration = out_t.to(device), out_w.to(device), duration.to(device)
         if single:
             return cls(out_t[0], out_w[0], duration[0])
         return cls(out_t, out_w, duration)

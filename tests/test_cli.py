@@ -1,4 +1,4 @@
-"""The ``pyro-dpp`` command line: the demo runs, writes its figure, and rejects bad options."""
+"""The ``pyro-dpp`` command line: every subcommand runs, writes its files, and rejects bad input."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def _run(argv: list[str]) -> int:
         return 0 if exit_.code is None else (exit_.code if isinstance(exit_.code, int) else 1)
 
 
-def test_demo_runs_and_saves_figure(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert _run(["demo", "--out", str(out), *SMALL]) == 0
+def test_hawkes_runs_and_saves_figure(tmp_path, capsys):
+    out = tmp_path / "hawkes"
+    assert _run(["hawkes", "--out", str(out), *SMALL]) == 0
     printed = capsys.readouterr().out
-    figure = out / "demo.png"
+    figure = out / "hawkes.png"
     assert figure.is_file() and figure.stat().st_size > 1000
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     match = re.search(r"exact log-likelihood per sequence: mean (-?\d+\.\d+)", printed)
@@ -44,10 +44,10 @@ def test_demo_runs_and_saves_figure(tmp_path, capsys):
     assert "Saved" in printed
 
 
-def test_demo_is_reproducible(tmp_path, capsys):
-    assert _run(["demo", "--out", str(tmp_path / "a"), *SMALL]) == 0
+def test_hawkes_is_reproducible(tmp_path, capsys):
+    assert _run(["hawkes", "--out", str(tmp_path / "a"), *SMALL]) == 0
     first = capsys.readouterr().out
-    assert _run(["demo", "--out", str(tmp_path / "b"), *SMALL]) == 0
+    assert _run(["hawkes", "--out", str(tmp_path / "b"), *SMALL]) == 0
     second = capsys.readouterr().out
 
     def strip(text: str) -> str:  # drop paths and timings
@@ -69,18 +69,18 @@ def test_demo_is_reproducible(tmp_path, capsys):
         ("--bound", "-1", "--bound: must be positive"),
     ],
 )
-def test_demo_rejects_bad_values(tmp_path, capsys, option, value, expected):
+def test_hawkes_rejects_bad_values(tmp_path, capsys, option, value, expected):
     out = tmp_path / "bad"
-    code = _run(["demo", "--out", str(out), *SMALL, option, value])
+    code = _run(["hawkes", "--out", str(out), *SMALL, option, value])
     assert code != 0
     err = capsys.readouterr().err
     assert expected in err, err
-    assert not (out / "demo.png").exists()
+    assert not (out / "hawkes.png").exists()
 
 
-def test_demo_reports_a_too_small_bound(tmp_path, capsys):
+def test_hawkes_reports_a_too_small_bound(tmp_path, capsys):
     # a bound below the baseline rates must fail with the library's message, not a traceback
-    code = _run(["demo", "--out", str(tmp_path / "b"), *SMALL, "--bound", "0.5"])
+    code = _run(["hawkes", "--out", str(tmp_path / "b"), *SMALL, "--bound", "0.5"])
     assert code != 0
     err = capsys.readouterr().err
     assert "pyro-dpp: error:" in err and "bound" in err, err

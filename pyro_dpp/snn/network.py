@@ -80,6 +80,11 @@ class SNN(torch.nn.Module):
         acausal: bool = False,
     ) -> None:
         super().__init__()
+        self.config = {
+            "n_observed": n_observed, "n_hidden": n_hidden, "basis": basis if isinstance(basis, str) else None,
+            "num_basis": num_basis, "activation": activation, "amplitude": amplitude, "neuron_bound": neuron_bound,
+            "refractory": refractory, "acausal": acausal,
+        }
         if n_observed < 1 or n_hidden < 0:
             raise ValueError("an SNN needs n_observed >= 1 and n_hidden >= 0")
         if activation not in ACTIVATIONS:
@@ -108,7 +113,25 @@ class SNN(torch.nn.Module):
             if connection_mask.shape != (d, d):
                 raise ValueError(f"connection_mask must have shape ({d}, {d}), got {tuple(connection_mask.shape)}")
         self.register_buffer("connection_mask", connection_mask)
+        self.config["connection_mask"] = None if connection_mask is None else connection_mask.tolist()
         self.reset_parameters(init)
+
+    def save(self, path: str | Any) -> None:
+        """Save the configuration and parameters (restore with :meth:`load`)."""
+        if self.config["basis"] is None:
+            raise ValueError("only networks built with a named basis can be saved; pass basis='epanechnikov' etc.")
+        torch.save({"config": self.config, "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | Any) -> SNN:
+        """A network saved by :meth:`save`."""
+        try:
+            saved = torch.load(path, weights_only=False)
+            net = cls(**saved["config"], init="small")
+            net.load_state_dict(saved["state"])
+        except (OSError, KeyError, RuntimeError, TypeError) as err:
+            raise ValueError(f"{path} is not a network saved by SNN.save: {err}") from err
+        return net
 
     @property
     def num_neurons(self) -> int:

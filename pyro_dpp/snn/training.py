@@ -30,6 +30,7 @@ class FitResult:
     temperatures: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     epochs_done: int = 0
+    callback_values: list[Any] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -58,6 +59,7 @@ def fit(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     seed: int | None = None,
+    callback: Any = None,
 ) -> FitResult:
     """Train a model/guide pair by SVI.
 
@@ -73,6 +75,8 @@ def fit(
     :param int batch_size: sequences per step (paper: 1); None for all at once.
     :param float regularizer: coefficient of the Frobenius norm of the weights (paper: 0.1).
     :param checkpoint: a file: saved after every epoch, and resumed from if it exists.
+    :param callback: called as ``callback(epoch, model, guide)`` after every epoch (e.g. to evaluate);
+        its return values are collected in ``FitResult.callback_values``.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
@@ -135,6 +139,8 @@ def fit(
         result.temperatures.append(tau)
         result.epoch_seconds.append(time.perf_counter() - start)
         result.epochs_done = epoch + 1
+        if callback is not None:
+            result.callback_values.append(callback(epoch, model, guide))
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{sum(result.losses[-len(order.split(batch_size)):]):.1f}", tau=f"{tau:.3f}")
         if path is not None:

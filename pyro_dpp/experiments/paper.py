@@ -1,0 +1,176 @@
+"""The experiments of Kajino (ICML 2021) on the synthetic SNN setting, as functions.
+
+- :func:`experiment1`: gradient variance (E[std]) of path-wise vs score-function estimators;
+- :func:`experiment2`: exact test ELBO against the number of training sequences;
+- :func:`experiment3`: seconds per training epoch against the amplitude ``a``;
+- :func:`relaxation_bias`: cosine similarity of the path-wise gradient with the exact gradient as
+  the temperature falls;
+- :func:`compare_training`: path-wise vs score-function training at equal steps over seeds.
+
+Every function returns a JSON-serialisable dict. Sizes default to the paper's; pass smaller ones for
+quick runs (the ``pyro-dpp reproduce --quick`` presets are in :data:`QUICK`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..events import SpikeTrains
+from ..snn import SNN, exact_elbo, fit, gradient_draws, gradient_variance
+
+ESTIMATOR_NAMES = ("pathwise", "score_function", "score_function_baseline")
+
+
+@dataclass
+class Setting:
+    """The paper's synthetic setting: a random SNN generates train and test spike trains."""
+
+    n_observed: int = 2
+    n_hidden: int = 4
+    amplitude: float = 5.0
+    duration: float = 50.0
+    basis: str = "epanechnikov"
+    num_basis: int = 2
+
+    def network(self, seed: int, amplitude: float | None = None) -> SNN:
+        """A network of this family with the paper's random initialisation."""
+        torch.manual_seed(seed)
+        return SNN(self.n_observed, self.n_hidden, basis=self.basis, num_basis=self.num_basis,
+                   amplitude=self.amplitude if amplitude is None else amplitude, init="paper")
+
+    def data(self, seed: int, num_train: int, num_test: int) -> tuple[SNN, SpikeTrains, SpikeTrains]:
+        """``(true network, train observed, test observed)``, all from ``seed``."""
+        true = self.network(10_000 + seed)
+        train, _ = true.simulate(num_train, self.duration, seed=20_000 + seed)
+        test, _ = true.simulate(num_test, self.duration, seed=30_000 + seed)
+        return true, train, test
+
+
+def _elbo_summary(values: torch.Tensor) -> dict[str, float]:
+    values = values.double()
+    return {"mean": float(values.mean()), "se": float(values.std() / math.sqrt(max(len(values), 1)))}
+
+
+def experiment1(num_draws: int = 1000, num_sequences: int = 10, temperature: float = 0.3, seed: int = 0,
+                setting: Setting | None = None, chunk: int = 50) -> dict[str, Any]:
+    """Experiment 1: per-coordinate standard deviation of single-particle ELBO gradients at the
+    initial parameters, averaged over coordinates (E[std]), for each estimator."""
+    setting = setting or Setting()
+    _, train, _ = setting.data(seed, num_sequences, 1)
+    model, guide = setting.network(seed + 1), setting.network(seed + 2)
+    out: dict[str, Any] = {"num_draws": num_draws, "num_sequences": num_sequences, "temperature": temperature,
+                           "seed": seed}
+    for estimator in ESTIMATOR_NAMES:
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        result = gradient_variance(model, guide, train, estimator, num_draws, temperature, chunk=chunk)
+        out[estimator] = {"e_std": result["e_std"], "seconds": time.perf_counter() - start}
+    return out
+
+
+def relaxation_bias(temperatures: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03), num_draws: int = 400,
+                    reference_draws: int = 2000, num_sequences: int = 4, seed: int = 0,
+                    setting: Setting | None = None, chunk: int = 50) -> dict[str, Any]:
+    """Cosine similarity between the mean path-wise gradient at each temperature and the exact
+    ELBO gradient, estimated by ``reference_draws`` score-function draws with a baseline."""
+    setting = setting or Setting()
+    _, train, _ = setting.data(seed, num_sequences, 1)
+    model, guide = setting.network(seed + 1), setting.network(seed + 2)
+    torch.manual_seed(seed)
+    reference = gradient_draws(model, guide, train, "score_function_baseline", reference_draws, chunk=chunk)
+    exact, exact_se = reference.mean(0), reference.std(0) / math.sqrt(reference_draws)
+    out: dict[str, Any] = {"reference_draws": reference_draws, "num_draws": num_draws,
+                           "reference_relative_se": float(exact_se.norm() / exact.norm()), "temperatures": {}}
+    for tau in temperatures:
+        draws = gradient_draws(model, guide, train, "pathwise", num_draws, tau, chunk=chunk)
+        mean = draws.mean(0)
+        cosine = torch.nn.functional.cosine_similarity(mean, exact, dim=0)
+        out["temperatures"][str(tau)] = {"cosine": float(cosine),
+                                         "relative_error": float((mean - exact).norm() / exact.norm())}
+    return out
+
+
+def _train_and_test(setting: Setting, train: SpikeTrains, test: SpikeTrains, estimator: str, seed: int,
+                    num_epochs: int, batch_size: int | None, eval_particles: int, lr: float,
+                    progress: bool = False) -> dict[str, Any]:
+    model, guide = setting.network(seed + 1), setting.network(seed + 2)
+    before = exact_elbo(model, guide, test, num_particles=eval_particles).mean()
+    result = fit(model, train, guide, estimator=estimator, num_epochs=num_epochs, batch_size=batch_size, lr=lr,
+                 progress=progress, seed=seed)
+    after = exact_elbo(model, guide, test, num_particles=eval_particles).mean()
+    return {"before": float(before), "after": float(after), "seconds": result.seconds,
+            "losses": result.losses, "seconds_per_epoch": result.seconds / max(num_epochs, 1)}
+
+
+def compare_training(seeds: tuple[int, ...] = (0, 1, 2), num_train: int = 10, num_test: int = 10,
+                     num_epochs: int = 10, batch_size: int | None = None, eval_particles: int = 16,
+                     lr: float = 0.05, setting: Setting | None = None, progress: bool = False) -> dict[str, Any]:
+    """Path-wise vs score-function training at equal steps: exact test ELBO before and after."""
+    setting = setting or Setting()
+    out: dict[str, Any] = {"seeds": list(seeds), "num_epochs": num_epochs, "runs": {}}
+    for estimator in ESTIMATOR_NAMES:
+        runs = []
+        for seed in seeds:
+            _, train, test = setting.data(seed, num_train, num_test)
+            runs.append(_train_and_test(setting, train, test, estimator, seed, num_epochs, batch_size,
+                                        eval_particles, lr, progress))
+        gain = torch.tensor([r["after"] - r["before"] for r in runs])
+        out["runs"][estimator] = {"runs": runs, "gain": _elbo_summary(gain),
+                                  "after": _elbo_summary(torch.tensor([r["after"] for r in runs]))}
+    return out
+
+
+def experiment2(sizes: tuple[int, ...] = (10, 20, 30, 40, 50, 75, 100, 200), trials: int = 24,
+                num_epochs: int = 10, num_test: int = 10, batch_size: int | None = None,
+                eval_particles: int = 16, lr: float = 0.05, seed: int = 0,
+                setting: Setting | None = None, progress: bool = False) -> dict[str, Any]:
+    """Experiment 2: exact test ELBO (per test sequence) after training on ``size`` sequences, mean
+    and standard error over ``trials`` independent data sets and initialisations."""
+    setting = setting or Setting()
+    out: dict[str, Any] = {"sizes": list(sizes), "trials": trials, "num_epochs": num_epochs, "results": {}}
+    for size in sizes:
+        row = {}
+        for estimator in ("pathwise", "score_function"):
+            finals = []
+            for trial in range(trials):
+                _, train, test = setting.data(seed + 1000 * trial, size, num_test)
+                run = _train_and_test(setting, train, test, estimator, seed + trial, num_epochs, batch_size,
+                                      eval_particles, lr, progress)
+                finals.append(run["after"])
+            row[estimator] = _elbo_summary(torch.tensor(finals))
+        out["results"][str(size)] = row
+    return out
+
+
+def experiment3(amplitudes: tuple[float, ...] = (1, 2, 5, 10, 20), num_sequences: int = 10,
+                num_epochs: int = 1, seed: int = 0, setting: Setting | None = None) -> dict[str, Any]:
+    """Experiment 3: wall-clock seconds per training epoch against the amplitude ``a``, with the
+    paper's schedule (one optimizer step per sequence) and with all sequences in one batched step."""
+    setting = setting or Setting()
+    out: dict[str, Any] = {"amplitudes": list(amplitudes), "num_sequences": num_sequences, "results": {}}
+    for a in amplitudes:
+        local = Setting(setting.n_observed, setting.n_hidden, float(a), setting.duration, setting.basis,
+                        setting.num_basis)
+        _, train, _ = local.data(seed, num_sequences, 1)
+        row = {}
+        for estimator in ("pathwise", "score_function"):
+            for schedule, batch_size in (("per_sequence", 1), ("batched", None)):
+                model, guide = local.network(seed + 1), local.network(seed + 2)
+                result = fit(model, train, guide, estimator=estimator, num_epochs=num_epochs,
+                             batch_size=batch_size, progress=False, seed=seed)
+                row[f"{estimator}/{schedule}"] = {"seconds_per_epoch": result.seconds / num_epochs}
+        out["results"][str(a)] = row
+    return out
+
+
+#: Reduced sizes for ``pyro-dpp reproduce --quick`` (about a minute each on 2 cores).
+QUICK: dict[str, dict[str, Any]] = {
+    "exp1": {"num_draws": 20, "num_sequences": 4, "chunk": 10},
+    "exp2": {"sizes": (5, 10), "trials": 2, "num_epochs": 3, "num_test": 4, "eval_particles": 4},
+    "exp3": {"amplitudes": (1, 5, 10), "num_sequences": 3},
+}

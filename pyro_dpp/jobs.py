@@ -1,0 +1,237 @@
+"""The jobs behind the ``pyro-dpp`` command: demo, simulate, fit, evaluate, reproduce."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .events import SpikeTrains
+
+
+def _check_free(paths: list[Path], force: bool) -> None:
+    taken = [str(p) for p in paths if p.exists()]
+    if taken and not force:
+        raise ValueError(f"{', '.join(taken)} already exist(s); pass --force to overwrite")
+
+
+def _agg() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # jobs only write files
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).rjust(w) for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def demo(out: Path, seed: int = 0, epochs: int = 8, draws: int = 20, num_train: int = 10, num_test: int = 10,
+         duration: float = 50.0, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The paper's synthetic setting end to end: data from a random SNN (2 observed + 4 hidden
+    neurons), gradient E[std] of the three estimators, short path-wise and score-function training,
+    exact test ELBO before and after, and figures."""
+    from . import plot
+    from .experiments.paper import ESTIMATOR_NAMES, Setting
+    from .snn import exact_elbo, fit, gradient_variance
+
+    files = [out / "demo.json", out / "demo.png"]
+    _check_free(files, force)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    setting = Setting(duration=duration)
+    true, train, test = setting.data(seed, num_train, num_test)
+    print(f"Data: {num_train} training and {num_test} test sequences on [0, {duration}] from a random SNN "
+          f"(2 observed + 4 hidden neurons, a = {setting.amplitude}); "
+          f"{float(train.num_events.double().mean()):.0f} observed spikes per sequence")
+    results: dict[str, Any] = {"seed": seed, "epochs": epochs, "draws": draws, "estimators": {}}
+    curves, rows = {}, []
+    for estimator in ESTIMATOR_NAMES:
+        model, guide = setting.network(seed + 1), setting.network(seed + 2)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        e_std = gradient_variance(model, guide, train, estimator, num_draws=draws, chunk=min(draws, 10))["e_std"]
+        grad_seconds = time.perf_counter() - t0
+        before = float(exact_elbo(model, guide, test, num_particles=8).mean())
+        track = lambda epoch, m, g: float(exact_elbo(m, g, test, num_particles=4).mean())  # noqa: E731
+        run = fit(model, train, guide, estimator=estimator, num_epochs=epochs, batch_size=None, progress=progress,
+                  seed=seed, callback=track)
+        after = float(exact_elbo(model, guide, test, num_particles=8).mean())
+        curves[estimator] = [before] + run.callback_values
+        results["estimators"][estimator] = {"e_std": e_std, "gradient_seconds": grad_seconds,
+                                            "test_elbo_before": before, "test_elbo_after": after,
+                                            "train_seconds": run.seconds, "losses": run.losses}
+        rows.append([estimator, f"{e_std:.1f}", f"{before:.1f}", f"{after:.1f}", f"{run.seconds:.1f}"])
+        if estimator == "pathwise":
+            trained_guide = guide
+    print(_table(rows, ["estimator", "gradient E[std]", "test ELBO before", "after", "train s"]))
+    results["true_test_elbo"] = float(exact_elbo(true, true, test, num_particles=8).mean())
+    print(f"Exact test ELBO of the true network with q = p: {results['true_test_elbo']:.1f}")
+
+    plt = _agg()
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7))
+    plot.raster(test, ax=axes[0, 0], title="observed spikes (test sequence 0)")
+    with torch.no_grad():
+        soft = trained_guide.hidden_process(test, temperature=0.3).rsample()
+    plot.raster(SpikeTrains.from_tensor(soft, test.duration), ax=axes[0, 1],
+                title="hidden spikes from the trained path-wise guide (tau = 0.3)")
+    plot.training_curves(curves, ax=axes[1, 0], ylabel="exact test ELBO per sequence")
+    axes[1, 0].set_xlabel("epoch")
+    axes[1, 1].bar(list(ESTIMATOR_NAMES), [results["estimators"][e]["e_std"] for e in ESTIMATOR_NAMES])
+    axes[1, 1].set_yscale("log")
+    axes[1, 1].set_ylabel("gradient E[std]")
+    fig.tight_layout()
+    fig.savefig(out / "demo.png", dpi=110)
+    plt.close(fig)
+    results["seconds"] = time.perf_counter() - start
+    (out / "demo.json").write_text(json.dumps(results, indent=1))
+    print(f"Wrote {out / 'demo.json'} and {out / 'demo.png'} ({results['seconds']:.0f} s)")
+    return results
+
+
+def simulate(out: Path, n_observed: int, n_hidden: int, sequences: int, duration: float, seed: int,
+             amplitude: float, basis: str, force: bool = False) -> None:
+    """Simulate a random SNN; write the observed spikes (npz or csv by suffix), the hidden spikes
+    beside them (``<stem>_hidden<suffix>``) and the network (``<stem>_network.pt``)."""
+    from .io import save_spikes
+    from .snn import SNN
+
+    hidden_path = out.with_name(out.stem + "_hidden" + out.suffix)
+    net_path = out.with_name(out.stem + "_network.pt")
+    _check_free([out, hidden_path, net_path], force)
+    torch.manual_seed(seed)
+    net = SNN(n_observed, n_hidden, basis=basis, amplitude=amplitude, init="paper")
+    observed, hidden = net.simulate(sequences, duration, seed=seed + 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_spikes(observed, out)
+    if n_hidden:
+        save_spikes(hidden, hidden_path)
+    net.save(net_path)
+    print(f"Wrote {sequences} sequences: {out} (observed), {hidden_path} (hidden), {net_path} (network)")
+
+
+def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, temperature: float,
+          temperature_decay: float, optimizer: str, lr: float, batch_size: int | None, guide: str,
+          basis: str, amplitude: float, seed: int, duration: float | None, force: bool = False,
+          progress: bool = True) -> None:
+    """Fit an SNN with hidden neurons to observed spikes; save model and guide networks."""
+    from .io import load_spikes
+    from .snn import SNN, fit
+
+    observed = load_spikes(data, duration=duration)
+    model_path = out.with_name(out.stem + "_model.pt")
+    guide_path = out.with_name(out.stem + "_guide.pt")
+    _check_free([out, model_path, guide_path], force)
+    torch.manual_seed(seed)
+    model = SNN(observed.num_marks, n_hidden, basis=basis, amplitude=amplitude, init="paper")
+    if guide == "prior":
+        guide_net = None
+    else:
+        guide_net = SNN(observed.num_marks, n_hidden, basis=basis, amplitude=amplitude, init="paper",
+                        acausal=guide == "acausal")
+    result = fit(model, observed.to(model.weight.dtype), guide_net, estimator=estimator, num_epochs=epochs,
+                 temperature=temperature, temperature_decay=temperature_decay, optimizer=optimizer, lr=lr,
+                 batch_size=batch_size, progress=progress, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(model_path)
+    (guide_net or model).save(guide_path)
+    out.write_text(json.dumps({"data": str(data), "estimator": estimator, "epochs": epochs, "guide": guide,
+                               "losses": result.losses, "temperatures": result.temperatures,
+                               "seconds": result.seconds, "model": str(model_path), "guide_network": str(guide_path)},
+                              indent=1))
+    print(f"Trained {epochs} epochs in {result.seconds:.1f} s; final loss {result.losses[-1]:.2f}. "
+          f"Wrote {out}, {model_path}, {guide_path}")
+
+
+def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: int, out: Path | None,
+             duration: float | None, force: bool = False) -> dict[str, Any]:
+    """Exact ELBO and importance-sampled log-likelihood per sequence."""
+    from .io import load_spikes
+    from .snn import SNN, exact_elbo, log_marginal
+
+    if out is not None:
+        _check_free([out], force)
+    model = SNN.load(model_path)
+    guide = SNN.load(guide_path) if guide_path is not None else model
+    observed = load_spikes(data, duration=duration, num_neurons=model.n_observed)
+    if observed.num_marks != model.n_observed:
+        raise ValueError(f"{data} has {observed.num_marks} neurons but the model has {model.n_observed} observed")
+    observed = observed.to(model.weight.dtype)
+    elbo = exact_elbo(model, guide, observed, num_particles=particles)
+    logml = log_marginal(model, guide, observed, num_particles=particles)
+    rows = [[str(i), f"{e:.2f}", f"{m:.2f}"] for i, (e, m) in enumerate(zip(elbo.tolist(), logml.tolist()))]
+    print(_table(rows, ["sequence", "exact ELBO", f"log p(X) (IS, {particles})"]))
+    print(f"mean exact ELBO {elbo.mean():.2f}, mean log p(X) {logml.mean():.2f}")
+    result = {"elbo": elbo.tolist(), "log_marginal": logml.tolist(), "particles": particles}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | None, force: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Run one of the paper's experiments; write ``out/expN.json`` and ``out/expN.png``."""
+    from .experiments import paper
+
+    json_path, png_path = out / f"{experiment}.json", out / f"{experiment}.png"
+    _check_free([json_path, png_path], force)
+    options = dict(paper.QUICK[experiment]) if quick else {}
+    start = time.perf_counter()
+    if experiment == "exp1":
+        if draws is not None:
+            options["num_draws"] = draws
+        result = paper.experiment1(seed=seed, **options)
+    elif experiment == "exp2":
+        result = paper.experiment2(seed=seed, progress=progress, **options)
+    elif experiment == "exp3":
+        result = paper.experiment3(seed=seed, **options)
+    else:
+        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2 or exp3")
+    result["quick"], result["wall_seconds"] = quick, time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1))
+    _plot_experiment(experiment, result, png_path)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1)[:4000])
+    print(f"Wrote {json_path} and {png_path} ({result['wall_seconds']:.0f} s)")
+    return result
+
+
+def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> None:
+    plt = _agg()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if experiment == "exp1":
+        names = [e for e in ("pathwise", "score_function", "score_function_baseline") if e in result]
+        ax.bar(names, [result[e]["e_std"] for e in names])
+        ax.set_yscale("log")
+        ax.set_ylabel("gradient E[std]")
+        ax.set_title(f"Experiment 1 ({result['num_draws']} draws)")
+    elif experiment == "exp2":
+        sizes = [int(s) for s in result["sizes"]]
+        for estimator in ("pathwise", "score_function"):
+            mean = [result["results"][str(s)][estimator]["mean"] for s in sizes]
+            se = [result["results"][str(s)][estimator]["se"] for s in sizes]
+            ax.errorbar(sizes, mean, yerr=se, marker="o", capsize=3, label=estimator)
+        ax.set_xlabel("training sequences")
+        ax.set_ylabel("exact test ELBO per sequence")
+        ax.legend()
+        ax.set_title(f"Experiment 2 ({result['trials']} trials)")
+    else:
+        amps = [float(a) for a in result["amplitudes"]]
+        for key in result["results"][str(result["amplitudes"][0])]:
+            ax.plot(amps, [result["results"][str(a)][key]["seconds_per_epoch"] for a in result["amplitudes"]],
+                    marker="o", label=key)
+        ax.set_xlabel("amplitude a")
+        ax.set_ylabel("seconds per epoch")
+        ax.legend(fontsize="small")
+        ax.set_title("Experiment 3")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
