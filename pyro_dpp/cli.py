@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the paper's synthetic SNN: gradient variance, training, figures")
     common(demo, "demo-output", progress=True)
-    demo.add_argument("--epochs", type=_positive_int, default=8)
-    demo.add_argument("--draws", type=_positive_int, default=20, help="gradient draws per estimator for E[std]")
+    demo.add_argument("--epochs", type=_positive_int, default=60)
+    demo.add_argument("--draws", type=_positive_int, default=200, help="gradient draws per estimator for E[std]")
     demo.add_argument("--duration", type=_positive_float, default=50.0)
     demo.set_defaults(func=_demo)
 

@@ -150,7 +150,7 @@ class PointProcess(TorchDistribution):
     def num_marks(self) -> int:
         return self.intensity.num_marks
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "PointProcess":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> PointProcess:
         new = self._get_checked_instance(PointProcess, _instance)
         batch_shape = torch.Size(batch_shape)
         new.intensity = self.intensity

@@ -128,7 +128,9 @@ def _as_duration(duration: Any, batch: int, dtype: torch.dtype | None = None,
     if duration.dim() == 0:
         duration = duration.expand(batch)
     if duration.shape != (batch,):
-        raise ValueError(f"duration must be a scalar or have one entry per sequence ({batch}), got {tuple(duration.shape)}")
+        raise ValueError(
+            f"duration must be a scalar or have one entry per sequence ({batch}), got {tuple(duration.shape)}"
+        )
     if not torch.isfinite(duration).all() or (duration <= 0).any():
         raise ValueError("duration must be positive and finite")
     return duration.clone()
@@ -207,7 +209,7 @@ class SpikeTrains:
 
     # ---- conversions -------------------------------------------------------------------------
     @classmethod
-    def from_tensor(cls, value: torch.Tensor, duration: Any | None = None) -> "SpikeTrains":
+    def from_tensor(cls, value: torch.Tensor, duration: Any | None = None) -> SpikeTrains:
         """Wrap a realization tensor (as returned by ``PointProcess.sample``/``rsample``).
 
         :param duration: window lengths; defaults to the time held by the last row, which is the
@@ -243,7 +245,7 @@ class SpikeTrains:
 
     @classmethod
     def from_lists(cls, spikes: Sequence[Sequence[Any]], duration: Any, dtype: torch.dtype | None = None,
-                   device: torch.device | str | None = None) -> "SpikeTrains":
+                   device: torch.device | str | None = None) -> SpikeTrains:
         """Build from ``spikes[sequence][neuron]``, an array of spike times of that neuron.
 
         :param duration: a scalar or one window length per sequence.
@@ -268,7 +270,7 @@ class SpikeTrains:
 
     @classmethod
     def from_events(cls, times: Any, marks: Any, num_marks: int, duration: Any, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None) -> "SpikeTrains":
+                    device: torch.device | str | None = None) -> SpikeTrains:
         """Build from event ``times`` and integer ``marks`` (``0 <= mark < num_marks``).
 
         Either one sequence (two 1-D arrays) or a list of sequences (two lists of 1-D arrays).
@@ -327,7 +329,7 @@ class SpikeTrains:
             out.append([seq[real & (mark == k), 0].numpy() for k in range(self.num_marks)])
         return out
 
-    def to(self, *args: Any, **kwargs: Any) -> "SpikeTrains":
+    def to(self, *args: Any, **kwargs: Any) -> SpikeTrains:
         """Move to a device or dtype, like :meth:`torch.Tensor.to`."""
         value = self._value.to(*args, **kwargs)
         return SpikeTrains.from_tensor(value, self.duration.to(*args, **kwargs))

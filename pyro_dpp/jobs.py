@@ -33,7 +33,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def demo(out: Path, seed: int = 0, epochs: int = 8, draws: int = 20, num_train: int = 10, num_test: int = 10,
+def demo(out: Path, seed: int = 0, epochs: int = 60, draws: int = 200, num_train: int = 10, num_test: int = 10,
          duration: float = 50.0, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """The paper's synthetic setting end to end: data from a random SNN (2 observed + 4 hidden
     neurons), gradient E[std] of the three estimators, short path-wise and score-function training,

@@ -94,10 +94,23 @@ def quadrature_compensator(
     x, w = np.polynomial.legendre.leggauss(nodes)
     x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
     w = torch.as_tensor(w, dtype=times.dtype, device=times.device)
-    half = ((right - left) / 2).unsqueeze(-1)
-    query = ((left + right) / 2).unsqueeze(-1) + half * x  # batch x P x nodes
-    rates = evaluate(intensity, times, weights, query.flatten(-2)).sum(-1)
-    return (rates.reshape(query.shape) * half * w).sum((-1, -2))
+    half = (right - left) / 2
+    centre = (left + right) / 2
+    # sort the history once (the chunks below would each sort it otherwise)
+    order = times.detach().argsort(-1)
+    times = times.gather(-1, order)
+    weights = weights.expand(batch + weights.shape[-2:]).gather(
+        -2, order.unsqueeze(-1).expand(order.shape + weights.shape[-1:]))
+    total = 0.0
+    chunk = max(1, _QUERY_CHUNK // nodes)
+    for c, h in zip(centre.split(chunk, -1), half.split(chunk, -1)):
+        part = intensity.integrate_intervals(times, weights, c, h, nodes)
+        if part is None:
+            query = c.unsqueeze(-1) + h.unsqueeze(-1) * x  # batch x P x nodes
+            rates = evaluate(intensity, times, weights, query.flatten(-2)).sum(-1).reshape(query.shape)
+            part = (rates * h.unsqueeze(-1) * w).sum((-1, -2))
+        total = total + part
+    return total
 
 
 def compensator(

@@ -1,4 +1,6 @@
-"""Plots (matplotlib): spike rasters, intensities, time-rescaling goodness of fit, training curves."""
+"""Plots (matplotlib): spike rasters, intensities, time-rescaling goodness of fit, training curves and
+gradient-variance bars. The drawing functions draw into ``ax`` (a new figure if None) and return the Axes;
+:func:`rescaled_intervals` computes what :func:`time_rescaling` draws."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ def _pyplot() -> Any:
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError("plotting needs matplotlib: pip install 'pyro-dpp[plot]'") from err
     return plt
+
+
+def _flat(trains: SpikeTrains) -> torch.Tensor:
+    """The realization tensor of ``trains`` with one batch dimension."""
+    value = trains.to_tensor()
+    return value.reshape(-1, *value.shape[-2:])
 
 
 def raster(
@@ -67,18 +75,17 @@ def intensity_trace(
     from .likelihood import history
 
     plt = _pyplot()
-    value = trains.to_tensor()
-    value = value.reshape(-1, *value.shape[-2:])[sequence : sequence + 1]
-    ctx = None if context is None else context.to_tensor().reshape(-1, *context.to_tensor().shape[-2:])[sequence : sequence + 1]
+    value = _flat(trains)[sequence : sequence + 1]
+    ctx = None if context is None else _flat(context)[sequence : sequence + 1].to(value)
     duration = float(trains.duration.reshape(-1)[sequence])
-    grid = torch.linspace(0, duration, num_points, dtype=value.dtype).unsqueeze(0)
+    grid = torch.linspace(0, duration, num_points, dtype=value.dtype, device=value.device).unsqueeze(0)
     times, weights = history(value, intensity.num_marks, ctx, intensity.num_context_marks)
     with torch.no_grad():
         rates = intensity(times, weights, grid)[0].cpu().numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3))
     for k in range(rates.shape[-1]):
-        ax.plot(grid[0].numpy(), rates[:, k], label=f"mark {k}")
+        ax.plot(grid[0].cpu().numpy(), rates[:, k], label=f"mark {k}")
     ax.set_xlabel("time")
     ax.set_ylabel("intensity")
     ax.legend(loc="upper right", fontsize="small")
@@ -92,10 +99,9 @@ def rescaled_intervals(intensity: Any, trains: SpikeTrains, context: SpikeTrains
     mark's intensity between its consecutive events (Gauss-Legendre between history events)."""
     from .likelihood import history
 
-    value = trains.to_tensor()
-    value = value.reshape(-1, *value.shape[-2:])
-    ctx = None if context is None else context.to_tensor().reshape(-1, *context.to_tensor().shape[-2:])
-    duration = trains.duration.reshape(-1)
+    value = _flat(trains)
+    ctx = None if context is None else _flat(context).to(value)
+    duration = trains.duration.reshape(-1).to(value)
     x, w = np.polynomial.legendre.leggauss(nodes)
     out = []
     with torch.no_grad():
@@ -104,21 +110,22 @@ def rescaled_intervals(intensity: Any, trains: SpikeTrains, context: SpikeTrains
             c = None if ctx is None else ctx[s : s + 1]
             times, weights = history(v, intensity.num_marks, c, intensity.num_context_marks)
             real = v[0, :, 1:].sum(-1) > 0.5
-            breaks = torch.cat([torch.zeros(1, dtype=v.dtype), times[0][times[0] <= duration[s]], duration[s : s + 1]])
+            zero = v.new_zeros(1)
+            breaks = torch.cat([zero, times[0][times[0] <= duration[s]], duration[s : s + 1]])
             breaks = breaks.sort().values
             left, right = breaks[:-1], breaks[1:]
             half = (right - left) / 2
-            query = ((left + right) / 2).unsqueeze(-1) + half.unsqueeze(-1) * torch.as_tensor(x, dtype=v.dtype)
+            query = ((left + right) / 2).unsqueeze(-1) + half.unsqueeze(-1) * v.new_tensor(x)
             rates = intensity(times, weights, query.reshape(1, -1))[0].reshape(*query.shape, -1)
-            pieces = (rates * (half.unsqueeze(-1) * torch.as_tensor(w, dtype=v.dtype)).unsqueeze(-1)).sum(1)
-            cumulative = torch.cat([torch.zeros(1, pieces.shape[-1], dtype=v.dtype), pieces.cumsum(0)])
+            pieces = (rates * (half.unsqueeze(-1) * v.new_tensor(w)).unsqueeze(-1)).sum(1)
+            cumulative = torch.cat([v.new_zeros(1, pieces.shape[-1]), pieces.cumsum(0)])
             for k in range(intensity.num_marks):
                 ev = v[0, real & (v[0, :, 1 + k] > 0.5), 0]
                 if len(ev) == 0:
                     continue
                 idx = torch.searchsorted(breaks, ev)
                 lam = cumulative[idx, k]
-                out.append(torch.diff(torch.cat([torch.zeros(1, dtype=v.dtype), lam])).numpy())
+                out.append(torch.diff(torch.cat([zero, lam])).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -156,4 +163,57 @@ def training_curves(histories: dict[str, Sequence[float]], ax: Any = None, ylabe
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
+    return ax
+
+
+def gradient_variance_bars(
+    values: dict[str, Any], ax: Any = None, log: bool = True, ylabel: str = "E[std] of the gradient",
+    title: str | None = None,
+) -> Any:
+    """Bars of the gradient-variance diagnostic (the paper's Experiment 1): one bar per estimator.
+
+    :param values: ``estimator -> E[std]``, where a value is a number, the dict returned by
+        :func:`pyro_dpp.snn.gradient_variance` (its ``"e_std"`` is used) or a sequence of numbers
+        from repeated runs (the bar shows their mean, the error bar their standard deviation).
+    :param bool log: logarithmic y axis (estimators often differ by orders of magnitude).
+    :returns: the matplotlib Axes.
+    """
+    plt = _pyplot()
+    if not values:
+        raise ValueError("values is empty: pass a dict estimator -> E[std]")
+    names, means, errors = [], [], []
+    for name, value in values.items():
+        if isinstance(value, dict):
+            if "e_std" not in value:
+                raise ValueError(f"values[{name!r}] is a dict without 'e_std' (as gradient_variance returns)")
+            value = value["e_std"]
+        runs = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=float).reshape(-1)
+        if runs.size == 0 or not np.isfinite(runs).all() or (runs < 0).any():
+            raise ValueError(f"values[{name!r}] must be finite and nonnegative, got {runs.tolist()}")
+        names.append(str(name))
+        means.append(float(runs.mean()))
+        errors.append(float(runs.std(ddof=1)) if runs.size > 1 else 0.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    positions = np.arange(len(names))
+    colors = [f"C{i}" for i in range(len(names))]
+    ax.bar(positions, means, color=colors)
+    spread = [i for i, e in enumerate(errors) if e > 0]
+    if spread:
+        ax.errorbar(positions[spread], np.asarray(means)[spread], yerr=np.asarray(errors)[spread], fmt="none",
+                    ecolor="black", capsize=4)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=15 if max(len(n) for n in names) > 12 else 0)
+    log = log and all(m > 0 for m in means)
+    if log:
+        ax.set_yscale("log")
+    top = max(m + e for m, e in zip(means, errors))
+    if top > 0:
+        ax.set_ylim(top=top * (2.0 if log else 1.15))  # room for the value labels
+    ax.set_ylabel(ylabel)
+    for x, m, e in zip(positions, means, errors):
+        ax.annotate(f"{m:.3g}", (x, m + e), ha="center", va="bottom", fontsize="small",
+                    xytext=(0, 2), textcoords="offset points")
+    if title:
+        ax.set_title(title)
     return ax

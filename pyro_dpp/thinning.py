@@ -15,11 +15,14 @@ so a step is a candidate, a context event or padding. All sequences of the batch
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from . import fastscan
 from .events import LOG_WEIGHTS_ATTR, pad_realization
 from .intensity.base import Intensity, safe_log
 
@@ -82,14 +85,27 @@ def merge_timeline(
     ctx_weights = context[..., 1 : 1 + num_context_marks]
     ctx_mask = context[..., 1:].sum(-1) > 0.5
     inf = torch.full_like(cand_times[..., :1], torch.inf)
-    keys = torch.cat([torch.where(cand_mask, cand_times, inf), torch.where(ctx_mask, context[..., 0], inf)], -1)
-    order = keys.argsort(dim=-1, stable=True)
+    cand_keys = torch.where(cand_mask, cand_times, inf).contiguous()
+    ctx_keys = torch.where(ctx_mask, context[..., 0], inf).contiguous()
+    m = ctx_keys.shape[-1]
+    sorted_ctx = bool((ctx_keys[..., 1:] >= ctx_keys[..., :-1]).all())
+    if sorted_ctx and bool((cand_keys[..., 1:] >= cand_keys[..., :-1]).all()):
+        # both sorted: merge by counting (the permutation of a stable argsort of the concatenation,
+        # candidates first among equal times)
+        pos_cand = torch.searchsorted(ctx_keys, cand_keys, right=False) + torch.arange(n, device=cand_times.device)
+        pos_ctx = torch.searchsorted(cand_keys, ctx_keys, right=True) + torch.arange(m, device=cand_times.device)
+        order = torch.empty(batch + (n + m,), dtype=torch.long, device=cand_times.device)
+        order.scatter_(-1, pos_cand, torch.arange(n, device=cand_times.device).expand(batch + (n,)))
+        order.scatter_(-1, pos_ctx, torch.arange(n, n + m, device=cand_times.device).expand(batch + (m,)))
+    else:
+        order = torch.cat([cand_keys, ctx_keys], -1).argsort(dim=-1, stable=True)
+        pos_cand = None
     times = torch.cat([cand_times, context[..., 0]], -1).gather(-1, order)
     is_candidate = torch.cat([cand_mask, torch.zeros_like(ctx_mask)], -1).gather(-1, order)
     is_context = torch.cat([torch.zeros_like(cand_mask), ctx_mask], -1).gather(-1, order)
     weights = torch.cat([cand_times.new_zeros(batch + (n, num_context_marks)), ctx_weights], -2)
     weights = weights.gather(-2, order.unsqueeze(-1).expand(order.shape + (num_context_marks,)))
-    candidate_step = order.argsort(-1)[..., :n]
+    candidate_step = order.argsort(-1)[..., :n] if pos_cand is None else pos_cand
     return times, is_candidate, is_context, weights, candidate_step
 
 
@@ -103,6 +119,64 @@ def _check_bound(worst: torch.Tensor, bound: torch.Tensor, at: torch.Tensor) -> 
         )
 
 
+#: Use the fast scans of :mod:`pyro_dpp.fastscan` (and the Hawkes cluster sampler) where they apply.
+#: ``False`` restores the reference implementation everywhere (see :func:`fast_paths`).
+FAST_PATHS = True
+
+
+def set_fast_paths(enabled: bool) -> bool:
+    """Switch the fast samplers on or off globally; returns the previous setting."""
+    global FAST_PATHS
+    previous, FAST_PATHS = FAST_PATHS, bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def fast_paths(enabled: bool) -> Iterator[None]:
+    """Context manager: ``with fast_paths(False): ...`` runs the reference (eager) scans."""
+    previous = set_fast_paths(enabled)
+    try:
+        yield
+    finally:
+        set_fast_paths(previous)
+
+
+def _use_fast(fast: bool | None, intensity: Intensity, *tensors: torch.Tensor | None) -> bool:
+    if not (FAST_PATHS if fast is None else fast):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False  # gradients with respect to the context or the bound: the reference handles them
+    return fastscan.supports(intensity)
+
+
+def _check_window(intensity: Intensity, times: torch.Tensor, history: torch.Tensor) -> None:
+    """The reference scan's finite-support window check, after the fact: with an explicit window of
+    ``W`` events, an incoming event (nonzero weights) must not push out one that is still inside
+    the support (the reference scan would have to drop it)."""
+    basis = getattr(intensity, "basis", None)
+    if basis is None or not math.isfinite(basis.support):
+        return
+    window = getattr(intensity, "window", None) or getattr(basis, "window", None)
+    steps = times.shape[-1]
+    if window is None or window >= steps:
+        return
+    window = max(1, window)
+    incoming = (history != 0).any(-1)
+    # the window holds the last W incoming events: an incoming event at t evicts one inside the
+    # support iff at least W earlier incoming events lie in (t - support, t)
+    t = torch.cummax(times.detach(), -1).values.contiguous()  # padding rows last, never earlier
+    count = torch.cumsum(incoming, -1)  # incoming events up to and including each step
+    lo = torch.searchsorted(t, (t - basis.support).contiguous(), right=True)
+    before = count - incoming.long()
+    earlier = before - torch.where(lo > 0, count.gather(-1, (lo - 1).clamp(min=0)), torch.zeros_like(lo))
+    clash = incoming & (earlier >= window)
+    if clash.any():
+        raise ValueError(
+            f"the history window of {window} events is too short for this basis "
+            f"(support {basis.support}); raise the window= of the GLM or basis, or leave it None"
+        )
+
+
 def _scan(
     intensity: Intensity,
     bound: torch.Tensor,
@@ -111,10 +185,14 @@ def _scan(
     max_events: int,
     temperature: float,
     straight_through: bool,
+    fast: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thinning scan. Returns per-candidate ``marks`` (batch x N x (K+1)): one-hot if
     ``temperature == 0`` else soft (straight-through: hard forward, soft backward), their
-    ``log_weights``, the candidate ``times`` and ``mask``."""
+    ``log_weights``, the candidate ``times`` and ``mask``.
+
+    ``fast`` (default: :data:`FAST_PATHS`) selects :func:`pyro_dpp.fastscan.scan` for the stock
+    intensities; ``False`` runs the reference loop below. Both consume the same random numbers."""
     k = intensity.num_marks
     cand_times, cand_mask = draw_candidates(bound, duration, max_events)
     times, is_cand, is_ctx, ctx_w, cand_step = merge_timeline(
@@ -124,6 +202,16 @@ def _scan(
     log_bound = torch.log(bound).unsqueeze(-1)
     gumbel = -torch.log(-torch.log(torch.rand(batch + (steps, k + 1), dtype=times.dtype, device=times.device)
                                    .clamp(min=torch.finfo(times.dtype).tiny)))
+    if _use_fast(fast, intensity, context, bound):
+        marks, logs, history, total = fastscan.scan(
+            intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through
+        )
+        ratio = torch.where(is_cand, total / bound.detach().unsqueeze(-1), torch.zeros_like(total))
+        worst, at = ratio.max(-1) if steps else (ratio.new_zeros(batch), None)
+        _check_bound(worst, bound, times.detach().gather(-1, at.unsqueeze(-1)).squeeze(-1))
+        _check_window(intensity, times, history)
+        index = cand_step.unsqueeze(-1).expand(cand_step.shape + (k + 1,))
+        return marks.gather(-2, index), logs.gather(-2, index), cand_times, cand_mask
     state = intensity.initial_state(batch, times, steps)
     worst = times.new_zeros(batch)
     worst_at = times.new_zeros(batch)
@@ -233,7 +321,14 @@ def sample_ogata(
 ) -> torch.Tensor:
     """Exact sampling with the intensity's local bound (Ogata's modified thinning), lockstep over
     the batch: propose the next time from the current local bound, stop at the bound's horizon or
-    the next context event, accept with probability ``sum(lambda) / bound``."""
+    the next context event, accept with probability ``sum(lambda) / bound``.
+
+    For a stock :class:`~pyro_dpp.intensity.ExpHawkes` on CPU with numba installed (and fast paths
+    on) the same algorithm runs per sequence in :func:`pyro_dpp._numba_scan.hawkes_ogata`, seeded
+    from torch's generator (so ``torch.manual_seed`` makes it reproducible; the random stream
+    differs from the reference loop, the distribution does not)."""
+    if FAST_PATHS and fastscan.ogata_supported(intensity, duration):
+        return fastscan.hawkes_ogata(intensity, duration, context, max_events)
     like = intensity.like()
     batch = duration.shape
     k, c = intensity.num_marks, intensity.num_context_marks

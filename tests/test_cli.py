@@ -84,3 +84,67 @@ def test_hawkes_reports_a_too_small_bound(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert "pyro-dpp: error:" in err and "bound" in err, err
+
+
+def test_snn_demo_runs_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "snn"
+    argv = ["demo", "--out", str(out), "--duration", "8", "--epochs", "1", "--draws", "2", "--no-progress"]
+    assert _run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "gradient E[std]" in printed and "pathwise" in printed and "score_function_baseline" in printed
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import json
+
+    result = json.loads((out / "demo.json").read_text())
+    for estimator in ("pathwise", "score_function", "score_function_baseline"):
+        entry = result["estimators"][estimator]
+        assert entry["e_std"] > 0 and entry["test_elbo_after"] < 0
+    assert _run(argv) != 0
+    assert "--force" in capsys.readouterr().err
+    assert _run(argv + ["--force"]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv"])
+def test_simulate_fit_evaluate_round_trip(tmp_path, capsys, suffix):
+    data = tmp_path / f"spikes{suffix}"
+    assert _run(["simulate", "--out", str(data), "--observed", "2", "--hidden", "1", "--sequences", "2",
+                 "--duration", "6", "--amplitude", "2", "--basis", "exponential"]) == 0
+    assert data.exists() and (tmp_path / f"spikes_hidden{suffix}").exists()
+    fit_json = tmp_path / "fit.json"
+    assert _run(["fit", str(data), "--out", str(fit_json), "--hidden", "1", "--epochs", "2", "--basis", "exponential",
+                 "--amplitude", "2", "--batch-size", "2", "--no-progress"]) == 0
+    assert (tmp_path / "fit_model.pt").exists() and (tmp_path / "fit_guide.pt").exists()
+    capsys.readouterr()
+    eval_json = tmp_path / "eval.json"
+    assert _run(["evaluate", str(data), "--model", str(tmp_path / "fit_model.pt"), "--guide",
+                 str(tmp_path / "fit_guide.pt"), "--particles", "4", "--out", str(eval_json)]) == 0
+    import json
+
+    result = json.loads(eval_json.read_text())
+    assert len(result["elbo"]) == 2 and all(e < 0 for e in result["elbo"])
+    assert "mean exact ELBO" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_files(tmp_path, capsys):
+    missing = tmp_path / "nope.npz"
+    assert _run(["fit", str(missing), "--out", str(tmp_path / "f.json"), "--no-progress"]) != 0
+    assert "nope.npz" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when,who\n1.0,0\n")
+    assert _run(["fit", str(bad), "--out", str(tmp_path / "f.json"), "--duration", "5", "--no-progress"]) != 0
+    assert "column" in capsys.readouterr().err
+    outside = tmp_path / "outside.csv"
+    outside.write_text("time,neuron\n1.0,0\n7.0,1\n")
+    assert _run(["fit", str(outside), "--out", str(tmp_path / "f.json"), "--duration", "5", "--no-progress"]) != 0
+    assert "outside" in capsys.readouterr().err
+
+
+def test_reproduce_quick_exp1_writes_json(tmp_path, capsys):
+    assert _run(["reproduce", "exp1", "--quick", "--draws", "3", "--out", str(tmp_path), "--no-progress"]) == 0
+    import json
+
+    result = json.loads((tmp_path / "exp1.json").read_text())
+    for estimator in ("pathwise", "score_function", "score_function_baseline"):
+        assert result[estimator]["e_std"] > 0 and result[estimator]["seconds"] > 0
+    assert (tmp_path / "exp1.png").exists()
+    assert _run(["reproduce", "exp1", "--quick", "--draws", "3", "--out", str(tmp_path)]) != 0

@@ -289,6 +289,38 @@ def test_hawkes_intensity_formula():
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-13)
 
 
+@pytest.mark.parametrize("name", list(_intensities()))
+def test_log_rates_match_log_of_rates(name):
+    intensity = _intensities()[name]
+    d = intensity.num_history_marks
+    g = torch.Generator().manual_seed(4)
+    times = torch.sort(torch.rand(2, 9, generator=g, dtype=DT) * 9, -1).values
+    weights = torch.softmax(torch.randn(2, 9, d + 1, generator=g, dtype=DT), -1)[..., :d]
+    query = torch.rand(2, 7, generator=g, dtype=DT) * 10
+    torch.testing.assert_close(intensity.log_forward(times, weights, query), intensity(times, weights, query).log(),
+                               rtol=1e-12, atol=1e-12)
+    state = intensity.initial_state(torch.Size([2]), times, 9)
+    for e in range(9):
+        state = intensity.update(state, times[:, e], weights[:, e])
+        t = times[:, e] + 0.1
+        log_scan = intensity.log_rates(state, t)
+        torch.testing.assert_close(log_scan, intensity.rates(state, t).log(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "exp", "softplus"])
+def test_log_rates_stay_finite_where_rates_underflow(activation):
+    """A strongly inhibited neuron: the rate underflows to 0, its logarithm must not be -inf."""
+    basis = ExponentialBasis(torch.tensor([5.0], dtype=DT))
+    glm = GLM(torch.tensor([-800.0], dtype=DT), torch.zeros(1, 1, 1, dtype=DT), basis, activation, 2.0)
+    times, weights = torch.zeros(1, dtype=DT), torch.ones(1, 1, dtype=DT)
+    query = torch.tensor([1.0], dtype=DT)
+    assert float(glm(times, weights, query)) == 0.0
+    log_rate = glm.log_forward(times, weights, query)
+    assert float(log_rate) == pytest.approx(math.log(2.0) - 800.0, rel=1e-12)
+    state = glm.update(glm.initial_state(torch.Size([]), times, 2), times[0], weights[0])
+    assert float(glm.log_rates(state, query[0])) == pytest.approx(math.log(2.0) - 800.0, rel=1e-12)
+
+
 # ---- the finite-support history window -------------------------------------------------------------
 @pytest.mark.parametrize("basis_cls", [EpanechnikovBasis, RaisedCosineBasis])
 def test_history_window_overflow_raises(basis_cls):

@@ -22,6 +22,7 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
+import torch.nn.functional as F
 from pyro.distributions.testing.gof import auto_goodness_of_fit, exp_goodness_of_fit
 
 from pyro_dpp import PointProcess
@@ -66,13 +67,13 @@ def z_two_sample(a, b):
 
 
 def chi2_homogeneity(a, b, min_expected=5.0):
-    """p-value of a chi^2 test that two samples of counts come from one distribution (bins merged
-    from the top until every expected count is at least ``min_expected``)."""
+    """p-value of a chi^2 test that two samples of counts come from one distribution (adjacent
+    count values merged, left to right, until every expected cell count is at least
+    ``min_expected``; the remainder joins the last bin)."""
     a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
     top = max(a.max(), b.max()) + 1
     ha, hb = np.bincount(a, minlength=top), np.bincount(b, minlength=top)
     table = np.stack([ha, hb]).astype(float)
-    # merge sparse bins: walk from the left and from the right
     cols, current = [], np.zeros(2)
     for j in range(top):
         current = current + table[:, j]
@@ -204,7 +205,7 @@ def test_hawkes_thinning_matches_ogata_and_exact_mean():
         assert chi2_homogeneity(a[:, k].numpy(), b[:, k].numpy()) > P_MIN
     assert chi2_homogeneity(a.sum(-1).numpy(), b.sum(-1).numpy()) > P_MIN
     assert float(a.var(0).min() / a.mean(0).max()) > 1.2  # overdispersed, unlike Poisson
-    # exact transient mean (not the stationary T (I - A)^-1 mu, which is ~10% higher here)
+    # exact transient mean (the stationary T (I - A)^-1 mu is over 5% higher here: too crude)
     mean = torch.tensor(hawkes_mean_counts(MU, ALPHA, BETA, duration))
     stationary = duration * np.linalg.solve(np.eye(2) - np.array(ALPHA), MU)
     assert (stationary / mean.numpy()).min() > 1.05
@@ -231,12 +232,16 @@ def test_hawkes_with_context_and_matrix_decays_mean():
     assert (hawkes_mean_counts(mu, alpha, beta, duration, [0.0]) < mean.numpy() - 1.0).all()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # scipy namespaces used inside tick
 def test_hawkes_matches_tick():
-    tick_hawkes = pytest.importorskip("tick.hawkes")
+    try:  # optional: pip install tick==0.8.0.2 (an ImportError also covers a broken binary build)
+        from tick.hawkes import SimuHawkesExpKernels
+    except ImportError as err:
+        pytest.skip(f"tick is not importable: {err}")
     duration, n = 10.0, 2000
     counts = np.zeros((n, 2))
     for s in range(n):
-        sim = tick_hawkes.SimuHawkesExpKernels(
+        sim = SimuHawkesExpKernels(
             adjacency=np.array(ALPHA), decays=BETA, baseline=np.array(MU), end_time=duration, verbose=False, seed=s
         )
         sim.simulate()
@@ -264,12 +269,13 @@ def hawkes_cumulative(intensity, times, weights, query):
     return mu * query.unsqueeze(-1) + excitation
 
 
-def quadrature_cumulative(intensity, times, weights, query, duration, nodes=16):
+def quadrature_cumulative(intensity, times, weights, query, duration, nodes=10):
     """``batch x Q x K`` Lambda_k(query) by Gauss-Legendre quadrature of the parallel intensity on
-    the pieces between history events, kinks and query points."""
+    the pieces between history events and kinks; the query times must be history times or the
+    duration. (10 nodes: error < 1e-9 per piece here, see test_likelihood's convergence test.)"""
     batch = times.shape[0]
     extra = intensity.breakpoints(times, weights)
-    pieces = [times.new_zeros(batch, 1), times, query, times.new_full((batch, 1), duration)]
+    pieces = [times.new_zeros(batch, 1), times, times.new_full((batch, 1), duration)]
     if extra is not None:
         pieces.append(extra.expand(batch, -1))
     points = torch.cat(pieces, -1).clamp(0, duration).sort(-1).values
@@ -541,9 +547,13 @@ def test_scan_matches_parallel_on_relaxed_draws(name, with_context, dtype, rtol)
             else:
                 w = torch.cat([value.new_zeros(k), context[s, idx, 1:-1]])
             state = intensity.update(state, tt, w)
-    # (3) the density uses exactly these intensities: pi_n's "no event" entry
+    # (3) the carried log-weights are normalised (log-softmax over K marks and "no event") and
+    # match the stored weights; the density of the draw is finite
     log_w = getattr(value, LOG_WEIGHTS_ATTR)
-    assert torch.isfinite(log_w[real]).all()
+    torch.testing.assert_close(log_w[real].logsumexp(-1), torch.zeros_like(log_w[real][:, 0]), rtol=0, atol=rtol)
+    torch.testing.assert_close(log_w[real].exp(), value[..., 1:][real], rtol=rtol, atol=rtol * 1e-3)
+    d = PointProcess(intensity, duration, bound=bound, temperature=tau, context=context)
+    assert torch.isfinite(d.log_prob(value)).all()
 
 
 def test_scan_matches_parallel_straight_through():
@@ -558,7 +568,8 @@ def test_scan_matches_parallel_straight_through():
         recorder.restore()
     real = event_mask(value)
     marks = value[..., 1:][real]
-    assert ((marks == 0) | (marks == 1)).all()  # hard forward values
+    # hard forward values (hard + y - y.detach(): exact up to one rounding)
+    torch.testing.assert_close(marks, F.one_hot(marks.argmax(-1), 3).to(DT), rtol=0, atol=1e-15)
     times, weights = history(value, 2, context, 1)
     parallel = intensity(times, weights, value[..., 0])
     step_times = torch.stack([t for t, _ in recorder.calls], -1)

@@ -89,6 +89,16 @@ class Intensity(torch.nn.Module):
         raise NotImplementedError
 
     # ---- optional --------------------------------------------------------------------------
+    def integrate_intervals(
+        self, times: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, nodes: int
+    ) -> torch.Tensor | None:
+        """``batch`` sum over intervals ``[centre - half, centre + half]`` (``batch x P`` each) of the
+        integral of the summed intensity, by Gauss-Legendre quadrature with (at most) ``nodes``
+        nodes, where no breakpoint (event time or :meth:`breakpoints`) lies inside an interval. An
+        intensity may use that to evaluate the history once per interval instead of once per node;
+        None (the default) means "evaluate at every node"."""
+        return None
+
     def compensator(
         self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor
     ) -> torch.Tensor | None:

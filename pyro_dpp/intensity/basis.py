@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from . import _kernels
+from ._decay import decayed_sums
 from .base import State, as_param
 
 
@@ -118,7 +120,14 @@ class ExponentialBasis(Basis):
         lag = lag.unsqueeze(-1)
         before = lag > 0
         tau = self.time_constants.to(lag)
-        return torch.where(before, torch.exp(-torch.where(before, lag, torch.zeros_like(lag)) / tau), torch.zeros_like(lag))
+        decayed = torch.exp(-torch.where(before, lag, torch.zeros_like(lag)) / tau)
+        return torch.where(before, decayed, torch.zeros_like(lag))
+
+    def features(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        if times.shape[-1] <= 64 or query.shape[-1] <= 64:
+            return super().features(times, weights, query)
+        rates = (1 / self.time_constants.to(weights)).unsqueeze(-1)  # L x 1
+        return decayed_sums(times, weights, query, rates)  # linear cost (see intensity._decay)
 
     def initial_state(self, batch_shape: torch.Size, num_sources: int, like: torch.Tensor, num_steps: int,
                       window: int | None = None) -> State:
@@ -172,46 +181,132 @@ class EpanechnikovBasis(Basis):
         ``searchsorted`` positions. To keep float64 round-off at the level of one bump, times are
         taken relative to the centre of their block (blocks of 2.5 widths, so a bump's support
         meets at most two blocks, summed separately)."""
+        return self._polynomial(times, weights, query, 0)[0]
+
+    def polynomial_features(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(F0, F1, F2)``, each ``batch x Q x L x D``: the history features near ``query`` as a
+        quadratic in the offset, ``F(query + s) = F0 + F1 s + F2 s^2``, exact as long as no event
+        enters or leaves a bump's support between ``query`` and ``query + s`` (no event time or
+        event time plus a :meth:`kink` strictly between them)."""
+        return self._polynomial(times, weights, query, 2)
+
+    def polynomial_coefficients(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor
+                                ) -> torch.Tensor:
+        """:meth:`polynomial_features` stacked, ``batch x Q x 3 x L x D`` (float64 on the kernel path,
+        where no copies are made)."""
         batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1])
-        if times.shape[-1] == 0:
-            return weights.new_zeros(batch + (query.shape[-1], self.num_basis, weights.shape[-1]))
+        if times.shape[-1] and _kernels.usable(times, weights, query):
+            out_shape = batch + (query.shape[-1], self.num_basis, weights.shape[-1])
+            return self._polynomial_kernel(times, weights, query, 2, batch, out_shape, stacked=True)
+        return torch.stack(self._polynomial(times, weights, query, 2), -3)
+
+    def polynomial_potential(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor,
+                             weight: torch.Tensor) -> torch.Tensor | None:
+        """``batch x Q x 3 x K``: ``einsum(polynomial_coefficients, weight)`` (filter weights
+        ``batch x L x K x D``) fused in one kernel pass (float64), or None off the kernel path."""
+        batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1], weight.shape[:-3])
+        n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
+        if n == 0 or not _kernels.usable(times, weights, query, weight):
+            return None
         wide = torch.float64
-        order = times.detach().argsort(dim=-1)
-        times = times.gather(-1, order).expand(batch + times.shape[-1:]).contiguous()
-        weights = weights.gather(-2, order.unsqueeze(-1).expand(order.shape + weights.shape[-1:]))
-        weights = weights.expand(batch + weights.shape[-2:]).to(wide)
-        query = query.expand(batch + query.shape[-1:]).contiguous()
-        block = 2.5 * self.width
-        origin = times.detach().amin(-1, keepdim=True).to(wide)
-        block_id = torch.floor((times.detach().to(wide) - origin) / block).long().contiguous()
-        local = times.to(wide) - (origin + (block_id + 0.5) * block)  # |local| <= block / 2
-        zero = weights.new_zeros(batch + (1, weights.shape[-1]))
-        prefix = [torch.cat([zero, torch.cumsum(weights * local.unsqueeze(-1) ** k, -2)], -2) for k in range(3)]
-        last = times.shape[-1] - 1
-        q = query.to(wide)
-        out = []
+        flat = times.detach().expand(batch + (n,)).reshape(-1, n)
+        rows = flat.shape[0]
+        w = weights.expand(batch + (n, d)).reshape(rows, n, d)
+        if bool((flat[:, 1:] >= flat[:, :-1]).all()):
+            t = flat.to(wide).contiguous()
+        else:
+            order_ = flat.argsort(dim=-1)
+            t = flat.gather(-1, order_).to(wide).contiguous()
+            w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d))
+        w = w.to(wide).contiguous()
+        q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(wide).contiguous()
+        filt = weight.to(wide).expand(batch + weight.shape[-3:]).reshape((rows,) + weight.shape[-3:])
+        filt = filt.permute(0, 2, 1, 3).contiguous()  # rows x K x L x D
+        out = _kernels.EpanechnikovPotential.apply(w, filt, t, q, self.centres.detach().to(wide).contiguous(),
+                                                   self.width, 2.5 * self.width)
+        return out.reshape(batch + out.shape[1:])
+
+    def _polynomial(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int
+                    ) -> tuple[torch.Tensor, ...]:
+        batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1])
+        n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
+        out_shape = batch + (q_len, self.num_basis, d)
+        if n == 0:
+            zero = weights.new_zeros(out_shape)
+            return (zero,) * (order + 1)
+        if _kernels.usable(times, weights, query):
+            return self._polynomial_kernel(times, weights, query, order, batch, out_shape)
+        wide = torch.float64
+        flat = times.expand(batch + (n,)).reshape(-1, n)
+        rows = flat.shape[0]
+        order_ = flat.detach().argsort(dim=-1)
+        t = flat.gather(-1, order_).to(wide)
+        t_sorted = t.detach().contiguous()
+        w = weights.expand(batch + (n, d)).reshape(rows, n, d)
+        w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d)).to(wide)
+        q = query.expand(batch + (q_len,)).reshape(rows, q_len).to(wide)
+        q_det = q.detach()
+        block, h2 = 2.5 * self.width, self.width**2
+        origin = t_sorted[:, :1]
+        block_id = torch.floor((t_sorted - origin) / block).long().contiguous()
+        local = t - (origin + (block_id + 0.5) * block)  # |local| <= block / 2
+        moments = torch.stack([w, w * local.unsqueeze(-1), w * (local * local).unsqueeze(-1)], -2)  # rows x n x 3 x d
+        prefix = torch.cat([moments.new_zeros(rows, 1, 3, d), torch.cumsum(moments, 1)], 1)
+        prefix = prefix.reshape(rows * (n + 1), 3 * d)
+        base = (torch.arange(rows, device=t.device) * (n + 1)).view(rows, 1, 1)
+        out: list[list[torch.Tensor]] = [[] for _ in range(order + 1)]
         for centre in self.centres.to(wide):
             a = q - centre  # the bump is 0.75 (1 - ((a - t) / h)^2) for |a - t| < h and t < q
-            lo = torch.searchsorted(times.detach(), (a - self.width).to(times.dtype).contiguous(), right=True)
-            upper = torch.minimum(a + self.width, q).to(times.dtype).contiguous()
-            hi = torch.maximum(torch.searchsorted(times.detach(), upper, right=False), lo)
-            first = block_id.gather(-1, lo.clamp(max=max(last, 0)))
-            mid = torch.searchsorted(block_id, (first + 1).contiguous()).clamp(min=lo)
-            mid = torch.minimum(mid, hi)
-            total = 0.0
-            for start, stop, bid in ((lo, mid, first), (mid, hi, first + 1)):
-                s0, s1, s2 = (self._range_sum(p, start, stop) for p in prefix)
+            a_det = a.detach()
+            lo = torch.searchsorted(t_sorted, (a_det - self.width).contiguous(), right=True)
+            upper = torch.minimum(a_det + self.width, q_det).contiguous()
+            hi = torch.maximum(torch.searchsorted(t_sorted, upper, right=False), lo)
+            first = block_id.gather(-1, lo.clamp(max=n - 1))
+            mid = torch.searchsorted(block_id, (first + 1).contiguous())
+            mid = torch.minimum(torch.maximum(mid, lo), hi)
+            index = (torch.stack([lo, mid, hi], -1) + base).reshape(-1)
+            sums = prefix.index_select(0, index).view(rows, q_len, 3, 3, d)
+            terms = [0.0] * (order + 1)
+            for piece, bid in ((sums[:, :, 1] - sums[:, :, 0], first), (sums[:, :, 2] - sums[:, :, 1], first + 1)):
                 shift = (a - (origin + (bid.to(wide) + 0.5) * block)).unsqueeze(-1)  # a relative to the block
-                total = total + 0.75 * (s0 - (shift * shift * s0 - 2 * shift * s1 + s2) / self.width**2)
-            out.append(total)
-        return torch.stack(out, -2).to(times.dtype)  # batch x Q x L x D
+                s0, s1, s2 = piece.unbind(-2)
+                terms[0] = terms[0] + 0.75 * (s0 - (shift * shift * s0 - 2 * shift * s1 + s2) / h2)
+                if order:
+                    terms[1] = terms[1] - 1.5 * (shift * s0 - s1) / h2
+                    terms[2] = terms[2] - 0.75 * s0 / h2
+            for k in range(order + 1):
+                out[k].append(terms[k])
+        return tuple(torch.stack(o, -2).to(times.dtype).reshape(out_shape) for o in out)
 
-    @staticmethod
-    def _range_sum(prefix: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        """``batch x Q x D`` sums of rows ``lo:hi`` from a ``batch x (E+1) x D`` prefix sum."""
-        d = prefix.shape[-1]
-        take = lambda idx: prefix.gather(-2, idx.unsqueeze(-1).expand(idx.shape + (d,)))  # noqa: E731
-        return take(hi) - take(lo)
+    def _polynomial_kernel(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int,
+                           batch: torch.Size, out_shape: torch.Size, stacked: bool = False
+                           ) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        """:meth:`_polynomial` by the numba kernels (CPU): same block-relative prefix sums, one fused
+        pass per sequence, gradients with respect to the weights by the adjoint kernel. Event and
+        query times are constants here (no gradient), as everywhere in the package: candidate times
+        carry no gradient and observed times are data (``_kernels.ENABLED = False`` restores the
+        torch path, which also differentiates the times)."""
+        n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
+        wide = torch.float64
+        flat = times.detach().expand(batch + (n,)).reshape(-1, n)
+        rows = flat.shape[0]
+        w = weights.expand(batch + (n, d)).reshape(rows, n, d)
+        if bool((flat[:, 1:] >= flat[:, :-1]).all()):  # already sorted (e.g. by the compensator)
+            t = flat.to(wide).contiguous()
+        else:
+            order_ = flat.argsort(dim=-1)
+            t = flat.gather(-1, order_).to(wide).contiguous()
+            w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d))
+        w = w.to(wide).contiguous()
+        q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(wide).contiguous()
+        out = _kernels.EpanechnikovFeatures.apply(w, t, q, self.centres.detach().to(wide).contiguous(),
+                                                  self.width, 2.5 * self.width, order)
+        if stacked:
+            return out.reshape(batch + out.shape[1:])
+        if order == 0:
+            return (out.squeeze(2).to(times.dtype).reshape(out_shape),)
+        return tuple(o.to(times.dtype).reshape(out_shape) for o in out.unbind(2))
 
 
 class RaisedCosineBasis(Basis):
@@ -246,7 +341,8 @@ class RaisedCosineBasis(Basis):
     def forward(self, lag: torch.Tensor) -> torch.Tensor:
         lag = lag.unsqueeze(-1)
         positive = lag > 0
-        arg = self.scale * torch.log(torch.where(positive, lag, torch.zeros_like(lag)) + self.offset) - self.peaks.to(lag)
+        safe = torch.where(positive, lag, torch.zeros_like(lag))
+        arg = self.scale * torch.log(safe + self.offset) - self.peaks.to(lag)
         value = 0.5 * (1 + torch.cos(arg.clamp(-math.pi, math.pi)))
         return torch.where(positive & (arg.abs() < math.pi), value, torch.zeros_like(value))
 

@@ -6,7 +6,12 @@ from typing import Any
 
 import torch
 
+from ._decay import decayed_sums
 from .base import Intensity, State, as_param, check_finite, pairwise_lags
+
+#: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
+#: cost) instead of the pairwise lag matrix.
+_PAIRWISE_MAX = 64
 
 
 class ExpHawkes(Intensity):
@@ -95,6 +100,13 @@ class ExpHawkes(Intensity):
 
     # ---- parallel --------------------------------------------------------------------------
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        if times.shape[-1] > _PAIRWISE_MAX and query.shape[-1] > _PAIRWISE_MAX:
+            # linear cost: exponential sums by chunks (no Q x E matrix)
+            gain = self.adjacency * self.decay  # batch x K x D
+            rates = self.decay.reshape(1, 1) if self._uniform_decay else self._decay_matrix()
+            traces = decayed_sums(times, weights, query, rates)  # batch x Q x (1 or K) x D
+            excitation = (traces * gain.unsqueeze(-3)).sum(-1)
+            return self.baseline.unsqueeze(-2) + excitation
         lag, before = pairwise_lags(times, query)  # batch x Q x E
         gain = self.adjacency * self.decay  # batch x K x D
         if self._uniform_decay:

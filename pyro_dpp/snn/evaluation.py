@@ -84,7 +84,8 @@ def _per_draw_params(network: SNN, draws: int, batch_dims: int) -> dict[str, tor
         if p is None:
             continue
         shape = (draws,) + (1,) * batch_dims + tuple(p.shape)
-        params[name] = p.detach().reshape((1,) * (batch_dims + 1) + tuple(p.shape)).expand(shape).clone().requires_grad_()
+        one = p.detach().reshape((1,) * (batch_dims + 1) + tuple(p.shape))
+        params[name] = one.expand(shape).clone().requires_grad_()
     return params
 
 

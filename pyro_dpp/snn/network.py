@@ -239,7 +239,8 @@ class SNN(torch.nn.Module):
         observed = observed.to(self.weight)
         bound = self.neuron_bound * self.n_hidden
         future = observed if self.future_weight is not None else None
-        intensity = self.intensity(self.hidden_index, self.observed_index, self._window(bound, observed), future, params)
+        window = self._window(bound, observed)
+        intensity = self.intensity(self.hidden_index, self.observed_index, window, future, params)
         return PointProcess(intensity, duration, bound=bound, temperature=temperature, context=observed,
                             straight_through=straight_through, max_events=max_events)
 
