@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/pyro-dpp demo --out demo-output
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check pyro_dpp tests benchmarks
+	$(VENV)/bin/ruff check pyro_dpp tests benchmarks examples
 	$(PY) -m pytest -n 2 -q
 
 bench: $(VENV)/.installed

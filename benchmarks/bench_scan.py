@@ -23,6 +23,7 @@ Usage::
     python benchmarks/bench_scan.py                 # ~5-10 minutes on 2 busy cores
     python benchmarks/bench_scan.py --quick         # a smoke run (~1 minute)
     python benchmarks/bench_scan.py --exp1-draws 1000   # Experiment 1 at full size (no extrapolation)
+    python benchmarks/bench_scan.py --sections exp1 --exp1-draws 1000 --merge   # update that section only
 """
 
 from __future__ import annotations
@@ -277,11 +278,19 @@ print(int(event_mask(sample).sum()), resource.getrusage(resource.RUSAGE_SELF).ru
 
 
 def bench_memory(candidates: float) -> dict:
+    """Max RSS of a fresh process (imports included: ``baseline_rss_mb`` is that of the imports
+    alone). A first child run warms numba's on-disk cache, so that compilation is not counted."""
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(candidates)], capture_output=True, text=True,
-                          env=env, check=True)
-    count, peak_mb = proc.stdout.split()
-    return {"candidates": int(count), "peak_rss_mb": float(peak_mb)}
+    runs = []
+    for size in (1e3, candidates):
+        proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(size)], capture_output=True, text=True,
+                              env=env, check=True)
+        count, peak_mb = proc.stdout.split()
+        runs.append((int(count), float(peak_mb)))
+    baseline = subprocess.run([sys.executable, "-c", "import resource, torch, pyro, pyro_dpp, pyro_dpp.fastscan; "
+                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+                              capture_output=True, text=True, env=env, check=True)
+    return {"candidates": runs[1][0], "peak_rss_mb": runs[1][1], "baseline_rss_mb": float(baseline.stdout)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exp1-chunk", type=int, default=50)
     parser.add_argument("--sections", nargs="+", default=["rsample", "exact", "scoring", "exp1", "scaling", "memory"])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scan.json")
+    parser.add_argument("--merge", action="store_true", help="update the sections in an existing --out file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quick = args.quick
@@ -321,10 +331,16 @@ def main(argv: list[str] | None = None) -> int:
               "numba": getattr(fastscan._nb, "nb", None) is not None and __import__("numba").__version__,
               "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "elapsed_s": elapsed}
+    payload = {"config": config, "results": results}
+    if args.merge and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        previous["results"].update(results)
+        previous.setdefault("merged_runs", []).append(config)
+        payload, results = previous, previous["results"]
     print()
     print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": config, "results": results}, indent=2, default=float))
+    args.out.write_text(json.dumps(payload, indent=2, default=float))
     print(f"total {elapsed:.0f} s; load average {os.getloadavg()[0]:.1f}; wrote {args.out}")
     return 0
 
@@ -375,7 +391,7 @@ def report(r: dict) -> str:
     if "memory" in r:
         x = r["memory"]
         lines.append(f"peak memory rsample+backward, one sequence, {x['candidates']:,} candidates: "
-                     f"{x['peak_rss_mb']:.0f} MB (max RSS of the whole process)")
+                     f"{x['peak_rss_mb']:.0f} MB max RSS of the process (imports alone: {x['baseline_rss_mb']:.0f} MB)")
     return "\n".join(lines)
 
 
