@@ -42,10 +42,9 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.elbo import ELBOModule
 
 from .events import SpikeTrains, event_mask
-from .snn.evaluation import ESTIMATORS
 from .snn.inference import CountBaseline
 from .snn.network import SNN
-from .snn.training import OPTIMIZERS, temperature_schedule
+from .snn.training import OPTIMIZERS, check_training_options, temperature_schedule
 
 try:
     import lightning.pytorch as pl
@@ -242,12 +241,7 @@ class SNNLightningModule(_Base):
         if pl is None:
             raise ImportError(_INSTALL)
         super().__init__()
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {tuple(OPTIMIZERS)}")
-        if estimator == "pathwise" and temperature <= 0:
-            raise ValueError("the path-wise estimator needs temperature > 0")
+        check_training_options(estimator, optimizer, temperature)
         self.estimator, self.optimizer_name, self.lr = estimator, optimizer, float(lr)
         self.initial_temperature, self.temperature_decay = float(temperature), float(temperature_decay)
         self.regularizer_weight = float(regularizer)

@@ -37,6 +37,17 @@ class FitResult:
         return float(sum(self.epoch_seconds))
 
 
+def check_training_options(estimator: str, optimizer: str, temperature: float) -> None:
+    """Raise ``ValueError`` for an unknown estimator or optimizer, or a path-wise run without a
+    positive temperature."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {tuple(OPTIMIZERS)}")
+    if estimator == "pathwise" and temperature <= 0:
+        raise ValueError("the path-wise estimator needs temperature > 0")
+
+
 def temperature_schedule(epoch: int, initial: float = 0.3, rate: float = 0.95) -> float:
     """``tau_e = tau_0 * r^e`` (paper: 0.3, 0.95)."""
     return initial * rate**epoch
@@ -78,12 +89,7 @@ def fit(
     :param callback: called as ``callback(epoch, model, guide)`` after every epoch (e.g. to evaluate);
         its return values are collected in ``FitResult.callback_values``.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {tuple(OPTIMIZERS)}")
-    if estimator == "pathwise" and temperature <= 0:
-        raise ValueError("the path-wise estimator needs temperature > 0")
+    check_training_options(estimator, optimizer, temperature)
     if not isinstance(observed, SpikeTrains):
         raise ValueError("observed must be SpikeTrains (see SpikeTrains.from_lists / from_events)")
     if observed.num_marks != model.n_observed:
