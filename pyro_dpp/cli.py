@@ -203,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="the paper's experiments: exp1 (gradient variance), exp2 (test ELBO "
                                           "vs training size), exp3 (time per epoch vs amplitude)")
-    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3"))
+    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3", "training", "bias"),
+                     help="training: path-wise vs score-function training over seeds; bias: relaxation bias vs "
+                          "temperature")
     common(rep, "results", progress=True)
     rep.add_argument("--quick", action="store_true", help="reduced sizes (about a minute)")
     rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")

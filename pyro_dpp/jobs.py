@@ -193,8 +193,12 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
         result = paper.experiment2(seed=seed, progress=progress, **options)
     elif experiment == "exp3":
         result = paper.experiment3(seed=seed, **options)
+    elif experiment == "training":
+        result = paper.compare_training(progress=progress, **options)
+    elif experiment == "bias":
+        result = paper.relaxation_bias(seed=seed, **options)
     else:
-        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2 or exp3")
+        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2, exp3, training or bias")
     result["quick"], result["wall_seconds"] = quick, time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))
@@ -223,6 +227,18 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax.set_ylabel("exact test ELBO per sequence")
         ax.legend()
         ax.set_title(f"Experiment 2 ({result['trials']} trials)")
+    elif experiment == "training":
+        for estimator, entry in result["runs"].items():
+            ax.bar(estimator, entry["after"]["mean"], yerr=entry["after"]["se"], capsize=4)
+        ax.set_ylabel("exact test ELBO after training")
+        ax.set_title(f"{result['num_epochs']} epochs, seeds {result['seeds']}")
+        ax.tick_params(axis="x", labelsize="small")
+    elif experiment == "bias":
+        taus = list(result["temperatures"])
+        ax.plot([float(t) for t in taus], [result["temperatures"][t]["cosine"] for t in taus], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("temperature")
+        ax.set_ylabel("cosine(path-wise, exact gradient)")
     else:
         amps = [float(a) for a in result["amplitudes"]]
         for key in result["results"][str(result["amplitudes"][0])]:

@@ -173,4 +173,6 @@ QUICK: dict[str, dict[str, Any]] = {
     "exp1": {"num_draws": 20, "num_sequences": 4, "chunk": 10},
     "exp2": {"sizes": (5, 10), "trials": 2, "num_epochs": 3, "num_test": 4, "eval_particles": 4},
     "exp3": {"amplitudes": (1, 5, 10), "num_sequences": 3},
+    "training": {"seeds": (0, 1), "num_train": 4, "num_test": 4, "num_epochs": 3, "eval_particles": 4},
+    "bias": {"temperatures": (1.0, 0.1), "num_draws": 20, "reference_draws": 40, "num_sequences": 2, "chunk": 10},
 }

@@ -1,0 +1,33 @@
+"""The paper's experiments as functions, at tiny sizes: shapes of the results and basic sanity."""
+
+import math
+
+from pyro_dpp.experiments import Setting, compare_training, experiment1, experiment2, experiment3, relaxation_bias
+
+TINY = Setting(duration=10.0)
+
+
+def test_experiment1_reports_each_estimator():
+    result = experiment1(num_draws=4, num_sequences=2, setting=TINY, chunk=4)
+    for estimator in ("pathwise", "score_function", "score_function_baseline"):
+        assert result[estimator]["e_std"] > 0 and result[estimator]["seconds"] > 0
+
+
+def test_experiment2_and_3_tables():
+    result = experiment2(sizes=(2,), trials=2, num_epochs=1, num_test=2, eval_particles=2, setting=TINY)
+    for estimator in ("pathwise", "score_function"):
+        entry = result["results"]["2"][estimator]
+        assert math.isfinite(entry["mean"]) and entry["se"] >= 0
+    timing = experiment3(amplitudes=(1, 5), num_sequences=2, setting=TINY)
+    assert set(timing["results"]["5"]) == {"pathwise/per_sequence", "pathwise/batched",
+                                           "score_function/per_sequence", "score_function/batched"}
+
+
+def test_compare_training_and_relaxation_bias():
+    result = compare_training(seeds=(0,), num_train=2, num_test=2, num_epochs=1, eval_particles=2, setting=TINY)
+    run = result["runs"]["pathwise"]["runs"][0]
+    assert math.isfinite(run["before"]) and math.isfinite(run["after"])
+    bias = relaxation_bias(temperatures=(1.0, 0.1), num_draws=6, reference_draws=6, num_sequences=1, chunk=6,
+                           setting=TINY)
+    for entry in bias["temperatures"].values():
+        assert -1.0 <= entry["cosine"] <= 1.0 and entry["relative_error"] >= 0
