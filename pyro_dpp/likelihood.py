@@ -159,7 +159,12 @@ def concrete_log_density(log_y: torch.Tensor, log_pi: torch.Tensor, temperature:
     active = log_pi > -math.inf
     m = active.sum(-1).to(log_pi.dtype)
     lp = torch.where(active, log_pi, torch.zeros_like(log_pi))
-    ly = torch.where(active, log_y, torch.zeros_like(log_y))
+    # A weight of a possible class that underflowed to zero (the sampler's probability of that class
+    # rounded to zero, e.g. saturated sigmoids in float32) is read as the smallest normal number:
+    # it was below that, and an exact zero would make the density inf - inf.
+    floor = math.log(torch.finfo(log_y.dtype).tiny)
+    ly = torch.where(log_y > -math.inf, log_y, torch.full_like(log_y, floor))
+    ly = torch.where(active, ly, torch.zeros_like(log_y))
     terms = torch.where(active, lp - (temperature + 1) * ly, torch.zeros_like(lp)).sum(-1)
     lse = torch.logsumexp(torch.where(active, lp - temperature * ly, torch.full_like(lp, -math.inf)), -1)
     density = torch.lgamma(m) + (m - 1) * math.log(temperature) + terms - m * lse

@@ -231,3 +231,22 @@ def test_softplus_network_with_bound_detects_violation():
     data = SpikeTrains.from_lists([[[1.0, 2.0]]], duration=5.0)
     with pytest.raises(ValueError, match="bound"):
         net.hidden_process(data, temperature=0.3).rsample()
+
+
+def test_fit_without_hidden_neurons_says_what_to_do():
+    data = SpikeTrains.from_lists([[[1.0], [2.0]]], duration=10.0)
+    with pytest.raises(ValueError, match="no hidden neurons"):
+        fit(SNN(2, 0), data, progress=False)
+
+
+def test_underflowed_weight_of_a_possible_class_keeps_density_finite():
+    """A guide whose 'no event' probability rounded to zero (saturated sigmoids in float32) yields
+    candidates with an exactly-zero 'no event' weight; a model for which that class is possible
+    must still give a finite density and gradient (it used to be inf - inf)."""
+    from pyro_dpp.likelihood import concrete_log_density
+
+    log_pi = torch.log(torch.tensor([[0.3, 0.6, 0.1]])).requires_grad_()
+    log_y = torch.tensor([[-0.1, -2.4, -float("inf")]])
+    density = concrete_log_density(log_y, log_pi, 0.3)
+    density.sum().backward()
+    assert torch.isfinite(density).all() and torch.isfinite(log_pi.grad).all()

@@ -90,6 +90,11 @@ def fit(
         its return values are collected in ``FitResult.callback_values``.
     """
     check_training_options(estimator, optimizer, temperature)
+    if model.n_hidden == 0:
+        raise ValueError(
+            "the network has no hidden neurons, so there is nothing to infer: maximise "
+            "model.observed_process(...).log_prob(data) directly (see tutorial 4)"
+        )
     if not isinstance(observed, SpikeTrains):
         raise ValueError("observed must be SpikeTrains (see SpikeTrains.from_lists / from_events)")
     if observed.num_marks != model.n_observed:
