@@ -1,6 +1,6 @@
 """pyro_dpp: temporal point processes as Pyro distributions, with a differentiable sampler."""
 
-from . import intensity
+from . import intensity, snn
 from .distribution import PointProcess
 from .events import SpikeTrains, event_mask
 
@@ -12,4 +12,5 @@ __all__ = [
     "__version__",
     "event_mask",
     "intensity",
+    "snn",
 ]
