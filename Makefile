@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/pyro-dpp demo --out demo-output
+	$(VENV)/bin/pyro-dpp demo --out demo-output --force
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check pyro_dpp tests benchmarks examples
