@@ -101,6 +101,25 @@ class Basis(torch.nn.Module):
         return times, history
 
 
+def _kernel_inputs(times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, batch: torch.Size
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flattened float64 inputs of the numba kernels: ``weights`` (rows x E x D) and ``times``
+    (rows x E) sorted by time (no copy when already sorted, e.g. by the compensator), and ``query``
+    (rows x Q), with the batch broadcast and flattened into rows. Times carry no gradient."""
+    n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
+    flat = times.detach().expand(batch + (n,)).reshape(-1, n)
+    rows = flat.shape[0]
+    w = weights.expand(batch + (n, d)).reshape(rows, n, d)
+    if bool((flat[:, 1:] >= flat[:, :-1]).all()):
+        t = flat.to(torch.float64).contiguous()
+    else:
+        order = flat.argsort(dim=-1)
+        t = flat.gather(-1, order).to(torch.float64).contiguous()
+        w = w.gather(-2, order.unsqueeze(-1).expand(rows, n, d))
+    q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(torch.float64).contiguous()
+    return w.to(torch.float64).contiguous(), t, q
+
+
 class ExponentialBasis(Basis):
     r"""Exponential decays :math:`\phi_l(d) = e^{-d / \tau_l}` for :math:`d > 0`, with a recursive,
     constant-size scan state (one trace per time constant and source).
@@ -206,21 +225,11 @@ class EpanechnikovBasis(Basis):
         """``batch x Q x 3 x K``: ``einsum(polynomial_coefficients, weight)`` (filter weights
         ``batch x L x K x D``) fused in one kernel pass (float64), or None off the kernel path."""
         batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1], weight.shape[:-3])
-        n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
-        if n == 0 or not _kernels.usable(times, weights, query, weight):
+        if times.shape[-1] == 0 or not _kernels.usable(times, weights, query, weight):
             return None
         wide = torch.float64
-        flat = times.detach().expand(batch + (n,)).reshape(-1, n)
-        rows = flat.shape[0]
-        w = weights.expand(batch + (n, d)).reshape(rows, n, d)
-        if bool((flat[:, 1:] >= flat[:, :-1]).all()):
-            t = flat.to(wide).contiguous()
-        else:
-            order_ = flat.argsort(dim=-1)
-            t = flat.gather(-1, order_).to(wide).contiguous()
-            w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d))
-        w = w.to(wide).contiguous()
-        q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(wide).contiguous()
+        w, t, q = _kernel_inputs(times, weights, query, batch)
+        rows = t.shape[0]
         filt = weight.to(wide).expand(batch + weight.shape[-3:]).reshape((rows,) + weight.shape[-3:])
         filt = filt.permute(0, 2, 1, 3).contiguous()  # rows x K x L x D
         out = _kernels.EpanechnikovPotential.apply(w, filt, t, q, self.centres.detach().to(wide).contiguous(),
@@ -287,19 +296,8 @@ class EpanechnikovBasis(Basis):
         query times are constants here (no gradient), as everywhere in the package: candidate times
         carry no gradient and observed times are data (``_kernels.ENABLED = False`` restores the
         torch path, which also differentiates the times)."""
-        n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
         wide = torch.float64
-        flat = times.detach().expand(batch + (n,)).reshape(-1, n)
-        rows = flat.shape[0]
-        w = weights.expand(batch + (n, d)).reshape(rows, n, d)
-        if bool((flat[:, 1:] >= flat[:, :-1]).all()):  # already sorted (e.g. by the compensator)
-            t = flat.to(wide).contiguous()
-        else:
-            order_ = flat.argsort(dim=-1)
-            t = flat.gather(-1, order_).to(wide).contiguous()
-            w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d))
-        w = w.to(wide).contiguous()
-        q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(wide).contiguous()
+        w, t, q = _kernel_inputs(times, weights, query, batch)
         out = _kernels.EpanechnikovFeatures.apply(w, t, q, self.centres.detach().to(wide).contiguous(),
                                                   self.width, 2.5 * self.width, order)
         if stacked:
