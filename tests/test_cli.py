@@ -5,21 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
 from pyro_dpp.cli import main
 
 SMALL = ["--duration", "8", "--sequences", "3", "--particles", "4", "--seed", "0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the demo's samplers step through events with tiny tensor ops: intra-op threads only add
-    # synchronisation (milliseconds per op on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run(argv: list[str]) -> int:

@@ -25,17 +25,6 @@ from pyro_dpp.likelihood import exact_log_likelihood
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests run thousands of tiny tensor ops (the thinning scan steps through candidates one
-    # by one). Intra-op threads only add synchronisation to such ops, and on a machine busy with
-    # other processes an OpenMP parallel region can cost milliseconds per op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _clean_pyro():
     pyro.clear_param_store()
