@@ -151,6 +151,28 @@ def _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, d
             jac[i, j] = c * yj * ((1.0 if i == j else 0.0) - yi + qr * y_rest)
 
 
+#: Steps between recomputations of the Epanechnikov window sums from scratch (bounds the float
+#: error that adding and removing events accumulates).
+_REBASE = 32
+
+
+@nb.njit(inline="always", **_OPTS)
+def _add_moments(sums, q, u, w, sign):
+    """``sums[q] += sign * (w, w u, w u^2)`` (the window moments of one event)."""
+    for d in range(w.shape[0]):
+        x = sign * w[d]
+        sums[q, 0, d] += x
+        sums[q, 1, d] += x * u
+        sums[q, 2, d] += x * u * u
+
+
+@nb.njit(inline="always", **_OPTS)
+def _epan_from_moments(sums, q, v, width, d):
+    """``sum_n w_n 0.75 (1 - ((v - u_n) / width)^2)`` from the window moments of ``u_n``."""
+    s0, s1, s2 = sums[q, 0, d], sums[q, 1, d], sums[q, 2, d]
+    return 0.75 * (s0 - (v * v * s0 - 2.0 * v * s1 + s2) / (width * width))
+
+
 @nb.njit(parallel=True, **_OPTS)
 def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const, weight, log_amp, amp, act,
                 kind, decay, centres, width, scale, offset, low, high,
@@ -163,6 +185,9 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
         hi = np.zeros(num, np.int64)
         f = np.zeros((num, sources), keys.dtype)
         z = np.empty(k_marks + 1, keys.dtype)
+        # Epanechnikov: moments of the window's events about ref, in float64 (O(1) per step)
+        sums = np.zeros((num, 3, sources), np.float64)
+        ref = np.zeros(num, np.float64)
         la, a = log_amp[b], amp[b]
         for s in range(steps):
             t = keys[b, s]
@@ -173,6 +198,22 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
                         if s > 0:
                             f[q, d] += hist[b, s - 1, d]
                         f[q, d] *= g
+            elif kind == EPANECHNIKOV:
+                for q in range(num):
+                    while hi[q] < s and keys[b, hi[q]] < t - low[q]:
+                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], hist[b, hi[q]], 1.0)
+                        hi[q] += 1
+                    while lo[q] < hi[q] and keys[b, lo[q]] <= t - high[q]:
+                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], hist[b, lo[q]], -1.0)
+                        lo[q] += 1
+                    if s % _REBASE == 0:
+                        ref[q] = t
+                        sums[q] = 0.0
+                        for n in range(lo[q], hi[q]):
+                            _add_moments(sums, q, keys[b, n] - ref[q], hist[b, n], 1.0)
+                    v = t - centres[q] - ref[q]
+                    for d in range(sources):
+                        f[q, d] = _epan_from_moments(sums, q, v, width, d)
             else:
                 for q in range(num):
                     while hi[q] < s and keys[b, hi[q]] < t - low[q]:
@@ -211,7 +252,9 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
     for b in nb.prange(bsz):
         lo = np.full(num, steps, np.int64)
         hi = np.full(num, steps, np.int64)
-        back = np.zeros((steps if kind != EXPONENTIAL else 1, num, sources), keys.dtype)
+        back = np.zeros((num, steps if kind != EXPONENTIAL else 1, sources), keys.dtype)
+        sums = np.zeros((num, 3, sources), np.float64)
+        ref = np.zeros(num, np.float64)
         r = np.zeros((num, sources), keys.dtype)
         gw = np.empty(sources, keys.dtype)
         g = np.empty(k_marks, keys.dtype)
@@ -230,6 +273,24 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                 for q in range(num):
                     for d in range(sources):
                         gw[d] += r[q, d]
+            elif kind == EPANECHNIKOV:
+                for q in range(num):
+                    # add the events that enter at the near end before removing those that leave
+                    # at the far end: after a long gap one event can do both in this step
+                    while lo[q] > s + 1 and keys[b, lo[q] - 1] > t + low[q]:
+                        lo[q] -= 1
+                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], back[q, lo[q]], 1.0)
+                    while hi[q] > lo[q] and keys[b, hi[q] - 1] >= t + high[q]:
+                        hi[q] -= 1
+                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], back[q, hi[q]], -1.0)
+                    if s % _REBASE == 0:
+                        ref[q] = t
+                        sums[q] = 0.0
+                        for n in range(lo[q], hi[q]):
+                            _add_moments(sums, q, keys[b, n] - ref[q], back[q, n], 1.0)
+                    v = t + centres[q] - ref[q]
+                    for d in range(sources):
+                        gw[d] += _epan_from_moments(sums, q, v, width, d)
             else:
                 for q in range(num):
                     while hi[q] > s + 1 and keys[b, hi[q] - 1] >= t + high[q]:
@@ -240,7 +301,7 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                         ph = _phi(kind, keys[b, n] - t, centres[q], width, scale, offset)
                         if ph != 0.0:
                             for d in range(sources):
-                                gw[d] += ph * back[n, q, d]
+                                gw[d] += ph * back[q, n, d]
             _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac)
             for k in range(k_marks):
                 acc = direct[k]
@@ -256,7 +317,7 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                     if kind == EXPONENTIAL:
                         r[q, d] += v
                     else:
-                        back[s, q, d] = v
+                        back[q, s, d] = v
 
 
 @nb.njit(parallel=True, **_OPTS)
