@@ -122,7 +122,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .jobs import reproduce
 
     reproduce(args.experiment, Path(args.out), args.quick, args.seed, args.draws, force=args.force,
-              progress=not args.no_progress)
+              progress=not args.no_progress, workers=args.workers)
     return 0
 
 
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="spike-train file (see README: npz arrays or a time,neuron[,sequence] csv)")
     common(fit, "fit.json", progress=True)
     fit.add_argument("--hidden", type=int, default=4, help="number of hidden neurons")
-    fit.add_argument("--estimator", choices=("pathwise", "score_function", "score_function_baseline"),
+    fit.add_argument("--estimator", choices=("pathwise", "pathwise_exact", "score_function", "score_function_baseline"),
                      default="pathwise")
     fit.add_argument("--epochs", type=_positive_int, default=20)
     fit.add_argument("--temperature", type=_positive_float, default=0.3, help="initial temperature tau_0")
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(rep, "results", progress=True)
     rep.add_argument("--quick", action="store_true", help="reduced sizes (about a minute)")
     rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")
+    rep.add_argument("--workers", type=_positive_int, default=1,
+                     help="exp2: processes to spread the independent trials over (one thread each)")
     rep.set_defaults(func=_reproduce)
     return parser
 

@@ -42,6 +42,7 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.elbo import ELBOModule
 
 from .events import SpikeTrains, event_mask
+from .snn.evaluation import PATHWISE
 from .snn.inference import CountBaseline
 from .snn.network import SNN
 from .snn.training import OPTIMIZERS, check_training_options, temperature_schedule
@@ -141,15 +142,18 @@ class SNNModel(torch.nn.Module):
     :param float temperature: 0 (exact hidden process) or > 0 (DPP); may be changed between steps.
     """
 
-    def __init__(self, network: SNN, temperature: float = 0.0) -> None:
+    def __init__(self, network: SNN, temperature: float = 0.0, relaxed_log_prob: str = "dpp") -> None:
         super().__init__()
         self.network = network
         self.temperature = float(temperature)
+        self.relaxed_log_prob = relaxed_log_prob
 
     def forward(self, observed: torch.Tensor, duration: torch.Tensor) -> None:
         """Run the model on ``observed`` (``B x E x (D_o + 2)``) with windows ``duration`` (``B``)."""
         with pyro.plate("sequences", observed.shape[0]):
-            hidden = pyro.sample("hidden", self.network.hidden_process(observed, duration, self.temperature))
+            prior = self.network.hidden_process(observed, duration, self.temperature,
+                                                relaxed_log_prob=self.relaxed_log_prob)
+            hidden = pyro.sample("hidden", prior)
             pyro.sample("observed", self.network.observed_process(hidden, duration), obs=observed)
 
 
@@ -163,17 +167,21 @@ class SNNGuide(torch.nn.Module):
         trained with the rest).
     """
 
-    def __init__(self, network: SNN, temperature: float = 0.0, baseline: CountBaseline | None = None) -> None:
+    def __init__(self, network: SNN, temperature: float = 0.0, baseline: CountBaseline | None = None,
+                 relaxed_log_prob: str = "dpp") -> None:
         super().__init__()
         self.network = network
         self.temperature = float(temperature)
+        self.relaxed_log_prob = relaxed_log_prob
         self.baseline = baseline
 
     def forward(self, observed: torch.Tensor, duration: torch.Tensor) -> None:
         """Sample the hidden spikes given ``observed`` (``B x E x (D_o + 2)``) and ``duration`` (``B``)."""
         infer = {"baseline": self.baseline.options(observed, duration)} if self.baseline is not None else {}
         with pyro.plate("sequences", observed.shape[0]):
-            pyro.sample("hidden", self.network.hidden_process(observed, duration, self.temperature), infer=infer)
+            posterior = self.network.hidden_process(observed, duration, self.temperature,
+                                                    relaxed_log_prob=self.relaxed_log_prob)
+            pyro.sample("hidden", posterior, infer=infer)
 
 
 class SurrogateELBOModule(ELBOModule):
@@ -213,7 +221,7 @@ class SNNLightningModule(_Base):
 
     :param SNN model: the generative network (trained).
     :param SNN guide: the variational network (trained too); None for ``q = p``.
-    :param str estimator: ``"pathwise"``, ``"score_function"`` or ``"score_function_baseline"``.
+    :param str estimator: one of :data:`pyro_dpp.snn.ESTIMATORS`.
     :param float temperature: ``tau_0`` of the schedule ``tau_e = tau_0 * temperature_decay^e``
         (epochs ``e``), path-wise only.
     :param str optimizer: ``"adagrad"`` (paper, lr 0.05), ``"adam"`` or ``"sgd"``.
@@ -256,7 +264,9 @@ class SNNLightningModule(_Base):
             self.elbo = SurrogateELBOModule(SNNModel(model), SNNGuide(guide, baseline=baseline),
                                             TraceGraph_ELBO(num_particles=num_particles, max_plate_nesting=1))
         else:
-            self.elbo = Trace_ELBO(num_particles=num_particles, max_plate_nesting=1)(SNNModel(model), SNNGuide(guide))
+            scoring = PATHWISE.get(estimator, "dpp")
+            self.elbo = Trace_ELBO(num_particles=num_particles, max_plate_nesting=1)(
+                SNNModel(model, relaxed_log_prob=scoring), SNNGuide(guide, relaxed_log_prob=scoring))
         #: per-epoch mean loss (negative ELBO per sequence), averaged over workers
         self.history: list[float] = []
 
@@ -272,7 +282,7 @@ class SNNLightningModule(_Base):
 
     def temperature(self, epoch: int) -> float:
         """The temperature of ``epoch`` (0 for the score-function estimators)."""
-        if self.estimator != "pathwise":
+        if self.estimator not in PATHWISE:
             return 0.0
         return temperature_schedule(epoch, self.initial_temperature, self.temperature_decay)
 

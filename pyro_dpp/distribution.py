@@ -14,6 +14,10 @@ from .intensity.base import Intensity
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
 from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
 
+#: What ``PointProcess.log_prob`` scores at ``temperature > 0``: the DPP density, or the exact
+#: log-likelihood formula at the soft realization.
+RELAXED_LOG_PROBS = ("dpp", "exact")
+
 
 class _Realization(constraints.Constraint):
     """Padded realization tensors (see :mod:`pyro_dpp.events`); :meth:`PointProcess.log_prob` checks
@@ -73,6 +77,13 @@ class PointProcess(TorchDistribution):
     :param bool straight_through: one-hot marks in the forward pass, soft gradients backward.
     :param int quadrature_nodes: Gauss-Legendre nodes per interval for compensators without a
         closed form.
+    :param str relaxed_log_prob: what :meth:`log_prob` scores when ``temperature > 0``: ``"dpp"``
+        (default) the DPP density above; ``"exact"`` the exact log-likelihood formula evaluated at the
+        soft realization, :math:`\sum_n\sum_k y_{nk}\log\lambda_k(s_n) - \sum_k\int_0^T\lambda_k\,dt`
+        with the soft history. The latter is not the density of the draws, but as
+        :math:`\tau \to 0` it tends to the exact log-likelihood of the hard realization, so a
+        path-wise ELBO built from it tends to the *exact* ELBO; the DPP density's
+        Concrete log-ratios do not (their expectation does not depend on :math:`\tau` at all).
     """
 
     arg_constraints: dict[str, constraints.Constraint] = {}
@@ -90,6 +101,7 @@ class PointProcess(TorchDistribution):
         straight_through: bool = False,
         validate_args: bool | None = None,
         quadrature_nodes: int = DEFAULT_QUADRATURE_NODES,
+        relaxed_log_prob: str = "dpp",
     ) -> None:
         if not isinstance(intensity, Intensity):
             raise ValueError(f"intensity must be a pyro_dpp.intensity.Intensity, got {type(intensity).__name__}")
@@ -100,6 +112,9 @@ class PointProcess(TorchDistribution):
         if straight_through and self.temperature == 0:
             raise ValueError("straight_through=True needs temperature > 0 (a relaxation to pass gradients through)")
         self.straight_through = bool(straight_through)
+        if relaxed_log_prob not in RELAXED_LOG_PROBS:
+            raise ValueError(f"relaxed_log_prob must be one of {RELAXED_LOG_PROBS}, got {relaxed_log_prob!r}")
+        self.relaxed_log_prob = relaxed_log_prob
         self.quadrature_nodes = int(quadrature_nodes)
         if bound is None:
             bound = intensity.max_rate()
@@ -155,6 +170,7 @@ class PointProcess(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         new.intensity = self.intensity
         new.temperature, new.straight_through = self.temperature, self.straight_through
+        new.relaxed_log_prob = self.relaxed_log_prob
         new.quadrature_nodes, new.max_events = self.quadrature_nodes, self.max_events
         new.has_rsample = self.has_rsample
         new.duration = self.duration.expand(batch_shape)
@@ -214,10 +230,11 @@ class PointProcess(TorchDistribution):
         validate_realization(value, k, self.duration, exact=self.temperature == 0)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """The exact log-likelihood (``temperature == 0``) or the DPP density (``temperature > 0``)."""
+        """The exact log-likelihood (``temperature == 0``) or the DPP density (``temperature > 0``,
+        unless ``relaxed_log_prob="exact"``)."""
         if self._validate_args:
             self._validate_sample(value)
-        if self.temperature > 0:
+        if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
             return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context)
         return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes)

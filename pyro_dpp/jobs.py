@@ -36,7 +36,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def demo(out: Path, seed: int = 0, epochs: int = 60, draws: int = 200, num_train: int = 10, num_test: int = 10,
          duration: float = 50.0, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """The paper's synthetic setting end to end: data from a random SNN (2 observed + 4 hidden
-    neurons), gradient E[std] of the three estimators, short path-wise and score-function training,
+    neurons), gradient E[std] of the four estimators, short path-wise and score-function training,
     exact test ELBO before and after, and figures."""
     from . import plot
     from .experiments.paper import ESTIMATOR_NAMES, Setting
@@ -86,6 +86,7 @@ def demo(out: Path, seed: int = 0, epochs: int = 60, draws: int = 200, num_train
     axes[1, 0].set_xlabel("epoch")
     axes[1, 1].bar(list(ESTIMATOR_NAMES), [results["estimators"][e]["e_std"] for e in ESTIMATOR_NAMES])
     axes[1, 1].set_yscale("log")
+    axes[1, 1].tick_params(axis="x", labelsize="small")
     axes[1, 1].set_ylabel("gradient E[std]")
     fig.tight_layout()
     fig.savefig(out / "demo.png", dpi=110)
@@ -177,8 +178,10 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
 
 
 def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | None, force: bool = False,
-              progress: bool = True) -> dict[str, Any]:
-    """Run one of the paper's experiments; write ``out/expN.json`` and ``out/expN.png``."""
+              progress: bool = True, workers: int = 1) -> dict[str, Any]:
+    """Run one of the paper's experiments; write ``out/expN.json`` and ``out/expN.png``.
+
+    ``workers`` spreads exp2's independent trials over that many processes."""
     from .experiments import paper
 
     json_path, png_path = out / f"{experiment}.json", out / f"{experiment}.png"
@@ -190,7 +193,7 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
             options["num_draws"] = draws
         result = paper.experiment1(seed=seed, **options)
     elif experiment == "exp2":
-        result = paper.experiment2(seed=seed, progress=progress, **options)
+        result = paper.experiment2(seed=seed, progress=progress, workers=workers, **options)
     elif experiment == "exp3":
         result = paper.experiment3(seed=seed, **options)
     elif experiment == "training":
@@ -212,8 +215,11 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
     plt = _agg()
     fig, ax = plt.subplots(figsize=(6, 4))
     if experiment == "exp1":
-        names = [e for e in ("pathwise", "score_function", "score_function_baseline") if e in result]
+        from .experiments.paper import ESTIMATOR_NAMES
+
+        names = [e for e in ESTIMATOR_NAMES if e in result]
         ax.bar(names, [result[e]["e_std"] for e in names])
+        ax.tick_params(axis="x", labelsize="small")
         ax.set_yscale("log")
         ax.set_ylabel("gradient E[std]")
         ax.set_title(f"Experiment 1 ({result['num_draws']} draws)")
@@ -234,9 +240,13 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax.set_title(f"{result['num_epochs']} epochs, seeds {result['seeds']}")
         ax.tick_params(axis="x", labelsize="small")
     elif experiment == "bias":
-        taus = list(result["temperatures"])
-        ax.plot([float(t) for t in taus], [result["temperatures"][t]["cosine"] for t in taus], marker="o")
+        for estimator, rows in result["estimators"].items():
+            taus = list(rows)
+            ax.plot([float(t) for t in taus], [rows[t]["cosine"] for t in taus], marker="o", label=estimator)
         ax.set_xscale("log")
+        ax.set_ylim(top=1.02)
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.legend()
         ax.set_xlabel("temperature")
         ax.set_ylabel("cosine(path-wise, exact gradient)")
     else:

@@ -136,6 +136,8 @@ CASES = [
     T("hawkes-context-exact", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), context=CTX1),
     T("hawkes-context-relaxed-matrix-decay", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, _DECAY_MATRIX_CTX),
       context=CTX1, temperature=0.5, bound=5.0),
+    T("hawkes-context-relaxed-exact-score", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), context=CTX1, temperature=0.5,
+      bound=5.0, relaxed_log_prob="exact"),
     T("hawkes-context-batched-relaxed-st", hawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0), context=CTX2,
       temperature=0.5, bound=5.0, straight_through=True, batch=(2,)),
     T("hawkes-batched-durations-exact-ogata", hawkes([[0.4, 0.3], [0.1, 0.6]], _HAWKES_ADJ, 1.0),
@@ -153,6 +155,8 @@ CASES = [
       temperature=0.5, batch=(2,)),
     T("glm-epan-sigmoid-exact", glm([0.2, -0.2], _W_EPAN, _epan_basis)),
     T("glm-epan-sigmoid-relaxed", glm([0.2, -0.2], _W_EPAN, _epan_basis), temperature=0.3),
+    T("glm-epan-sigmoid-relaxed-exact-score", glm([0.2, -0.2], _W_EPAN, _epan_basis), temperature=0.3,
+      relaxed_log_prob="exact"),
     T("glm-epan-sigmoid-batched-st", glm([[0.2, -0.2], [0.0, 0.4]], _W_EPAN, _epan_basis), duration=[1.0, 2.0],
       temperature=0.3, straight_through=True, batch=(2,)),
     T("glm-raisedcos-softplus-exact", glm([0.0, -0.5], _W_INHIB, _rc_basis, "softplus", 1.0), bound=2.0),
@@ -320,6 +324,7 @@ def test_expand(case):
     assert e.batch_shape == shape
     assert e.event_shape == d.event_shape
     assert e.temperature == d.temperature and e.straight_through == d.straight_through
+    assert e.relaxed_log_prob == d.relaxed_log_prob
     x = draw(e)
     assert x.shape == shape + d.event_shape
     check_realization(x, e, exact=not case.relaxed, hard=case.straight_through)
@@ -597,6 +602,11 @@ def test_bad_temperature(temperature):
 def test_straight_through_needs_temperature():
     with pytest.raises(ValueError, match="straight_through=True needs temperature > 0"):
         _poisson(straight_through=True)
+
+
+def test_bad_relaxed_log_prob():
+    with pytest.raises(ValueError, match="relaxed_log_prob must be one of"):
+        _poisson(temperature=0.5, relaxed_log_prob="concrete")
 
 
 def test_rsample_needs_temperature():

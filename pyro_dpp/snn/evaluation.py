@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from ..events import SpikeTrains
+from ..events import SpikeTrains, validate_realization
 from .network import SNN
 
-ESTIMATORS = ("pathwise", "score_function", "score_function_baseline")
+ESTIMATORS = ("pathwise", "pathwise_exact", "score_function", "score_function_baseline")
+#: The path-wise estimators and what their relaxed hidden sites score (``relaxed_log_prob``):
+#: ``"pathwise"`` is the paper's (DPP densities), ``"pathwise_exact"`` scores the soft draws by the
+#: exact log-likelihood formula, so its bias vanishes as the temperature falls.
+PATHWISE = {"pathwise": "dpp", "pathwise_exact": "exact"}
 
 
 def _data(observed: SpikeTrains | torch.Tensor, duration: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,18 +33,20 @@ def _data(observed: SpikeTrains | torch.Tensor, duration: Any, like: torch.Tenso
 def elbo_terms(
     model: SNN, guide: SNN, observed: torch.Tensor, duration: torch.Tensor, num_particles: int,
     temperature: float = 0.0, model_params: dict | None = None, guide_params: dict | None = None,
+    relaxed_log_prob: str = "dpp",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ELBO particle per row: ``(log p(X, Z) - log q(Z | X), log q(Z | X))``, each
     ``num_particles x batch``, with ``Z`` drawn from the guide (exact if ``temperature == 0``, else
-    a differentiable DPP draw)."""
-    q = guide.hidden_process(observed, duration, temperature, params=guide_params)
+    a differentiable DPP draw scored as ``relaxed_log_prob`` says)."""
+    q = guide.hidden_process(observed, duration, temperature, params=guide_params, relaxed_log_prob=relaxed_log_prob)
     if q.batch_shape[:1] == (num_particles,) and len(q.batch_shape) == observed.dim() - 1:
         sample_shape = torch.Size()  # parameters already carry one copy per particle
     else:
         sample_shape = torch.Size((num_particles,))
     hidden = q.rsample(sample_shape) if temperature > 0 else q.sample(sample_shape)
     log_q = q.log_prob(hidden)
-    prior = model.hidden_process(observed, duration, temperature, params=model_params)
+    prior = model.hidden_process(observed, duration, temperature, params=model_params,
+                                 relaxed_log_prob=relaxed_log_prob)
     log_p = prior.log_prob(hidden) + model.observed_process(hidden, duration, params=model_params).log_prob(observed)
     return log_p - log_q, log_q
 
@@ -47,9 +55,9 @@ def exact_elbo(model: SNN, guide: SNN, observed: SpikeTrains | torch.Tensor, dur
                num_particles: int = 16, chunk: int = 16) -> torch.Tensor:
     """``batch`` exact ELBO per sequence: the ``temperature = 0`` model and guide with the current
     weights (the paper's evaluation protocol), averaged over ``num_particles`` hidden draws."""
-    observed, duration = _data(observed, duration, model.weight)
+    observed, duration = _checked_data(model, observed, duration)
     total = torch.zeros(observed.shape[:-2], dtype=observed.dtype, device=observed.device)
-    with torch.no_grad():
+    with torch.no_grad(), _trusted_values():
         for size in _chunks(num_particles, chunk):
             elbo, _ = elbo_terms(model, guide, observed, duration, size)
             total = total + elbo.sum(0)
@@ -61,14 +69,33 @@ def log_marginal(model: SNN, guide: SNN, observed: SpikeTrains | torch.Tensor, d
     """``batch`` importance-sampled estimate of ``log p(X)`` with the exact guide as proposal:
     ``log mean_k exp(log p(X, Z_k) - log q(Z_k | X))`` (a lower bound in expectation that tightens
     as ``num_particles`` grows)."""
-    observed, duration = _data(observed, duration, model.weight)
+    observed, duration = _checked_data(model, observed, duration)
     weights = []
-    with torch.no_grad():
+    with torch.no_grad(), _trusted_values():
         for size in _chunks(num_particles, chunk):
             elbo, _ = elbo_terms(model, guide, observed, duration, size)
             weights.append(elbo)
     weights = torch.cat(weights, 0)
     return torch.logsumexp(weights, 0) - math.log(num_particles)
+
+
+def _checked_data(model: SNN, observed: SpikeTrains | torch.Tensor, duration: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    observed, duration = _data(observed, duration, model.weight)
+    model._check_data(observed, model.n_observed, "observed")
+    validate_realization(observed, model.n_observed, duration, name="observed", exact=True)
+    return observed, duration
+
+
+@contextlib.contextmanager
+def _trusted_values() -> Iterator[None]:
+    """Skip per-``log_prob`` value checks: inside, every hidden value comes from our own sampler and
+    the observed data were validated once on entry (the checks cost ~5% of a gradient draw)."""
+    previous = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(previous)
 
 
 def _chunks(total: int, chunk: int) -> list[int]:
@@ -100,7 +127,10 @@ def gradient_draws(
     Draws are vectorised: each draw gets its own copy of the parameters as a batch dimension, so one
     backward pass yields all gradients of a chunk. Estimators:
 
-    - ``"pathwise"``: DPP draws at ``temperature``, gradient of the ELBO itself;
+    - ``"pathwise"``: DPP draws at ``temperature``, gradient of the ELBO itself (DPP densities at
+      the hidden sites, the paper's estimator);
+    - ``"pathwise_exact"``: the same draws, with the hidden sites scored by the exact log-likelihood
+      formula (``relaxed_log_prob="exact"``): its bias vanishes as ``temperature`` falls;
     - ``"score_function"``: exact draws, surrogate ``log p(X, Z) + log q * elbo.detach()`` (plain
       REINFORCE, as ``Trace_ELBO`` computes it, per sequence);
     - ``"score_function_baseline"``: as above with ``elbo - b`` where ``b`` is the leave-one-out mean
@@ -111,32 +141,41 @@ def gradient_draws(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
-    observed, duration = _data(observed, duration, model.weight)
+    observed, duration = _checked_data(model, observed, duration)
     batch_dims = observed.dim() - 2
-    tau = temperature if estimator == "pathwise" else 0.0
-    if estimator == "pathwise" and temperature <= 0:
-        raise ValueError("the path-wise estimator needs temperature > 0")
+    pathwise = estimator in PATHWISE
+    tau = temperature if pathwise else 0.0
+    if pathwise and temperature <= 0:
+        raise ValueError("the path-wise estimators need temperature > 0")
     grads = []
-    for size in _chunks(num_draws, chunk):
-        model_params = _per_draw_params(model, size, batch_dims)
-        guide_params = model_params if shared else _per_draw_params(guide, size, batch_dims)
-        elbo, log_q = elbo_terms(model, guide, observed, duration, size, tau, model_params, guide_params)
-        if estimator == "pathwise":
-            surrogate = elbo
-        else:
-            reward = elbo.detach()
-            if estimator == "score_function_baseline":
-                if size < 2:
-                    raise ValueError("the leave-one-out baseline needs chunks of at least 2 draws")
-                reward = reward - (reward.sum(0, keepdim=True) - reward) / (size - 1)
-            # log p(X, Z) + log q * reward: exactly Trace_ELBO's surrogate for a non-reparameterized
-            # site (its zero-mean -grad log q term is left out, as Pyro does)
-            surrogate = elbo + log_q + log_q * reward
-        params = list(model_params.values()) + ([] if shared else list(guide_params.values()))
-        flat = torch.autograd.grad(surrogate.sum(), params, allow_unused=True)
-        flat = [torch.zeros_like(p) if g is None else g for g, p in zip(flat, params)]
-        grads.append(torch.cat([g.reshape(size, -1) for g in flat], -1))
+    with _trusted_values():
+        for size in _chunks(num_draws, chunk):
+            grads.append(_gradient_chunk(model, guide, observed, duration, estimator, size, tau, batch_dims, shared))
     return torch.cat(grads, 0)
+
+
+def _gradient_chunk(model: SNN, guide: SNN, observed: torch.Tensor, duration: torch.Tensor, estimator: str,
+                    size: int, tau: float, batch_dims: int, shared: bool) -> torch.Tensor:
+    """``size x P`` gradient draws, one backward pass."""
+    model_params = _per_draw_params(model, size, batch_dims)
+    guide_params = model_params if shared else _per_draw_params(guide, size, batch_dims)
+    elbo, log_q = elbo_terms(model, guide, observed, duration, size, tau, model_params, guide_params,
+                             PATHWISE.get(estimator, "dpp"))
+    if estimator in PATHWISE:
+        surrogate = elbo
+    else:
+        reward = elbo.detach()
+        if estimator == "score_function_baseline":
+            if size < 2:
+                raise ValueError("the leave-one-out baseline needs chunks of at least 2 draws")
+            reward = reward - (reward.sum(0, keepdim=True) - reward) / (size - 1)
+        # log p(X, Z) + log q * reward: exactly Trace_ELBO's surrogate for a non-reparameterized
+        # site (its zero-mean -grad log q term is left out, as Pyro does)
+        surrogate = elbo + log_q + log_q * reward
+    params = list(model_params.values()) + ([] if shared else list(guide_params.values()))
+    flat = torch.autograd.grad(surrogate.sum(), params, allow_unused=True)
+    flat = [torch.zeros_like(p) if g is None else g for g, p in zip(flat, params)]
+    return torch.cat([g.reshape(size, -1) for g in flat], -1)
 
 
 def gradient_variance(

@@ -8,7 +8,10 @@ Observed spikes ``X``, hidden spikes ``Z``. The joint intensity factorises over 
 The guide samples site "hidden" from a variational network (same family, its own parameters)
 conditioned on ``X``. The estimator is chosen by the temperature and the ELBO alone:
 
-- path-wise: ``temperature > 0`` (the DPP at both hidden sites) with ``Trace_ELBO``;
+- path-wise: ``temperature > 0`` (the DPP at both hidden sites) with ``Trace_ELBO``; with
+  ``relaxed_log_prob="exact"`` both hidden sites score the soft draw by the exact log-likelihood
+  formula instead of the DPP density, so the objective tends to the exact ELBO as the temperature
+  falls (the DPP density's Concrete log-ratios keep a bias at every temperature);
 - score function: ``temperature = 0`` (exact process, hard samples) with ``Trace_ELBO`` (plain
   REINFORCE, the paper's baseline) or ``TraceGraph_ELBO`` with a ``baseline`` (variance reduced).
 
@@ -27,33 +30,37 @@ from .network import SNN
 
 
 def snn_model(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temperature: float = 0.0,
-              name: str = "model") -> None:
+              name: str = "model", relaxed_log_prob: str = "dpp") -> None:
     """The generative model: hidden spikes, then the observed spikes given them.
 
     :param observed: ``batch x events x (D_o + 2)`` observed realization tensor.
     :param duration: ``batch`` window lengths.
     :param SNN network: the generative network.
     :param float temperature: 0 (exact hidden process) or > 0 (DPP).
+    :param str relaxed_log_prob: ``"dpp"`` or ``"exact"`` (see :class:`~pyro_dpp.PointProcess`).
     """
     pyro.module(name, network)
     with pyro.plate("sequences", observed.shape[0]):
-        hidden = pyro.sample("hidden", network.hidden_process(observed, duration, temperature))
+        prior = network.hidden_process(observed, duration, temperature, relaxed_log_prob=relaxed_log_prob)
+        hidden = pyro.sample("hidden", prior)
         pyro.sample("observed", network.observed_process(hidden, duration), obs=observed)
 
 
 def snn_guide(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temperature: float = 0.0,
-              name: str = "guide", baseline: dict[str, Any] | None = None) -> None:
+              name: str = "guide", baseline: dict[str, Any] | None = None, relaxed_log_prob: str = "dpp") -> None:
     """The variational distribution of the hidden spikes given the observed ones.
 
     :param SNN network: the variational network (``acausal=True`` to see future observed spikes;
         the model's network with ``name="model"`` for ``q = p``).
     :param dict baseline: Pyro's baseline options for ``TraceGraph_ELBO`` (e.g.
         ``{"nn_baseline": module, "nn_baseline_input": x}``), used with ``temperature = 0``.
+    :param str relaxed_log_prob: ``"dpp"`` or ``"exact"``, as in the model.
     """
     pyro.module(name, network)
     infer = {"baseline": baseline} if baseline else {}
     with pyro.plate("sequences", observed.shape[0]):
-        pyro.sample("hidden", network.hidden_process(observed, duration, temperature), infer=infer)
+        posterior = network.hidden_process(observed, duration, temperature, relaxed_log_prob=relaxed_log_prob)
+        pyro.sample("hidden", posterior, infer=infer)
 
 
 class CountBaseline(torch.nn.Module):

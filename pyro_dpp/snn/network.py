@@ -230,10 +230,11 @@ class SNN(torch.nn.Module):
     def hidden_process(
         self, observed: SpikeTrains | torch.Tensor, duration: Any = None, temperature: float = 0.0,
         straight_through: bool = False, params: dict[str, torch.Tensor] | None = None,
-        max_events: int | None = None,
+        max_events: int | None = None, relaxed_log_prob: str = "dpp",
     ) -> PointProcess:
         """The hidden neurons' process given the observed spikes (context; for an acausal network
-        also seen ahead of time). ``temperature > 0``: the DPP; 0: exact."""
+        also seen ahead of time). ``temperature > 0``: the DPP; 0: exact. ``relaxed_log_prob``: see
+        :class:`~pyro_dpp.PointProcess`."""
         observed, duration = _value_and_duration(observed, duration)
         self._check_data(observed, self.n_observed, "observed")
         observed = observed.to(self.weight)
@@ -242,7 +243,8 @@ class SNN(torch.nn.Module):
         window = self._window(bound, observed)
         intensity = self.intensity(self.hidden_index, self.observed_index, window, future, params)
         return PointProcess(intensity, duration, bound=bound, temperature=temperature, context=observed,
-                            straight_through=straight_through, max_events=max_events)
+                            straight_through=straight_through, max_events=max_events,
+                            relaxed_log_prob=relaxed_log_prob)
 
     def observed_process(
         self, hidden: torch.Tensor | SpikeTrains, duration: Any = None, params: dict[str, torch.Tensor] | None = None,

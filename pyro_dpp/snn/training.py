@@ -14,7 +14,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 
 from ..events import SpikeTrains
-from .evaluation import ESTIMATORS, _data
+from .evaluation import ESTIMATORS, PATHWISE, _data
 from .inference import CountBaseline, snn_guide, snn_model
 from .network import SNN
 
@@ -44,8 +44,8 @@ def check_training_options(estimator: str, optimizer: str, temperature: float) -
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {tuple(OPTIMIZERS)}")
-    if estimator == "pathwise" and temperature <= 0:
-        raise ValueError("the path-wise estimator needs temperature > 0")
+    if estimator in PATHWISE and temperature <= 0:
+        raise ValueError("the path-wise estimators need temperature > 0")
 
 
 def temperature_schedule(epoch: int, initial: float = 0.3, rate: float = 0.95) -> float:
@@ -78,7 +78,8 @@ def fit(
     :param SpikeTrains observed: training data.
     :param SNN guide: the variational network (trained too); None for ``q = p`` (the model's own
         hidden dynamics as the guide).
-    :param str estimator: ``"pathwise"`` (DPP, ``Trace_ELBO``), ``"score_function"`` (exact,
+    :param str estimator: ``"pathwise"`` (DPP, ``Trace_ELBO``), ``"pathwise_exact"`` (DPP draws
+        scored by the exact log-likelihood formula, ``Trace_ELBO``), ``"score_function"`` (exact,
         ``Trace_ELBO``) or ``"score_function_baseline"`` (exact, ``TraceGraph_ELBO`` with a
         :class:`CountBaseline` trained alongside).
     :param float temperature: ``tau_0`` of the schedule ``tau_e = tau_0 * temperature_decay^e``.
@@ -126,14 +127,16 @@ def fit(
     epochs = range(result.epochs_done, num_epochs)
     bar = _progress(epochs, progress, estimator)
     for epoch in bar:
-        tau = temperature_schedule(epoch, temperature, temperature_decay) if estimator == "pathwise" else 0.0
+        tau = temperature_schedule(epoch, temperature, temperature_decay) if estimator in PATHWISE else 0.0
+        scoring = {"relaxed_log_prob": PATHWISE.get(estimator, "dpp")}
         start = time.perf_counter()
         order = torch.randperm(num_sequences)
         for index in order.split(batch_size):
             obs, dur = values[index], durations[index]
-            model_fn = functools.partial(snn_model, network=model, temperature=tau)
+            model_fn = functools.partial(snn_model, network=model, temperature=tau, **scoring)
             options = baseline.options(obs, dur) if estimator == "score_function_baseline" else None
-            guide_fn = functools.partial(snn_guide, network=guide, temperature=tau, name=guide_name, baseline=options)
+            guide_fn = functools.partial(snn_guide, network=guide, temperature=tau, name=guide_name, baseline=options,
+                                         **scoring)
             opt.zero_grad()
             with pyro.settings.context(module_local_params=False):
                 loss = elbo.loss_and_grads(model_fn, guide_fn, obs, dur)
