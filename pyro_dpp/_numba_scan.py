@@ -128,27 +128,28 @@ def _step(b, s, k_marks, log_pi, log_y, marks, noise, inv_t, relaxed, hard, cand
 
 
 @nb.njit(inline="always", **_OPTS)
-def _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac):
+def _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac, y):
     """What the outputs of step ``s`` alone ask of its log-rates (``direct``, K) and how the
     cotangent of its history weights adds to it (``jac``, K x K):
-    ``jac[i, j] = cand / tau * y_j (delta_ij - y_i + qr_i y_K)``, ``qr_i = (r_i / bound) / rest``."""
+    ``jac[i, j] = cand / tau * y_j (delta_ij - y_i + qr_i y_K)``, ``qr_i = (r_i / bound) / rest``.
+    ``y`` (K + 1) is scratch space for the step's weights."""
     kk = k_marks
     rest_log = log_pi[b, s, kk]
     total = 0.0
     for i in range(kk + 1):
-        total += grad_logs[b, s, i] + grad_marks[b, s, i] * math.exp(log_y[b, s, i])
-    y_rest = math.exp(log_y[b, s, kk])
+        y[i] = math.exp(log_y[b, s, i])
+        total += grad_logs[b, s, i] + grad_marks[b, s, i] * y[i]
+    y_rest = y[kk]
     g_rest = grad_logs[b, s, kk] + grad_marks[b, s, kk] * y_rest
     gz_rest = (g_rest - y_rest * total) * inv_t
     c = cand[b, s] * inv_t
     for i in range(kk):
-        yi = math.exp(log_y[b, s, i])
+        yi = y[i]
         qr = math.exp(log_pi[b, s, i] - rest_log) if rest_log > -math.inf else 0.0
         gi = grad_logs[b, s, i] + grad_marks[b, s, i] * yi
         direct[i] = (gi - yi * total) * inv_t - qr * gz_rest
         for j in range(kk):
-            yj = math.exp(log_y[b, s, j])
-            jac[i, j] = c * yj * ((1.0 if i == j else 0.0) - yi + qr * y_rest)
+            jac[i, j] = c * y[j] * ((1.0 if i == j else 0.0) - yi + qr * y_rest)
 
 
 #: Steps between recomputations of the Epanechnikov window sums from scratch (bounds the float
@@ -260,6 +261,7 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
         g = np.empty(k_marks, keys.dtype)
         direct = np.empty(k_marks, keys.dtype)
         jac = np.empty((k_marks, k_marks), keys.dtype)
+        ys = np.empty(k_marks + 1, keys.dtype)
         for s in range(steps - 1, -1, -1):
             t = keys[b, s]
             for d in range(sources):
@@ -302,7 +304,7 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                         if ph != 0.0:
                             for d in range(sources):
                                 gw[d] += ph * back[q, n, d]
-            _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac)
+            _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac, ys)
             for k in range(k_marks):
                 acc = direct[k]
                 for j in range(k_marks):
@@ -371,6 +373,7 @@ def hawkes_reverse(keys, gain, beta, uniform, log_pi, log_y, cand, drive, grad_m
         gw = np.empty(sources, keys.dtype)
         direct = np.empty(k_marks, keys.dtype)
         jac = np.empty((k_marks, k_marks), keys.dtype)
+        ys = np.empty(k_marks + 1, keys.dtype)
         for s in range(steps - 1, -1, -1):
             if s + 1 < steps:
                 gap = keys[b, s + 1] - keys[b, s]
@@ -388,7 +391,7 @@ def hawkes_reverse(keys, gain, beta, uniform, log_pi, log_y, cand, drive, grad_m
                 for k in range(k_marks):
                     acc += gain[b, k, d] * r[k, d]
                 gw[d] = acc
-            _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac)
+            _adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac, ys)
             for k in range(k_marks):
                 acc = direct[k]
                 for j in range(k_marks):

@@ -110,6 +110,13 @@ def test_epanechnikov_basis_formula_support_kinks(num_basis, low, high, width):
         np.testing.assert_allclose(np.diagonal(peak[:, -len(positive):]), 0.75, rtol=1e-14)
 
 
+def test_single_raised_cosine_bump_peaks_at_last_peak():
+    basis = in_float64(lambda: RaisedCosineBasis(1, 4.0, 1.0))
+    lags = torch.linspace(0.01, 30.0, 3000, dtype=DT)
+    values = basis(lags)[:, 0]
+    assert float(lags[values.argmax()]) == pytest.approx(4.0, abs=0.01) and float(values.max()) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("num_basis,last_peak,offset", [(4, 10.0, 1.0), (3, 5.0, 0.2), (2, 3.0, 1.0)])
 def test_raised_cosine_basis_formula_support_kinks(num_basis, last_peak, offset):
     basis = in_float64(lambda: RaisedCosineBasis(num_basis, last_peak, offset))

@@ -331,7 +331,8 @@ class RaisedCosineBasis(Basis):
         lo, hi = math.log(offset), math.log(last_peak + offset)
         spacing = (hi - lo) / max(num_basis - 1, 1)
         self.scale = math.pi / 2 / spacing  # a: neighbouring peaks pi/2 apart on the cosine axis
-        peaks = torch.linspace(lo, hi, num_basis, dtype=torch.get_default_dtype()) * self.scale
+        # one bump: its peak at last_peak (linspace would put it at lag 0)
+        peaks = torch.linspace(lo if num_basis > 1 else hi, hi, num_basis, dtype=torch.get_default_dtype()) * self.scale
         self.register_buffer("peaks", peaks)
         self.offset, self.num_basis, self.window = float(offset), num_basis, window
         self.support = float(math.exp((float(peaks[-1]) + math.pi) / self.scale) - offset)
