@@ -207,7 +207,10 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
                     while lo[q] < hi[q] and keys[b, lo[q]] <= t - high[q]:
                         _add_moments(sums, q, keys[b, lo[q]] - ref[q], hist[b, lo[q]], -1.0)
                         lo[q] += 1
-                    if s % _REBASE == 0:
+                    if lo[q] == hi[q]:  # an empty window: exact zeros, and a fresh origin
+                        ref[q] = t
+                        sums[q] = 0.0
+                    elif s % _REBASE == 0:
                         ref[q] = t
                         sums[q] = 0.0
                         for n in range(lo[q], hi[q]):
@@ -285,7 +288,10 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                     while hi[q] > lo[q] and keys[b, hi[q] - 1] >= t + high[q]:
                         hi[q] -= 1
                         _add_moments(sums, q, keys[b, hi[q]] - ref[q], back[q, hi[q]], -1.0)
-                    if s % _REBASE == 0:
+                    if lo[q] == hi[q]:  # an empty window: exact zeros, and a fresh origin
+                        ref[q] = t
+                        sums[q] = 0.0
+                    elif s % _REBASE == 0 or s == steps - 1:
                         ref[q] = t
                         sums[q] = 0.0
                         for n in range(lo[q], hi[q]):

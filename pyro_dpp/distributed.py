@@ -140,6 +140,7 @@ class SNNModel(torch.nn.Module):
 
     :param SNN network: the generative network.
     :param float temperature: 0 (exact hidden process) or > 0 (DPP); may be changed between steps.
+    :param str relaxed_log_prob: how a relaxed hidden site is scored (see :class:`~pyro_dpp.PointProcess`).
     """
 
     def __init__(self, network: SNN, temperature: float = 0.0, relaxed_log_prob: str = "dpp") -> None:
@@ -165,6 +166,7 @@ class SNNGuide(torch.nn.Module):
     :param float temperature: 0 (exact, score function) or > 0 (DPP, path-wise).
     :param CountBaseline baseline: a score-function baseline for ``TraceGraph_ELBO`` (a submodule,
         trained with the rest).
+    :param str relaxed_log_prob: how a relaxed hidden site is scored, as in :class:`SNNModel`.
     """
 
     def __init__(self, network: SNN, temperature: float = 0.0, baseline: CountBaseline | None = None,
@@ -213,7 +215,7 @@ class SNNLightningModule(_Base):
     """A Lightning module that trains an SNN model/guide pair by SVI (any number of DDP workers).
 
     The ELBO is Pyro's ``Trace_ELBO()(model, guide)`` (an :class:`~pyro.infer.elbo.ELBOModule`) for
-    ``"pathwise"`` and ``"score_function"``, and :class:`SurrogateELBOModule` with
+    ``"pathwise"``, ``"pathwise_exact"`` and ``"score_function"``, and :class:`SurrogateELBOModule` with
     ``TraceGraph_ELBO`` and a :class:`~pyro_dpp.snn.CountBaseline` for
     ``"score_function_baseline"``. Batches are :class:`SpikeBatch` (from
     :func:`collate_spike_trains`); with hidden spikes in the batch the loss is the exact complete-data

@@ -83,7 +83,8 @@ class PointProcess(TorchDistribution):
         with the soft history. The latter is not the density of the draws, but as
         :math:`\tau \to 0` it tends to the exact log-likelihood of the hard realization, so a
         path-wise ELBO built from it tends to the *exact* ELBO; the DPP density's
-        Concrete log-ratios do not (their expectation does not depend on :math:`\tau` at all).
+        Concrete log-ratios do not: per candidate, given its rates, the expected log-ratio (the
+        relaxed KL) is the same at every :math:`\tau` and differs from the categorical KL.
     """
 
     arg_constraints: dict[str, constraints.Constraint] = {}

@@ -137,3 +137,12 @@ def test_reproduce_quick_exp1_writes_json(tmp_path, capsys):
         assert result[estimator]["e_std"] > 0 and result[estimator]["seconds"] > 0
     assert (tmp_path / "exp1.png").exists()
     assert _run(["reproduce", "exp1", "--quick", "--draws", "3", "--out", str(tmp_path)]) != 0
+
+
+def test_fit_offers_every_estimator():
+    from pyro_dpp.cli import build_parser
+    from pyro_dpp.snn import ESTIMATORS
+
+    fit = next(a for a in build_parser()._subparsers._group_actions[0].choices["fit"]._actions
+               if a.dest == "estimator")
+    assert tuple(fit.choices) == ESTIMATORS

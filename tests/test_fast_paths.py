@@ -167,6 +167,36 @@ def test_numba_epanechnikov_window_moments_over_long_sequences(monkeypatch):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.skipif(fs._nb is None, reason="numba not installed")
+def test_numba_epanechnikov_moments_far_from_the_origin():
+    """Far from time 0 (moments about a fixed origin would cancel like (t / width)^2): the numba scan
+    agrees with the torch engine in values and in the gradient of the last candidates' marks, which
+    the last steps of the reverse pass carry, with tied context times and empty windows."""
+    gen = torch.Generator().manual_seed(3)
+    weight = (torch.randn(2, 2, 3, generator=gen, dtype=DT) * 0.8).requires_grad_()
+    bias = torch.tensor([0.2, -0.3], dtype=DT, requires_grad=True)
+    duration = 20000.0
+    times = torch.cat([torch.full((1, 3), duration - 50.0, dtype=DT),
+                       duration - 50 - torch.rand(1, 60, generator=gen, dtype=DT) * 5], -1).sort(-1).values
+    context = pad_realization(times, torch.ones(1, 63, 1, dtype=DT), torch.zeros(1, 63, dtype=DT),
+                              torch.full((1,), duration, dtype=DT))
+    out = {}
+    for backend in ("torch", "numba"):
+        glm = GLM(bias, weight, EpanechnikovBasis(2, 0.3, 1.0, 0.5).double(), "sigmoid", 1.0)
+        previous, fs.BACKEND = fs.BACKEND, backend
+        try:
+            torch.manual_seed(9)
+            value = PointProcess(glm, duration, bound=2.0, temperature=0.4, context=context).rsample()
+        finally:
+            fs.BACKEND = previous
+        last = event_mask(value)[0].nonzero()[-40:, 0]
+        loss = (value[0, last, 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
+        out[backend] = (value.detach(), torch.autograd.grad(loss, [bias, weight]))
+    torch.testing.assert_close(out["numba"][0], out["torch"][0], rtol=1e-10, atol=1e-10)
+    for g, r in zip(out["numba"][1], out["torch"][1]):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
 def test_reference_window_drops_straight_through_gradient_of_rejected_candidates():
     """Documents the one known difference: the reference finite-support window skips zero-weight
     rows, so straight-through gradients through rejected candidates differ from the fast paths'

@@ -140,7 +140,6 @@ def compare_training(seeds: tuple[int, ...] = (0, 1, 2), num_train: int = 10, nu
 
 def _experiment2_cell(task: tuple[Setting, int, str, int, int, int, int | None, int, int, float]) -> float:
     setting, size, estimator, trial, seed, num_test, batch_size, num_epochs, eval_particles, lr = task
-    torch.set_num_threads(1)
     _, train, test = setting.data(seed + 1000 * trial, size, num_test)
     run = _train_and_test(setting, train, test, estimator, seed + trial, num_epochs, batch_size, eval_particles, lr)
     return run["after"]
@@ -153,9 +152,10 @@ def experiment2(sizes: tuple[int, ...] = (10, 20, 30, 40, 50, 75, 100, 200), tri
     """Experiment 2: exact test ELBO (per test sequence) after training on ``size`` sequences, mean
     and standard error over ``trials`` independent data sets and initialisations.
 
-    Every (size, estimator, trial) cell is seeded on its own, so ``workers > 1`` (one process and
-    one thread each) gives the same numbers as a serial run, only sooner. ``batch_size=1`` is the
-    paper's schedule (one optimizer step per sequence)."""
+    Every (size, estimator, trial) cell is seeded on its own, so ``workers > 1`` (spawned processes
+    with one thread each) gives the same numbers as a serial run, only sooner; scripts that use it
+    need the usual ``if __name__ == "__main__":`` guard of :mod:`multiprocessing`. ``batch_size=1``
+    is the paper's schedule (one optimizer step per sequence)."""
     setting = setting or Setting()
     estimators = ("pathwise", "score_function")
     tasks = [(setting, size, estimator, trial, seed, num_test, batch_size, num_epochs, eval_particles, lr)
@@ -172,7 +172,8 @@ def experiment2(sizes: tuple[int, ...] = (10, 20, 30, 40, 50, 75, 100, 200), tri
 
 
 def _map(fn: Any, tasks: list[Any], workers: int, progress: bool, desc: str) -> list[Any]:
-    """``[fn(t) for t in tasks]``, in ``workers`` spawned processes when ``workers > 1``."""
+    """``[fn(t) for t in tasks]``, in ``workers`` spawned processes (one thread each, this process's
+    fast-path switches and default dtype) when ``workers > 1``."""
     if workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers}")
     bar = None
@@ -190,15 +191,31 @@ def _map(fn: Any, tasks: list[Any], workers: int, progress: bool, desc: str) -> 
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        from .. import fastscan, thinning
+
+        state = (thinning.FAST_PATHS, fastscan.BACKEND, torch.get_default_dtype())
         # spawn, not fork: a forked child of a process that has run torch's thread pool can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=state)
+        try:
             futures = [pool.submit(fn, task) for task in tasks]
             for future in futures:
                 future.add_done_callback(lambda _: bar.update() if bar is not None else None)
             results = [future.result() for future in futures]
+        finally:
+            pool.shutdown(cancel_futures=True)
     if bar is not None:
         bar.close()
     return results
+
+
+def _worker_init(fast_paths: bool, backend: str, dtype: torch.dtype) -> None:
+    from .. import fastscan, thinning
+
+    torch.set_num_threads(1)
+    thinning.set_fast_paths(fast_paths)
+    fastscan.BACKEND = backend
+    torch.set_default_dtype(dtype)
 
 
 def experiment3(amplitudes: tuple[float, ...] = (1, 2, 5, 10, 20), num_sequences: int = 10,
