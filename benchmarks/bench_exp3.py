@@ -8,7 +8,7 @@ and ``SigmoidPOSNN`` trained for one epoch with the paper's settings on data fro
 when it is not, the run says so and the ratios use the per-epoch times the paper's code takes on this
 machine at a = 5 (about 100 s path-wise and 37 s score function, issue #4).
 
-It also checks the growth in ``a``: a training epoch's work is proportional to the number of thinning
+It also reports the growth in ``a``: a training epoch's work is proportional to the number of thinning
 candidates, ``a * neurons * T``, so time(a) / time(a0) should stay near (at most) a / a0.
 
 Usage::
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ratios below use the quoted per-epoch times of 10 sequences at a = 5: {QUOTED_REFERENCE}, "
                   f"scaled to {args.sequences} sequences")
     for key, value in ratios.items():
-        print(f"  speedup {key}: {value['speedup']:.0f}x ({value['reference']} reference)")
+        print(f"  speedup {key}: {value['speedup']:.0f}x ({value['reference']} reference epoch, which takes one "
+              "step per sequence and trains q = p, so no separate guide)")
     payload = {"config": {"amplitudes": args.amplitudes, "sequences": args.sequences, "epochs": args.epochs,
                           "torch": torch.__version__, "python": sys.version.split()[0],
                           "platform": platform.platform(), "cpu_count": os.cpu_count(),
