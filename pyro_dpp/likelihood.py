@@ -215,6 +215,14 @@ def dpp_log_density(
     rest = (1 - ratio).clamp(min=0)
     log_pi = torch.cat([log_rates - torch.log(bound)[..., None, None], safe_log(rest).unsqueeze(-1)], -1)
     log_y = carried[..., :rows, :] if carried is not None else relaxed_log_weights(value, k, log_pi)
+    # The "no event" probability is a difference that rounds to zero as the intensity nears the
+    # bound (saturated sigmoids in float32), where the sampler, adding in another order or precision,
+    # may still have seen a positive one and drawn a finite log-weight. Read such a rounded-down zero
+    # as the smallest normal number, as concrete_log_density reads an underflowed weight: the class
+    # stays possible and the density finite (no gradient flows through the floor).
+    rounded = real & (rest <= 0) & (log_y[..., -1] > -math.inf)
+    floor = torch.full_like(rest, math.log(torch.finfo(rest.dtype).tiny))
+    log_pi = torch.cat([log_pi[..., :-1], torch.where(rounded, floor, log_pi[..., -1]).unsqueeze(-1)], -1)
     per_row = concrete_log_density(log_y, log_pi, temperature)
     per_row = torch.where(real, per_row, torch.zeros_like(per_row))
     count = real.sum(-1).to(value.dtype)

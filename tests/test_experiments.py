@@ -36,3 +36,14 @@ def test_compare_training_and_relaxation_bias():
     for rows in bias["estimators"].values():
         for entry in rows.values():
             assert -1.0 <= entry["cosine"] <= 1.0 and entry["relative_error"] >= 0 and entry["relative_noise"] > 0
+
+
+def test_diverged_runs_are_counted_not_averaged():
+    import torch
+
+    from pyro_dpp.experiments.paper import _elbo_summary
+    from pyro_dpp.snn import TrainingDiverged
+
+    summary = _elbo_summary(torch.tensor([-10.0, float("nan"), -12.0]))
+    assert summary == {"mean": -11.0, "se": 1.0, "diverged": 1}
+    assert issubclass(TrainingDiverged, ValueError)

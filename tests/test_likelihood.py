@@ -649,3 +649,19 @@ def test_dpp_density_log_ratio_does_not_depend_on_temperature():
     relaxed_kl, se = ratios[0].mean(), ratios[0].std() / math.sqrt(len(gumbel))
     categorical_kl = (q * (q / p).log()).sum()
     assert abs(relaxed_kl - categorical_kl) > 20 * se  # about 1.07 against 0.37
+
+
+def test_no_event_probability_rounded_to_zero_keeps_the_density_finite():
+    """The sampler may see a positive "no event" probability where the scorer's sum rounds to the
+    bound (saturated sigmoids in float32: training once diverged to an infinite loss this way). A
+    finite log-weight on a class the scorer rounded to zero reads it as the smallest normal number."""
+    rates = torch.tensor([0.6, 1.2], dtype=torch.float32)
+    d = PointProcess(Poisson(rates, 2), 5.0, bound=1.8, temperature=0.5)  # rest = 1 - 1.8 / 1.8 = 0
+    torch.manual_seed(0)
+    value = d.rsample((3,))
+    assert torch.isfinite(d.log_prob(value)).all()  # the sampler agrees: rest weights exactly zero
+    carried = getattr(value, LOG_WEIGHTS_ATTR).clone()
+    real = event_mask(value)
+    carried[..., -1] = torch.where(real, torch.full_like(carried[..., -1], -30.0), carried[..., -1])
+    setattr(value, LOG_WEIGHTS_ATTR, carried)
+    assert torch.isfinite(d.log_prob(value)).all()

@@ -3,7 +3,7 @@
 from .evaluation import ESTIMATORS, exact_elbo, gradient_draws, gradient_variance, log_marginal
 from .inference import CountBaseline, snn_guide, snn_model
 from .network import BASES, SNN, make_basis
-from .training import FitResult, fit, temperature_schedule
+from .training import FitResult, TrainingDiverged, fit, temperature_schedule
 
 __all__ = [
     "BASES",
@@ -11,6 +11,7 @@ __all__ = [
     "SNN",
     "CountBaseline",
     "FitResult",
+    "TrainingDiverged",
     "exact_elbo",
     "fit",
     "gradient_draws",

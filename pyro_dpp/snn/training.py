@@ -37,6 +37,10 @@ class FitResult:
         return float(sum(self.epoch_seconds))
 
 
+class TrainingDiverged(ValueError):
+    """:func:`fit` stopped because the loss became infinite or NaN."""
+
+
 def check_training_options(estimator: str, optimizer: str, temperature: float) -> None:
     """Raise ``ValueError`` for an unknown estimator or optimizer, or a path-wise run without a
     positive temperature."""
@@ -148,7 +152,7 @@ def fit(
             if not shared:
                 guide.project_()
             if not math.isfinite(loss):
-                raise ValueError(f"the loss became {loss} at epoch {epoch}; lower lr or raise the temperature")
+                raise TrainingDiverged(f"the loss became {loss} at epoch {epoch}; lower lr or raise the temperature")
             result.losses.append(float(loss))
         result.temperatures.append(tau)
         result.epoch_seconds.append(time.perf_counter() - start)
