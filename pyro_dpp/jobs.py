@@ -213,7 +213,10 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
 
 def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> None:
     plt = _agg()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    if experiment == "bias":
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
     if experiment == "exp1":
         from .experiments.paper import ESTIMATOR_NAMES
 
@@ -240,15 +243,25 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax.set_title(f"{result['num_epochs']} epochs, seeds {result['seeds']}")
         ax.tick_params(axis="x", labelsize="small")
     elif experiment == "bias":
-        for estimator, rows in result["estimators"].items():
-            taus = list(rows)
-            ax.plot([float(t) for t in taus], [rows[t]["cosine"] for t in taus], marker="o", label=estimator)
-        ax.set_xscale("log")
-        ax.set_ylim(top=1.02)
-        ax.axhline(1.0, color="grey", lw=0.5)
-        ax.legend()
-        ax.set_xlabel("temperature")
-        ax.set_ylabel("cosine(path-wise, exact gradient)")
+        for i, (estimator, rows) in enumerate(result["estimators"].items()):
+            taus = [float(t) for t in rows]
+            color = f"C{i}"
+            ax[0].plot(taus, [row["cosine"] for row in rows.values()], marker="o", color=color, label=estimator)
+            ax[1].plot(taus, [row["relative_error"] for row in rows.values()], marker="o", color=color,
+                       label=f"{estimator}: |mean - exact| / |exact|")
+            ax[1].plot(taus, [row["relative_noise"] for row in rows.values()], ls=":", color=color,
+                       label=f"{estimator}: Monte Carlo noise")
+        ax[0].set_ylim(top=1.05)
+        ax[0].axhline(1.0, color="grey", lw=0.5)
+        ax[0].set_ylabel("cosine(mean path-wise gradient, exact gradient)")
+        ax[1].set_yscale("log")
+        ax[1].set_ylabel("relative error")
+        for a in ax:
+            a.set_xscale("log")
+            a.set_xlabel("temperature")
+            a.legend(fontsize="small")
+        fig.suptitle(f"Relaxation bias ({result['num_draws']} path-wise draws per point, "
+                     f"{result['reference_draws']} score-function draws as the exact gradient)", fontsize="medium")
     else:
         amps = [float(a) for a in result["amplitudes"]]
         for key in result["results"][str(result["amplitudes"][0])]:
