@@ -146,3 +146,12 @@ def test_fit_offers_every_estimator():
     fit = next(a for a in build_parser()._subparsers._group_actions[0].choices["fit"]._actions
                if a.dest == "estimator")
     assert tuple(fit.choices) == ESTIMATORS
+
+
+def test_reproduce_quick_bias_writes_json_and_figure(tmp_path):
+    import json
+
+    assert _run(["reproduce", "bias", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "bias.json").read_text())
+    assert set(result["estimators"]) == {"pathwise", "pathwise_exact"}
+    assert (tmp_path / "bias.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
