@@ -47,3 +47,14 @@ def test_diverged_runs_are_counted_not_averaged():
     summary = _elbo_summary(torch.tensor([-10.0, float("nan"), -12.0]))
     assert summary == {"mean": -11.0, "se": 1.0, "diverged": 1}
     assert issubclass(TrainingDiverged, ValueError)
+
+
+def test_pathwise_training_ends_above_score_function_at_equal_steps():
+    """Four seeds (data set and initialisation each), 8 batched epochs on a short window: the exact
+    test-ELBO gain of path-wise training (exact-score variant) is above the plain score function's
+    on every seed (measured gains 132/487/798/581 against 103/359/299/295)."""
+    result = compare_training(seeds=(0, 1, 2, 3), num_train=6, num_test=6, num_epochs=8, eval_particles=8,
+                              setting=Setting(duration=20.0), estimators=("pathwise_exact", "score_function"))
+    pathwise = [run["after"] - run["before"] for run in result["runs"]["pathwise_exact"]["runs"]]
+    score = [run["after"] - run["before"] for run in result["runs"]["score_function"]["runs"]]
+    assert min(pathwise) > 0 and all(p > s for p, s in zip(pathwise, score, strict=True))
