@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from pyro_dpp.experiments import Setting, compare_training, experiment1, experiment2, experiment3, relaxation_bias
 
 TINY = Setting(duration=10.0)
@@ -58,3 +60,5 @@ def test_pathwise_training_ends_above_score_function_at_equal_steps():
     pathwise = [run["after"] - run["before"] for run in result["runs"]["pathwise_exact"]["runs"]]
     score = [run["after"] - run["before"] for run in result["runs"]["score_function"]["runs"]]
     assert min(pathwise) > 0 and all(p > s for p, s in zip(pathwise, score, strict=True))
+    paired = result["paired"]["pathwise_exact - score_function"]
+    assert paired["mean"] == pytest.approx(sum(pathwise) / 4 - sum(score) / 4)

@@ -148,7 +148,18 @@ def compare_training(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), num_train: int = 
         gain = torch.tensor([r["after"] - r["before"] for r in runs])
         out["runs"][estimator] = {"runs": runs, "gain": _elbo_summary(gain),
                                   "after": _elbo_summary(torch.tensor([r["after"] for r in runs]))}
+    out["paired"] = paired_gains(out)
     return out
+
+
+def paired_gains(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Seed-by-seed differences of test-ELBO gains, path-wise minus score-function estimator (the
+    seeds share data and initialisation, so the pairing removes their variation): mean and
+    standard error per pair, e.g. ``"pathwise - score_function"``."""
+    gains = {name: torch.tensor([r["after"] - r["before"] for r in entry["runs"]])
+             for name, entry in result["runs"].items()}
+    return {f"{a} - {b}": _elbo_summary(gains[a] - gains[b])
+            for a in gains if a.startswith("pathwise") for b in gains if b.startswith("score_function")}
 
 
 def _experiment2_cell(task: tuple[Setting, int, str, int, int, int, int | None, int, int, float]) -> float:
