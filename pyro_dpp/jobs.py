@@ -213,7 +213,7 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
 
 def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> None:
     plt = _agg()
-    if experiment == "bias":
+    if experiment in ("bias", "training"):
         fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -238,10 +238,21 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax.set_title(f"Experiment 2 ({result['trials']} trials)")
     elif experiment == "training":
         for estimator, entry in result["runs"].items():
-            ax.bar(estimator, entry["after"]["mean"], yerr=entry["after"]["se"], capsize=4)
-        ax.set_ylabel("exact test ELBO after training")
-        ax.set_title(f"{result['num_epochs']} epochs, seeds {result['seeds']}")
-        ax.tick_params(axis="x", labelsize="small")
+            ax[0].plot(result["seeds"], [run["after"] - run["before"] for run in entry["runs"]], marker="o",
+                       label=estimator)
+        ax[0].set_xlabel("seed (data set and initialisation)")
+        ax[0].set_ylabel("exact test ELBO gain per sequence")
+        ax[0].set_xticks(result["seeds"])
+        ax[0].legend(fontsize="small")
+        pairs = result.get("paired", {})
+        ax[1].bar(range(len(pairs)), [p["mean"] for p in pairs.values()], yerr=[p["se"] for p in pairs.values()],
+                  capsize=4)
+        short = [k.replace("score_function_baseline", "SF + baseline").replace("score_function", "SF")
+                 .replace(" - ", "\n- ") for k in pairs]
+        ax[1].set_xticks(range(len(pairs)), short, fontsize="small")
+        ax[1].axhline(0, color="k", lw=0.6)
+        ax[1].set_ylabel("gain difference, paired by seed")
+        fig.suptitle(f"Training at equal steps: {result['num_epochs']} epochs", fontsize="medium")
     elif experiment == "bias":
         for i, (estimator, rows) in enumerate(result["estimators"].items()):
             taus = [float(t) for t in rows]
