@@ -148,10 +148,15 @@ def test_fit_offers_every_estimator():
     assert tuple(fit.choices) == ESTIMATORS
 
 
-def test_reproduce_quick_bias_writes_json_and_figure(tmp_path):
+@pytest.mark.parametrize("experiment", ["bias", "training"])
+def test_reproduce_quick_bias_and_training_write_json_and_figure(tmp_path, experiment):
     import json
 
-    assert _run(["reproduce", "bias", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
-    result = json.loads((tmp_path / "bias.json").read_text())
-    assert set(result["estimators"]) == {"pathwise", "pathwise_exact"}
-    assert (tmp_path / "bias.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _run(["reproduce", experiment, "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    result = json.loads((tmp_path / f"{experiment}.json").read_text())
+    if experiment == "bias":
+        assert set(result["estimators"]) == {"pathwise", "pathwise_exact"}
+    else:
+        assert set(result["paired"]) == {f"{a} - {b}" for a in ("pathwise", "pathwise_exact")
+                                          for b in ("score_function", "score_function_baseline")}
+    assert (tmp_path / f"{experiment}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
