@@ -260,8 +260,20 @@ def bench_scaling(repeats: int, batch: int) -> dict:
 
 
 # ---- 6. memory ------------------------------------------------------------------------------------------------------
-_MEMORY_CHILD = """
-import resource, sys, torch
+# The peak resident set of this process's own memory: /proc's VmHWM (Linux). ru_maxrss is not it:
+# a child of a large benchmark process starts from the parent's RSS at the fork and keeps that.
+_PEAK = """
+def peak_mb():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+_MEMORY_CHILD = _PEAK + """
+import sys, torch
 torch.set_num_threads(1)
 from pyro_dpp import event_mask
 from pyro_dpp.snn import SNN
@@ -273,13 +285,13 @@ observed, _ = net.simulate(1, duration, seed=1)
 value = observed.to_tensor()
 sample = net.hidden_process(value, observed.duration, 0.3).rsample()
 torch.autograd.grad(sample[..., 1:-1].sum(), [net.bias, net.weight])
-print(int(event_mask(sample).sum()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(int(event_mask(sample).sum()), peak_mb())
 """
 
 
 def bench_memory(candidates: float) -> dict:
-    """Max RSS of a fresh process (imports included: ``baseline_rss_mb`` is that of the imports
-    alone). A first child run warms numba's on-disk cache, so that compilation is not counted."""
+    """Peak RSS (VmHWM) of a fresh process (imports included: ``baseline_rss_mb`` is that of the
+    imports alone). A first child run warms numba's on-disk cache, so that compilation is not counted."""
     env = dict(os.environ)
     runs = []
     for size in (1e3, candidates):
@@ -287,8 +299,8 @@ def bench_memory(candidates: float) -> dict:
                               env=env, check=True)
         count, peak_mb = proc.stdout.split()
         runs.append((int(count), float(peak_mb)))
-    baseline = subprocess.run([sys.executable, "-c", "import resource, torch, pyro, pyro_dpp, pyro_dpp.fastscan; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+    baseline = subprocess.run([sys.executable, "-c", _PEAK + "import torch, pyro, pyro_dpp, pyro_dpp.fastscan\n"
+                               "print(peak_mb())"],
                               capture_output=True, text=True, env=env, check=True)
     return {"candidates": runs[1][0], "peak_rss_mb": runs[1][1], "baseline_rss_mb": float(baseline.stdout)}
 
