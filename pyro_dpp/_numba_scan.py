@@ -474,6 +474,52 @@ def _blocks(tb, block, bid, local):
     return origin
 
 
+@nb.njit(inline="always", **_OPTS)
+def _prefix_moments(w, local):
+    """``prefix[n] = sum_{m < n} w_m (1, u_m, u_m^2)`` with ``u = local`` (``(E + 1) x 3 x D``)."""
+    n_events, sources = w.shape
+    prefix = np.zeros((n_events + 1, 3, sources))
+    for n in range(n_events):
+        d0 = local[n]
+        for d in range(sources):
+            x = w[n, d]
+            prefix[n + 1, 0, d] = prefix[n, 0, d] + x
+            prefix[n + 1, 1, d] = prefix[n, 1, d] + x * d0
+            prefix[n + 1, 2, d] = prefix[n, 2, d] + x * d0 * d0
+    return prefix
+
+
+@nb.njit(inline="always", **_OPTS)
+def _window_moments(prefix, start, stop, d):
+    """The moments of events ``start .. stop - 1`` of source ``d``."""
+    return (prefix[stop, 0, d] - prefix[start, 0, d], prefix[stop, 1, d] - prefix[start, 1, d],
+            prefix[stop, 2, d] - prefix[start, 2, d])
+
+
+@nb.njit(inline="always", **_OPTS)
+def _scatter_window(gp, start, stop, d, a0, a1, a2):
+    """Adjoint of :func:`_window_moments`: cotangents ``a`` of the moments onto the prefix sums."""
+    gp[stop, 0, d] += a0
+    gp[start, 0, d] -= a0
+    gp[stop, 1, d] += a1
+    gp[start, 1, d] -= a1
+    gp[stop, 2, d] += a2
+    gp[start, 2, d] -= a2
+
+
+@nb.njit(inline="always", **_OPTS)
+def _prefix_moments_adjoint(gp, local, grad_w):
+    """Adjoint of :func:`_prefix_moments`: ``grad_w[n] = sum_{j > n} gp[j] . (1, u_n, u_n^2)``."""
+    n_events, sources = grad_w.shape
+    acc = np.zeros((3, sources))
+    for n in range(n_events - 1, -1, -1):
+        for d in range(sources):
+            acc[0, d] += gp[n + 1, 0, d]
+            acc[1, d] += gp[n + 1, 1, d]
+            acc[2, d] += gp[n + 1, 2, d]
+            grad_w[n, d] = acc[0, d] + local[n] * (acc[1, d] + local[n] * acc[2, d])
+
+
 @nb.njit(parallel=True, **_OPTS)
 def epan_features(t, w, q, centres, width, block, order, out):
     """``out[b, j, m, l, d]``: coefficient of ``s^m`` in ``F_ld(q_j + s)`` (``order`` 0 or 2)."""
@@ -487,14 +533,7 @@ def epan_features(t, w, q, centres, width, block, order, out):
         bid = np.empty(n_events, np.int64)
         local = np.empty(n_events)
         origin = _blocks(tb, block, bid, local)
-        prefix = np.zeros((n_events + 1, 3, sources))
-        for n in range(n_events):
-            d0 = local[n]
-            for d in range(sources):
-                x = w[b, n, d]
-                prefix[n + 1, 0, d] = prefix[n, 0, d] + x
-                prefix[n + 1, 1, d] = prefix[n, 1, d] + x * d0
-                prefix[n + 1, 2, d] = prefix[n, 2, d] + x * d0 * d0
+        prefix = _prefix_moments(w[b], local)
         ptr = np.zeros((num, 3), np.int64)
         sorted_queries = _is_sorted(q[b])
         k = np.empty((3, 3))
@@ -511,9 +550,7 @@ def epan_features(t, w, q, centres, width, block, order, out):
                         continue
                     _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
                     for d in range(sources):
-                        s0 = prefix[stop, 0, d] - prefix[start, 0, d]
-                        s1 = prefix[stop, 1, d] - prefix[start, 1, d]
-                        s2 = prefix[stop, 2, d] - prefix[start, 2, d]
+                        s0, s1, s2 = _window_moments(prefix, start, stop, d)
                         for m in range(order + 1):
                             out[b, j, m, i, d] += k[m, 0] * s0 + k[m, 1] * s1 + k[m, 2] * s2
 
@@ -553,19 +590,8 @@ def epan_features_grad(t, q, centres, width, block, order, grad_out, grad_w):
                             a0 = k[0, 0] * g0 + k[1, 0] * g1 + k[2, 0] * g2
                             a1 = k[0, 1] * g0 + k[1, 1] * g1
                             a2 = k[0, 2] * g0
-                        gp[stop, 0, d] += a0
-                        gp[start, 0, d] -= a0
-                        gp[stop, 1, d] += a1
-                        gp[start, 1, d] -= a1
-                        gp[stop, 2, d] += a2
-                        gp[start, 2, d] -= a2
-        acc = np.zeros((3, sources))
-        for n in range(n_events - 1, -1, -1):  # d P[j] / d w_n = local_n^m for j > n
-            for d in range(sources):
-                acc[0, d] += gp[n + 1, 0, d]
-                acc[1, d] += gp[n + 1, 1, d]
-                acc[2, d] += gp[n + 1, 2, d]
-                grad_w[b, n, d] = acc[0, d] + local[n] * (acc[1, d] + local[n] * acc[2, d])
+                        _scatter_window(gp, start, stop, d, a0, a1, a2)
+        _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
 @nb.njit(parallel=True, **_OPTS)
@@ -583,14 +609,7 @@ def epan_potential(t, w, q, centres, width, block, weight, out):
         bid = np.empty(n_events, np.int64)
         local = np.empty(n_events)
         origin = _blocks(tb, block, bid, local)
-        prefix = np.zeros((n_events + 1, 3, sources))
-        for n in range(n_events):
-            d0 = local[n]
-            for d in range(sources):
-                x = w[b, n, d]
-                prefix[n + 1, 0, d] = prefix[n, 0, d] + x
-                prefix[n + 1, 1, d] = prefix[n, 1, d] + x * d0
-                prefix[n + 1, 2, d] = prefix[n, 2, d] + x * d0 * d0
+        prefix = _prefix_moments(w[b], local)
         ptr = np.zeros((num, 3), np.int64)
         sorted_queries = _is_sorted(q[b])
         k = np.empty((3, 3))
@@ -607,9 +626,7 @@ def epan_potential(t, w, q, centres, width, block, weight, out):
                         continue
                     _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
                     for d in range(sources):
-                        s0 = prefix[stop, 0, d] - prefix[start, 0, d]
-                        s1 = prefix[stop, 1, d] - prefix[start, 1, d]
-                        s2 = prefix[stop, 2, d] - prefix[start, 2, d]
+                        s0, s1, s2 = _window_moments(prefix, start, stop, d)
                         f0 = k[0, 0] * s0 + k[0, 1] * s1 + k[0, 2] * s2
                         f1 = k[1, 0] * s0 + k[1, 1] * s1
                         f2 = k[2, 0] * s0
@@ -634,14 +651,7 @@ def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, grad_w
         bid = np.empty(n_events, np.int64)
         local = np.empty(n_events)
         origin = _blocks(tb, block, bid, local)
-        prefix = np.zeros((n_events + 1, 3, sources))
-        for n in range(n_events):
-            d0 = local[n]
-            for d in range(sources):
-                x = w[b, n, d]
-                prefix[n + 1, 0, d] = prefix[n, 0, d] + x
-                prefix[n + 1, 1, d] = prefix[n, 1, d] + x * d0
-                prefix[n + 1, 2, d] = prefix[n, 2, d] + x * d0 * d0
+        prefix = _prefix_moments(w[b], local)
         gp = np.zeros((n_events + 1, 3, sources))
         gweight = np.zeros((k_marks, num, sources))
         ptr = np.zeros((num, 3), np.int64)
@@ -657,9 +667,7 @@ def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, grad_w
                         continue
                     _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
                     for d in range(sources):
-                        s0 = prefix[stop, 0, d] - prefix[start, 0, d]
-                        s1 = prefix[stop, 1, d] - prefix[start, 1, d]
-                        s2 = prefix[stop, 2, d] - prefix[start, 2, d]
+                        s0, s1, s2 = _window_moments(prefix, start, stop, d)
                         f0 = k[0, 0] * s0 + k[0, 1] * s1 + k[0, 2] * s2
                         f1 = k[1, 0] * s0 + k[1, 1] * s1
                         f2 = k[2, 0] * s0
@@ -676,23 +684,12 @@ def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, grad_w
                         a0 = k[0, 0] * g0 + k[1, 0] * g1 + k[2, 0] * g2
                         a1 = k[0, 1] * g0 + k[1, 1] * g1
                         a2 = k[0, 2] * g0
-                        gp[stop, 0, d] += a0
-                        gp[start, 0, d] -= a0
-                        gp[stop, 1, d] += a1
-                        gp[start, 1, d] -= a1
-                        gp[stop, 2, d] += a2
-                        gp[start, 2, d] -= a2
+                        _scatter_window(gp, start, stop, d, a0, a1, a2)
         for kk in range(k_marks):
             for i in range(num):
                 for d in range(sources):
                     grad_weight[b, kk, i, d] = gweight[kk, i, d]
-        acc = np.zeros((3, sources))
-        for n in range(n_events - 1, -1, -1):
-            for d in range(sources):
-                acc[0, d] += gp[n + 1, 0, d]
-                acc[1, d] += gp[n + 1, 1, d]
-                acc[2, d] += gp[n + 1, 2, d]
-                grad_w[b, n, d] = acc[0, d] + local[n] * (acc[1, d] + local[n] * acc[2, d])
+        _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
 # ---- scoring: the compensator's nodes ------------------------------------------------------------------------
