@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import in_float64
 
 from pyro_dpp import PointProcess
 from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
@@ -45,17 +46,6 @@ def np_raised_cosine(lag: np.ndarray, num_basis: int, last_peak: float, offset: 
         arg = a * np.log(np.where(lag > 0, lag, 1.0) + offset)[..., None] - peaks
     value = 0.5 * (1 + np.cos(np.clip(arg, -math.pi, math.pi)))
     return np.where((lag[..., None] > 0) & (np.abs(arg) < math.pi), value, 0.0)
-
-
-def in_float64(make):
-    """Build a module with float64 as the default dtype, so that buffers computed at construction
-    (centres, peaks) are exact to float64 rather than float32-rounded and then cast."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return make()
-    finally:
-        torch.set_default_dtype(old)
 
 
 LAGS = np.concatenate([[-3.0, -1e-9, 0.0, 1e-12], np.linspace(1e-6, 60.0, 2001)])

@@ -17,37 +17,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import in_float64, make_context
 from scipy import integrate
 
 from pyro_dpp import PointProcess
-from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask, pad_realization
+from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask
 from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
 from pyro_dpp.likelihood import concrete_log_density, history, quadrature_compensator
 
 DT = torch.float64
-
-
-def in_float64(make):
-    """Build a module with float64 as the default dtype (buffers exact to float64)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return make()
-    finally:
-        torch.set_default_dtype(old)
-
-
-def make_context(times_list, marks_list, num_marks, duration, rows=None):
-    """A float64 context realization tensor (batch x M x (C + 2)) from per-sequence arrays."""
-    rows = rows or max(1, max(len(t) for t in times_list))
-    b = len(times_list)
-    t = torch.full((b, rows), float(duration), dtype=DT)
-    w = torch.zeros(b, rows, num_marks, dtype=DT)
-    for s, (ts, ms) in enumerate(zip(times_list, marks_list, strict=True)):
-        order = np.argsort(ts, kind="stable")
-        t[s, : len(ts)] = torch.tensor(np.asarray(ts)[order], dtype=DT)
-        w[s, torch.arange(len(ts)), torch.tensor(np.asarray(ms)[order], dtype=torch.long)] = 1.0
-    return pad_realization(t, w, torch.zeros(b, rows, dtype=DT), torch.full((b,), float(duration), dtype=DT))
 
 
 def events_of(value, k):

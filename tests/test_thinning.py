@@ -23,10 +23,11 @@ import scipy.linalg
 import scipy.stats
 import torch
 import torch.nn.functional as F
+from _helpers import in_float64, make_context
 from pyro.distributions.testing.gof import auto_goodness_of_fit, exp_goodness_of_fit
 
 from pyro_dpp import PointProcess
-from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask, pad_realization
+from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask
 from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
 from pyro_dpp.likelihood import history
 from pyro_dpp.thinning import sample_exact, sample_ogata
@@ -34,16 +35,6 @@ from pyro_dpp.thinning import sample_exact, sample_ogata
 DT = torch.float64
 Z_TOL = 4.5
 P_MIN = 1e-3
-
-
-def in_float64(make):
-    """Build a module with float64 as the default dtype (buffers exact to float64)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return make()
-    finally:
-        torch.set_default_dtype(old)
 
 
 def counts_of(value, k):
@@ -84,19 +75,6 @@ def chi2_homogeneity(a, b, min_expected=5.0):
     if current.sum() and cols:
         cols[-1] = cols[-1] + current
     return scipy.stats.chi2_contingency(np.stack(cols, 1))[1]
-
-
-def make_context(times_list, marks_list, num_marks, duration):
-    """A float64 context realization tensor (batch x M x (C + 2)) from per-sequence arrays."""
-    rows = max(1, max(len(t) for t in times_list))
-    b = len(times_list)
-    t = torch.full((b, rows), float(duration), dtype=DT)
-    w = torch.zeros(b, rows, num_marks, dtype=DT)
-    for s, (ts, ms) in enumerate(zip(times_list, marks_list, strict=True)):
-        order = np.argsort(ts, kind="stable")
-        t[s, : len(ts)] = torch.tensor(np.asarray(ts)[order], dtype=DT)
-        w[s, torch.arange(len(ts)), torch.tensor(np.asarray(ms)[order], dtype=torch.long)] = 1.0
-    return pad_realization(t, w, torch.zeros(b, rows, dtype=DT), torch.full((b,), float(duration), dtype=DT))
 
 
 def poisson_context(batch, duration, rate, seed, num_marks=1):
