@@ -168,6 +168,23 @@ def _add_moments(sums, q, u, w, sign):
 
 
 @nb.njit(inline="always", **_OPTS)
+def _recentre(sums, ref, q, t, s, keys, lo, hi, weights):
+    """Move window ``q``'s moments to the origin ``t`` where that is cheap or due: an empty window
+    gets exact zeros; every ``_REBASE`` steps the moments of events ``lo .. hi - 1`` (``weights``:
+    steps x sources) are recomputed from scratch, so that adding and removing events does not
+    accumulate float error. The reverse pass starts with an empty window, so both passes start
+    centred on their first time."""
+    if lo == hi:
+        ref[q] = t
+        sums[q] = 0.0
+    elif s % _REBASE == 0:
+        ref[q] = t
+        sums[q] = 0.0
+        for n in range(lo, hi):
+            _add_moments(sums, q, keys[n] - t, weights[n], 1.0)
+
+
+@nb.njit(inline="always", **_OPTS)
 def _epan_from_moments(sums, q, v, width, d):
     """``sum_n w_n 0.75 (1 - ((v - u_n) / width)^2)`` from the window moments of ``u_n``."""
     s0, s1, s2 = sums[q, 0, d], sums[q, 1, d], sums[q, 2, d]
@@ -207,14 +224,7 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
                     while lo[q] < hi[q] and keys[b, lo[q]] <= t - high[q]:
                         _add_moments(sums, q, keys[b, lo[q]] - ref[q], hist[b, lo[q]], -1.0)
                         lo[q] += 1
-                    if lo[q] == hi[q]:  # an empty window: exact zeros, and a fresh origin
-                        ref[q] = t
-                        sums[q] = 0.0
-                    elif s % _REBASE == 0:
-                        ref[q] = t
-                        sums[q] = 0.0
-                        for n in range(lo[q], hi[q]):
-                            _add_moments(sums, q, keys[b, n] - ref[q], hist[b, n], 1.0)
+                    _recentre(sums, ref, q, t, s, keys[b], lo[q], hi[q], hist[b])
                     v = t - centres[q] - ref[q]
                     for d in range(sources):
                         f[q, d] = _epan_from_moments(sums, q, v, width, d)
@@ -288,14 +298,7 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                     while hi[q] > lo[q] and keys[b, hi[q] - 1] >= t + high[q]:
                         hi[q] -= 1
                         _add_moments(sums, q, keys[b, hi[q]] - ref[q], back[q, hi[q]], -1.0)
-                    if lo[q] == hi[q]:  # an empty window: exact zeros, and a fresh origin
-                        ref[q] = t
-                        sums[q] = 0.0
-                    elif s % _REBASE == 0 or s == steps - 1:
-                        ref[q] = t
-                        sums[q] = 0.0
-                        for n in range(lo[q], hi[q]):
-                            _add_moments(sums, q, keys[b, n] - ref[q], back[q, n], 1.0)
+                    _recentre(sums, ref, q, t, s, keys[b], lo[q], hi[q], back[q])
                     v = t + centres[q] - ref[q]
                     for d in range(sources):
                         gw[d] += _epan_from_moments(sums, q, v, width, d)
