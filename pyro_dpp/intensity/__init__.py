@@ -4,7 +4,10 @@ from .base import Intensity
 from .basis import Basis, EpanechnikovBasis, ExponentialBasis, RaisedCosineBasis
 from .glm import GLM
 from .hawkes import ExpHawkes
+from .inhomogeneous import InhomogeneousPoisson, PiecewisePoisson
 from .poisson import Poisson
+from .powerlaw import PowerLawHawkes
+from .sumexp import SumExpHawkes
 
 __all__ = [
     "GLM",
@@ -12,7 +15,11 @@ __all__ = [
     "EpanechnikovBasis",
     "ExpHawkes",
     "ExponentialBasis",
+    "InhomogeneousPoisson",
     "Intensity",
+    "PiecewisePoisson",
     "Poisson",
+    "PowerLawHawkes",
     "RaisedCosineBasis",
+    "SumExpHawkes",
 ]
