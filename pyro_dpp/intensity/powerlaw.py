@@ -33,7 +33,7 @@ class PowerLawHawkes(Intensity):
 
     .. math::
         \lambda_i(t) = \mu_i + \sum_j \sum_{t_n^{(j)} < t} \phi_{ij}(t - t_n^{(j)}), \qquad
-        \phi_{ij}(s) = m_{ij}\,(c_{ij} + s)^{-b_{ij}}\; \mathbb{1}[0 < s \le S]
+        \phi_{ij}(s) = m_{ij}\,(c_{ij} + s)^{-b_{ij}}\; \mathbb{1}[0 < s < S]
 
     the convention of tick's ``HawkesKernelPowerLaw(multiplier, cutoff, exponent, support)``. The
     kernel of pair ``(i, j)`` integrates to the branching ratio
@@ -151,14 +151,14 @@ class PowerLawHawkes(Intensity):
     def rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
         times, weights = state
         lag = time.unsqueeze(-1) - times  # batch x W; -inf slots give +inf lags
-        inside = (lag >= 0) & (lag <= self.support)  # lag 0: an event folded in at `time` (right limit)
+        inside = (lag >= 0) & (lag < self.support)  # lag 0: an event folded in at `time` (right limit)
         return self.baseline + self._excitation(lag, inside, weights)
 
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         # Events with zero weight (rejected candidates, padding) change no sum: they take no slot.
         times, history = state
         incoming = (weights != 0).any(-1)
-        evicted = (history[..., 0, :] != 0).any(-1) & (time - times[..., 0] <= self.support)
+        evicted = (history[..., 0, :] != 0).any(-1) & (time - times[..., 0] < self.support)
         if (incoming & evicted).any():
             raise ValueError(
                 f"the history window of {times.shape[-1]} events is too short for PowerLawHawkes with support "
@@ -187,7 +187,7 @@ class PowerLawHawkes(Intensity):
         if math.isinf(self.support):
             lo = torch.zeros_like(hi)
         else:
-            lo = torch.searchsorted(t_key, (query.detach() - self.support).contiguous())  # lag <= support
+            lo = torch.searchsorted(t_key, (query.detach() - self.support).contiguous(), right=True)  # lag < support
         width = int((hi - lo).max())  # the widest band: events one support length before a query
         if width == 0:
             return base
