@@ -130,17 +130,27 @@ class PowerLawHawkes(Intensity):
         shapes += [x.shape[:-2] for x in (self.cutoff, self.exponent) if x.dim() >= 2]
         return torch.broadcast_shapes(*shapes)
 
-    def _excitation(self, lag: torch.Tensor, inside: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``... x K``: :math:`\\sum_e \\sum_j \\phi_{ij}(lag_e) w_{ej}` over the events with
-        ``inside`` true, for lags ``... x E`` and weights ``... x E x D``."""
+    @staticmethod
+    def _pair(x: torch.Tensor, extra: int) -> torch.Tensor:
+        """A pair parameter (``batch x K x D`` or broadcastable) with ``extra`` singleton dimensions
+        between its batch and ``K x D``, to line up with data dimensions (queries, events)."""
+        x = x.reshape((1,) * max(0, 2 - x.dim()) + x.shape)
+        return x.reshape(x.shape[:-2] + (1,) * extra + x.shape[-2:])
+
+    def _excitation(self, lag: torch.Tensor, inside: torch.Tensor, weights: torch.Tensor, queries: int) -> torch.Tensor:
+        """``batch x [Q] x K``: :math:`\\sum_e \\sum_j \\phi_{ij}(lag_e) w_{ej}` over the events with
+        ``inside`` true, for lags ``batch x [Q] x E`` and weights ``batch x [Q] x E x D`` (``queries``:
+        0 or 1, whether the query dimension is there)."""
         lag = torch.where(inside, lag, torch.zeros_like(lag))
+        multiplier = self._pair(self.multiplier, queries)
         if self._shared:  # one power law for all pairs: sum the history per source first
             c, b = self.cutoff.reshape(()), self.exponent.reshape(())
             kernel = torch.exp(-b * torch.log(c + lag)) * inside
             summed = torch.einsum("...e,...ed->...d", kernel, weights)
-            return torch.einsum("...d,...kd->...k", summed, self.multiplier)
-        kernel = torch.exp(-self.exponent * torch.log(self.cutoff + lag[..., None, None])) * inside[..., None, None]
-        return torch.einsum("...ekd,...ed,...kd->...k", kernel, weights, self.multiplier)
+            return torch.einsum("...d,...kd->...k", summed, multiplier)
+        c, b = self._pair(self.cutoff, queries + 1), self._pair(self.exponent, queries + 1)
+        kernel = torch.exp(-b * torch.log(c + lag[..., None, None])) * inside[..., None, None]
+        return torch.einsum("...ekd,...ed,...kd->...k", kernel, weights, multiplier)
 
     # ---- scan: a window of recent events ---------------------------------------------------------
     def initial_state(self, batch_shape: torch.Size, like: torch.Tensor, num_steps: int) -> State:
@@ -152,7 +162,7 @@ class PowerLawHawkes(Intensity):
         times, weights = state
         lag = time.unsqueeze(-1) - times  # batch x W; -inf slots give +inf lags
         inside = (lag >= 0) & (lag < self.support)  # lag 0: an event folded in at `time` (right limit)
-        return self.baseline + self._excitation(lag, inside, weights)
+        return self.baseline + self._excitation(lag, inside, weights, 0)
 
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         # Events with zero weight (rejected candidates, padding) change no sum: they take no slot.
@@ -202,7 +212,7 @@ class PowerLawHawkes(Intensity):
             near = t.gather(-1, flat).reshape(index.shape)
             near_w = w.gather(-2, flat.unsqueeze(-1).expand(flat.shape + (d,))).reshape(index.shape + (d,))
             lag = qc.unsqueeze(-1) - near
-            part = self._excitation(lag, valid & (lag > 0), near_w)
+            part = self._excitation(lag, valid & (lag > 0), near_w, 1)
             parts.append(part.expand(out_batch + part.shape[-2:]))
         return base + torch.cat(parts, -2)
 
@@ -218,7 +228,7 @@ class PowerLawHawkes(Intensity):
             batch = torch.broadcast_shapes(remaining.shape[:-1], self.batch_shape)
             chunk = max(1, _CHUNK_ELEMENTS // max(1, math.prod(batch) * self.multiplier.shape[-2:].numel()))
             for r, wc in zip(remaining.split(chunk, -1), weights.split(chunk, -2)):
-                mass = power_integral(r[..., None, None], self.cutoff, self.exponent)
+                mass = power_integral(r[..., None, None], self._pair(self.cutoff, 1), self._pair(self.exponent, 1))
                 triggered = triggered + torch.einsum("...ekd,...ed,...kd->...", mass, wc, self.multiplier)
         return self.baseline.sum(-1) * duration + triggered
 
