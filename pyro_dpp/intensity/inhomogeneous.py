@@ -30,7 +30,7 @@ class PiecewisePoisson(Intensity):
     (the last bin is closed on the right). The grid must cover the observation window
     (``edges[0] <= 0`` and ``edges[-1] >= duration``): a time outside it raises a ``ValueError``.
     :meth:`max_rate` is the largest summed rate over the bins; :meth:`local_bound` gives Ogata
-    sampling the rate of the current and the next bin (a bound that is tight almost everywhere);
+    sampling the larger rate of the current and the next bin, up to the middle of the next bin;
     :meth:`breakpoints` returns the edges, where the rates jump.
 
     **References**
@@ -134,9 +134,9 @@ class PiecewisePoisson(Intensity):
         return self.rates_param.sum(-1).amax(-1)
 
     def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The larger of this bin's and the next bin's rate holds until the end of the next bin, so a
-        # time rounded to just below an edge never stalls the sampler; after the last edge nothing
-        # holds, and the rates raise there.
+        # The larger of this bin's and the next bin's rate holds until the middle of the next bin,
+        # so a time rounded to just below an edge never stalls the sampler; in the last bin nothing
+        # ends it (after the last edge the rates raise).
         index = self._bin(time)
         after = (index + 1).clamp(max=self.num_bins - 1)
         totals = self.rates_param.sum(-1)  # batch x B
@@ -145,9 +145,9 @@ class PiecewisePoisson(Intensity):
         here = totals.gather(-1, index.expand(batch).unsqueeze(-1)).squeeze(-1)
         there = totals.gather(-1, after.expand(batch).unsqueeze(-1)).squeeze(-1)
         edges = self.edges.to(time)
-        end_index = index + 2
-        horizon = torch.where(end_index <= self.num_bins, edges[end_index.clamp(max=self.num_bins)] - time,
-                              torch.full_like(time, torch.inf))
+        last = index + 1 >= self.num_bins
+        middle = (edges[after] + edges[(index + 2).clamp(max=self.num_bins)]) / 2
+        horizon = torch.where(last, torch.full_like(time, torch.inf), middle - time)
         return torch.maximum(here, there), horizon.expand(batch)
 
     def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
