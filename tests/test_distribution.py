@@ -23,7 +23,18 @@ from torch.distributions import constraints
 
 from pyro_dpp import PointProcess, SpikeTrains, event_mask
 from pyro_dpp.events import LOG_WEIGHTS_ATTR
-from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
+from pyro_dpp.intensity import (
+    GLM,
+    EpanechnikovBasis,
+    ExpHawkes,
+    ExponentialBasis,
+    InhomogeneousPoisson,
+    PiecewisePoisson,
+    Poisson,
+    PowerLawHawkes,
+    RaisedCosineBasis,
+    SumExpHawkes,
+)
 
 # --------------------------------------------------------------------------------------------
 # The table
@@ -87,6 +98,36 @@ def glm(bias, weight, basis, activation="sigmoid", amplitude=2.0):
     )
 
 
+def sumexp(baseline, adjacency, decays):
+    return lambda p: SumExpHawkes(
+        p("baseline", baseline, positive=True),
+        p("adjacency", adjacency, positive=True),
+        p("decays", decays, positive=True),
+    )
+
+
+def powerlaw(baseline, multiplier, cutoff, exponent, support=1.5):
+    return lambda p: PowerLawHawkes(
+        p("baseline", baseline, positive=True),
+        p("multiplier", multiplier, positive=True),
+        p("cutoff", cutoff, positive=True),
+        p("exponent", exponent, positive=True),
+        support=support,
+    )
+
+
+def piecewise(rates, edges=(0.0, 0.5, 1.2, 2.5)):
+    return lambda p: PiecewisePoisson(torch.tensor(edges), p("rates", rates, positive=True))
+
+
+def sine_poisson(amplitude, depth, bound=2.5):
+    """``amplitude_k (1 + depth sin(3 t))``: a callable rate with parameters."""
+    def build(p):
+        a, c = p("amplitude", amplitude, positive=True), p("depth", depth)
+        return InhomogeneousPoisson(lambda t: a * (1 + c * torch.sin(3 * t)).unsqueeze(-1), bound=bound)
+    return build
+
+
 _W3 = [[[-0.5, 0.4, 0.1], [0.3, -0.4, 0.2], [0.0, 0.5, -0.3]]]  # 1 x 3 x 3
 _W3_SMALL = [[[0.2 * w for w in row] for row in _W3[0]]]
 _W_EPAN = [[[-0.5, 0.4], [0.3, -0.6]], [[0.2, 0.1], [-0.1, 0.3]]]  # 2 x 2 x 2
@@ -115,6 +156,9 @@ _HAWKES_ADJ = [[0.2, 0.1], [0.1, 0.2]]
 _HAWKES_ADJ_CTX = [[0.2, 0.1, 0.3], [0.1, 0.2, 0.2]]
 _DECAY_MATRIX = [[1.0, 2.0], [0.5, 1.5]]
 _DECAY_MATRIX_CTX = [[1.0, 2.0, 3.0], [0.5, 1.5, 1.0]]
+_SUMEXP_ADJ = [[[0.1, 0.1], [0.05, 0.05]], [[0.05, 0.1], [0.1, 0.1]]]  # K x K x U
+_SUMEXP_ADJ_CTX = [[[0.1, 0.1], [0.05, 0.05], [0.2, 0.1]], [[0.05, 0.1], [0.1, 0.1], [0.1, 0.1]]]
+_PIECEWISE_RATES = [[0.5, 1.0], [1.5, 0.2], [0.3, 0.9]]  # bins x K
 
 CASES = [
     # Poisson
@@ -144,6 +188,24 @@ CASES = [
       duration=[1.5, 2.5], batch=(2,)),
     T("hawkes-batched-durations-relaxed", hawkes([[0.4, 0.3], [0.1, 0.6]], _HAWKES_ADJ, 1.0),
       duration=[1.5, 2.5], temperature=0.5, bound=4.0, batch=(2,)),
+    # linear Hawkes, sum-of-exponentials and power-law kernels
+    T("sumexp-exact-ogata", sumexp([0.4, 0.3], _SUMEXP_ADJ, [1.0, 4.0])),
+    T("sumexp-context-relaxed", sumexp([0.4, 0.3], _SUMEXP_ADJ_CTX, [1.0, 4.0]), context=CTX1, temperature=0.5,
+      bound=5.0),
+    T("sumexp-batched-relaxed-st", sumexp([[0.4, 0.3], [0.1, 0.6]], _SUMEXP_ADJ, [1.0, 4.0]), duration=[1.5, 2.5],
+      temperature=0.5, bound=4.0, straight_through=True, batch=(2,)),
+    T("powerlaw-exact-ogata", powerlaw([0.4, 0.3], _HAWKES_ADJ, 0.5, 1.5)),
+    T("powerlaw-per-pair-context-relaxed", powerlaw([0.4, 0.3], _HAWKES_ADJ_CTX, _DECAY_MATRIX_CTX, _DECAY_MATRIX_CTX),
+      context=CTX1, temperature=0.5, bound=6.0),
+    T("powerlaw-batched-exact-bound", powerlaw([[0.4, 0.3], [0.1, 0.6]], _HAWKES_ADJ, 1.0, 1.5), duration=[1.5, 2.5],
+      bound=6.0, batch=(2,)),
+    # inhomogeneous Poisson: piecewise-constant and callable rates
+    T("piecewise-exact", piecewise(_PIECEWISE_RATES)),
+    T("piecewise-relaxed", piecewise(_PIECEWISE_RATES), temperature=0.5),
+    T("piecewise-batched-relaxed-st", piecewise([_PIECEWISE_RATES, _PIECEWISE_RATES[::-1]]), duration=[1.0, 2.0],
+      temperature=0.5, straight_through=True, batch=(2,)),
+    T("inhomogeneous-exact", sine_poisson([0.6, 1.0], 0.5)),
+    T("inhomogeneous-relaxed-exact-score", sine_poisson([0.6, 1.0], 0.5), temperature=0.5, relaxed_log_prob="exact"),
     # GLM / SNN
     T("glm-exp-sigmoid-exact", glm([0.0, -1.0, 0.5], _W3, _exp_basis)),
     T("glm-exp-sigmoid-relaxed", glm([0.0, -1.0, 0.5], _W3, _exp_basis), temperature=0.3),

@@ -204,24 +204,9 @@ class InhomogeneousPoisson(Intensity):
                 "every sampler (a bound that is exceeded raises)"
             )
         self.rate_fn = rate_fn  # registered as a submodule if it is an nn.Module
+        # the dtype and device of the rates: what rate_fn returns at t = 0 (its parameters' dtype)
         like = self._param_like()
-        bound = as_param(bound, like)
-        check_finite("bound", bound)
-        if (bound <= 0).any():
-            raise ValueError(f"bound must be positive, got {bound}")
-        self.bound = bound.detach()
-        for name, value in (("pieces", pieces), ("nodes", nodes)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.pieces, self.nodes = int(pieces), int(nodes)
-        if int(num_context_marks) != num_context_marks or num_context_marks < 0:
-            raise ValueError(f"num_context_marks must be a nonnegative integer, got {num_context_marks!r}")
-        self.num_context_marks = int(num_context_marks)
-        if knots is not None:
-            knots = as_param(knots, self.bound).detach().reshape(-1)
-            check_finite("knots", knots)
-        self.knots = knots
-        probe = rate_fn(torch.zeros(1, dtype=self.bound.dtype, device=self.bound.device))
+        probe = rate_fn(torch.zeros(1, dtype=like.dtype, device=like.device))
         if not isinstance(probe, torch.Tensor) or probe.dim() != 2 or probe.shape[0] != 1:
             raise ValueError(
                 "rate_fn must map times of shape S to rates of shape S + (K,); for times of shape (1,) it returned "
@@ -230,6 +215,23 @@ class InhomogeneousPoisson(Intensity):
         if num_marks is not None and probe.shape[-1] != num_marks:
             raise ValueError(f"rate_fn returns {probe.shape[-1]} marks but num_marks={num_marks}")
         self.num_marks = probe.shape[-1]
+        self._like = probe.detach().new_zeros(())
+        bound = as_param(bound, self._like)
+        check_finite("bound", bound)
+        if (bound <= 0).any():
+            raise ValueError(f"bound must be positive, got {bound}")
+        self.bound = bound.detach().to(self._like)
+        for name, value in (("pieces", pieces), ("nodes", nodes)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.pieces, self.nodes = int(pieces), int(nodes)
+        if int(num_context_marks) != num_context_marks or num_context_marks < 0:
+            raise ValueError(f"num_context_marks must be a nonnegative integer, got {num_context_marks!r}")
+        self.num_context_marks = int(num_context_marks)
+        if knots is not None:
+            knots = as_param(knots, self._like).detach().reshape(-1)
+            check_finite("knots", knots)
+        self.knots = knots
 
     def _param_like(self) -> torch.Tensor:
         if isinstance(self.rate_fn, torch.nn.Module):
@@ -238,7 +240,7 @@ class InhomogeneousPoisson(Intensity):
         return torch.zeros(())
 
     def like(self) -> torch.Tensor:
-        return self.bound
+        return self._like
 
     @property
     def batch_shape(self) -> torch.Size:
