@@ -11,7 +11,17 @@ import pytest
 import torch
 
 from pyro_dpp import PointProcess, SpikeTrains
-from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, Poisson, RaisedCosineBasis
+from pyro_dpp.intensity import (
+    GLM,
+    EpanechnikovBasis,
+    ExpHawkes,
+    InhomogeneousPoisson,
+    PiecewisePoisson,
+    Poisson,
+    PowerLawHawkes,
+    RaisedCosineBasis,
+    SumExpHawkes,
+)
 from pyro_dpp.snn import SNN, exact_elbo, gradient_variance, log_marginal
 
 DEVICES = [
@@ -55,10 +65,23 @@ def _intensities(dtype, device):
                              [bias, weight]),
         "glm_raised_cosine": (GLM(bias, weight, RaisedCosineBasis(2, 2.0).to(device), amplitude=2.0), [bias, weight]),
     }
+    sum_adjacency = (0.1 * torch.ones(2, 2, 3, **kw)).requires_grad_()
+    exponent = torch.tensor(1.5, **kw, requires_grad=True)
+    bin_rates = torch.tensor([[0.5, 1.0], [1.5, 0.2], [0.3, 0.9]], **kw, requires_grad=True)
+    cases.update({
+        "sumexp_hawkes": (SumExpHawkes(baseline, sum_adjacency, torch.tensor([0.5, 1.0, 4.0], **kw)),
+                          [baseline, sum_adjacency]),
+        "powerlaw_hawkes": (PowerLawHawkes(baseline, adjacency, torch.tensor(1.0, **kw), exponent, support=2.0),
+                            [baseline, adjacency, exponent]),
+        "piecewise_poisson": (PiecewisePoisson(torch.tensor([0.0, 1.0, 2.5, 6.0], **kw), bin_rates), [bin_rates]),
+        "inhomogeneous_poisson": (InhomogeneousPoisson(lambda t: rates * (1 + 0.5 * torch.sin(t)).unsqueeze(-1),
+                                                       bound=torch.tensor(3.0, **kw)), [rates]),
+    })
     return cases
 
 
-@pytest.mark.parametrize("name", ["poisson", "hawkes", "glm_epanechnikov", "glm_raised_cosine"])
+@pytest.mark.parametrize("name", ["poisson", "hawkes", "glm_epanechnikov", "glm_raised_cosine", "sumexp_hawkes",
+                                  "powerlaw_hawkes", "piecewise_poisson", "inhomogeneous_poisson"])
 def test_point_process_dtype_device(name, dtype, device):
     torch.manual_seed(0)
     intensity, params = _intensities(dtype, device)[name]
@@ -86,9 +109,10 @@ def test_point_process_dtype_device(name, dtype, device):
     _check(trains.to_tensor(), dtype, device)
 
 
-def test_ogata_sampling_without_bound(dtype, device):
+@pytest.mark.parametrize("name", ["hawkes", "sumexp_hawkes", "powerlaw_hawkes", "piecewise_poisson"])
+def test_ogata_sampling_without_bound(name, dtype, device):
     torch.manual_seed(1)
-    intensity, _ = _intensities(dtype, device)["hawkes"]
+    intensity, _ = _intensities(dtype, device)[name]
     value = PointProcess(intensity, duration=5.0).sample((2,))  # local bounds (Ogata)
     _check(value, dtype, device)
     _check(PointProcess(intensity, duration=5.0).log_prob(value), dtype, device)

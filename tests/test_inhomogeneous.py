@@ -333,3 +333,18 @@ def test_callable_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         InhomogeneousPoisson(**args)
+
+
+def test_callable_dtype_follows_its_tensors():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        held = torch.tensor([0.5, 1.0], dtype=torch.float32)
+        closure = InhomogeneousPoisson(lambda t: held * (1 + torch.sin(t)).unsqueeze(-1), 3.0)
+        assert closure.like().dtype == torch.float32
+        assert InhomogeneousPoisson(lambda t: (1 + torch.sin(t)).unsqueeze(-1), 3.0).like().dtype == torch.float64
+        assert InhomogeneousPoisson(Sine().float(), 3.0).like().dtype == torch.float32
+        bound = torch.tensor(3.0, dtype=torch.float32)
+        assert InhomogeneousPoisson(lambda t: (1 + torch.sin(t)).unsqueeze(-1), bound).like().dtype == torch.float32
+    finally:
+        torch.set_default_dtype(default)

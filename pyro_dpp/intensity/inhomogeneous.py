@@ -172,7 +172,10 @@ class InhomogeneousPoisson(Intensity):
     local bound. Samplers raise a ``ValueError`` where the summed rates exceed it, and any
     evaluation raises where ``rate_fn`` returns a negative or non-finite rate.
 
-    ``rate_fn`` maps a tensor of times of any shape ``S`` to rates of shape ``S + (K,)``. Its
+    ``rate_fn`` maps a tensor of times of any shape ``S`` to rates of shape ``S + (K,)``. The
+    dtype and device of the process are those of ``rate_fn``'s parameters if it is an
+    ``nn.Module``, else those of ``bound`` if it is a tensor, else the dtype a plain function's
+    tensors give its rates (the default dtype if it holds none), on the CPU. Its
     parameters (as an ``nn.Module``, or tensors it closes over) carry gradients into
     ``log_prob`` and ``rsample``; they must not carry batch dimensions of their own (batch the
     :class:`~pyro_dpp.PointProcess` through ``duration`` or ``bound`` instead).
@@ -185,7 +188,7 @@ class InhomogeneousPoisson(Intensity):
 
     :param rate_fn: callable ``t -> rates`` as above.
     :param bound: positive constant :math:`\bar\lambda` (scalar or batch shape).
-    :param int num_marks: ``K``; default: read from ``rate_fn`` at ``t = 0``.
+    :param int num_marks: ``K``, checked against ``rate_fn`` at ``t = 0`` (optional).
     :param int num_context_marks: width of context histories this intensity accepts (ignored).
     :param knots: optional 1-D times where ``rate_fn`` is not smooth (quadrature breaks there).
     :param int pieces: equal pieces of ``[0, T]`` for the compensator's quadrature.
@@ -204,9 +207,14 @@ class InhomogeneousPoisson(Intensity):
                 "every sampler (a bound that is exceeded raises)"
             )
         self.rate_fn = rate_fn  # registered as a submodule if it is an nn.Module
-        # the dtype and device of the rates: what rate_fn returns at t = 0 (its parameters' dtype)
-        like = self._param_like()
-        probe = rate_fn(torch.zeros(1, dtype=like.dtype, device=like.device))
+        like = self._like_of(rate_fn, bound)
+        try:
+            probe = rate_fn(torch.zeros(1, dtype=like.dtype, device=like.device))
+        except RuntimeError as err:
+            raise ValueError(
+                f"rate_fn failed at t = 0 ({err}); if it holds tensors on another device, make it an nn.Module or "
+                "pass bound as a tensor on that device"
+            ) from err
         if not isinstance(probe, torch.Tensor) or probe.dim() != 2 or probe.shape[0] != 1:
             raise ValueError(
                 "rate_fn must map times of shape S to rates of shape S + (K,); for times of shape (1,) it returned "
@@ -233,11 +241,22 @@ class InhomogeneousPoisson(Intensity):
             check_finite("knots", knots)
         self.knots = knots
 
-    def _param_like(self) -> torch.Tensor:
-        if isinstance(self.rate_fn, torch.nn.Module):
-            for t in list(self.rate_fn.parameters()) + list(self.rate_fn.buffers()):
-                return t.detach()
-        return torch.zeros(())
+    @staticmethod
+    def _like_of(rate_fn: Callable[[torch.Tensor], torch.Tensor], bound: Any) -> torch.Tensor:
+        """A tensor with the dtype and device of the rates: the parameters of an ``nn.Module``, else a
+        floating tensor ``bound``, else the dtype of the tensors a plain function holds (what its
+        rates are at half-precision times; the default dtype if they stay half), on the CPU."""
+        if isinstance(rate_fn, torch.nn.Module):
+            for t in list(rate_fn.parameters()) + list(rate_fn.buffers()):
+                if t.is_floating_point():
+                    return t.detach()
+        if isinstance(bound, torch.Tensor) and bound.is_floating_point():
+            return bound.detach()
+        try:  # half-precision times: the output's dtype is that of the tensors rate_fn holds, if any
+            held = rate_fn(torch.zeros(1, dtype=torch.float16)).dtype
+        except (RuntimeError, AttributeError, TypeError):
+            held = torch.float16  # (the caller's own probe reports a failure)
+        return torch.zeros((), dtype=torch.get_default_dtype() if held == torch.float16 else held)
 
     def like(self) -> torch.Tensor:
         return self._like
