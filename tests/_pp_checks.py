@@ -14,11 +14,13 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import scipy.integrate
 import scipy.stats
 import torch
 from pyro.distributions.testing.gof import auto_goodness_of_fit, exp_goodness_of_fit
 
+from pyro_dpp import PointProcess
 from pyro_dpp.events import event_mask
 
 Z_TOL = 4.5
@@ -98,3 +100,53 @@ def z_mean(counts, mean) -> np.ndarray:
 def counts_of(value: torch.Tensor, num_marks: int) -> np.ndarray:
     """``batch x K`` event counts per mark of exact realizations."""
     return value[..., 1 : 1 + num_marks].sum(-2).numpy()
+
+
+def soft_history(batch: int, events: int, num_sources: int, seed: int, dtype: torch.dtype = torch.float64,
+                 span: float = 9.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random unsorted ``batch x events`` times in ``[0, span)`` and soft ``batch x events x
+    num_sources`` weights (a softmax over the sources and "no event", as relaxed histories have)."""
+    g = torch.Generator().manual_seed(seed)
+    times = torch.rand(batch, events, generator=g, dtype=dtype) * span
+    weights = torch.softmax(torch.randn(batch, events, num_sources + 1, generator=g, dtype=dtype) * 2, -1)
+    return times, weights[..., :num_sources]
+
+
+def check_log_prob_with_context(intensity, duration: float, context: torch.Tensor, make_rate: Callable,
+                                kinks: Callable = lambda times, context_times: context_times, rel: float = 1e-10,
+                                min_events: int = 4) -> None:
+    """An exact draw (with one context mark) scores as :func:`numpy_log_likelihood` says:
+    ``make_rate(times, weights)`` builds the NumPy rate from all history events (one-hot weights,
+    the context in the last column), ``kinks(times, context_times)`` the quadrature breaks."""
+    k = intensity.num_marks
+    d = PointProcess(intensity, duration, context=context)
+    value = d.sample()
+    got = d.log_prob(value).detach().numpy()
+    for b, (times, marks) in enumerate(events_of(value, k)):
+        ctx_t = context[b, :, 0][context[b, :, 1] > 0].numpy()
+        all_t = np.concatenate([times, ctx_t])
+        all_w = np.concatenate([np.eye(k + 1)[marks], np.tile(np.eye(k + 1)[k], (len(ctx_t), 1))])
+        ref = numpy_log_likelihood(make_rate(all_t, all_w), times, marks, duration, kinks=kinks(all_t, ctx_t))
+        assert len(times) >= min_events
+        assert got[b] == pytest.approx(ref, rel=rel, abs=rel)
+
+
+def check_relaxed_draw(build: Callable, params: list[torch.Tensor], duration: float, bound: float,
+                       context: torch.Tensor | None = None) -> None:
+    """A relaxed draw from ``build(*params)`` and its density are finite, and the draw plus its
+    density give every parameter a finite, nonzero gradient."""
+    d = PointProcess(build(*params), duration, bound=bound, temperature=0.3, context=context)
+    x = d.rsample((3,))
+    lp = d.log_prob(x)
+    assert torch.isfinite(x).all() and torch.isfinite(lp).all()
+    marks = x[..., 1:-1]
+    grads = torch.autograd.grad((marks * torch.rand_like(marks)).sum() + lp.sum(), params)
+    assert all(torch.isfinite(g).all() and (g != 0).any() for g in grads)
+
+
+def import_tick():
+    """tick's Hawkes module, or skip (tick 0.8.0.2 installs on Python 3.11)."""
+    pytest.importorskip("tick")
+    from tick import hawkes
+
+    return hawkes

@@ -21,10 +21,13 @@ from _helpers import make_context
 from _pp_checks import (
     Z_TOL,
     assert_exp1,
+    check_log_prob_with_context,
+    check_relaxed_draw,
     counts_of,
     events_of,
-    numpy_log_likelihood,
+    import_tick,
     rescaled_gaps,
+    soft_history,
     z_mean,
     z_two_sample,
 )
@@ -105,13 +108,6 @@ def volterra_mean_counts(mu, mult, cutoff, exponent, support, duration, step=2e-
             rhs = rhs + np.einsum("lkj,lj->k", cells[1:top], (near + far) / 2)
         m[i] = implicit @ rhs
     return scipy.integrate.trapezoid(m, dx=step, axis=0)
-
-
-def soft_history(batch, events, num_sources, seed, dtype=DT, span=9.0):
-    g = torch.Generator().manual_seed(seed)
-    times = torch.rand(batch, events, generator=g, dtype=dtype) * span
-    weights = torch.softmax(torch.randn(batch, events, num_sources + 1, generator=g, dtype=dtype) * 2, -1)
-    return times, weights[..., :num_sources]
 
 
 # ---- the kernel and the intensity ---------------------------------------------------------------------
@@ -202,20 +198,11 @@ def test_history_window_overflow_raises():
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-pair"])
 def test_exact_log_likelihood_matches_numpy_and_quad(shared):
     cutoff, exponent = (CUTOFF, EXPONENT) if shared else (CUTOFFS, EXPONENTS)
-    intensity = make(cutoff=cutoff, exponent=exponent)
     torch.manual_seed(4)
     context = make_context([[0.5, 3.0, 3.5, 8.0], [2.0]], [[0, 0, 0, 0], [0]], 1, 10.0)
-    d = PointProcess(intensity, 10.0, context=context)
-    value = d.sample()
-    got = d.log_prob(value).numpy()
-    for b, (times, marks) in enumerate(events_of(value, 2)):
-        ctx_t = context[b, :, 0][context[b, :, 1] > 0].numpy()
-        all_t = np.concatenate([times, ctx_t])
-        all_w = np.concatenate([np.eye(3)[marks], np.tile([0.0, 0.0, 1.0], (len(ctx_t), 1))])
-        rate = np_rate(MU, MULT, cutoff, exponent, SUPPORT, all_t, all_w)
-        ref = numpy_log_likelihood(rate, times, marks, 10.0, kinks=np.concatenate([ctx_t, all_t + SUPPORT]))
-        assert len(times) > 3
-        assert got[b] == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    check_log_prob_with_context(make(cutoff=cutoff, exponent=exponent), 10.0, context,
+                                lambda t, w: np_rate(MU, MULT, cutoff, exponent, SUPPORT, t, w),
+                                kinks=lambda t, ctx: np.concatenate([ctx, t + SUPPORT]), rel=1e-9)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-pair"])
@@ -309,26 +296,15 @@ def test_log_prob_gradcheck(shared):
 
 def test_relaxed_rsample_is_finite_and_differentiable():
     params = [torch.tensor(np.asarray(x), dtype=DT, requires_grad=True) for x in (MU, MULT, CUTOFFS, EXPONENTS)]
-    context = make_context([[1.0, 4.0]], [[0, 0]], 1, 6.0)
     torch.manual_seed(10)
-    d = PointProcess(PowerLawHawkes(*params, support=SUPPORT), 6.0, bound=6.0, temperature=0.3, context=context)
-    x = d.rsample((3,))
-    lp = d.log_prob(x)
-    assert torch.isfinite(x).all() and torch.isfinite(lp).all()
-    grads = torch.autograd.grad((x[..., 1:3] * torch.rand_like(x[..., 1:3])).sum() + lp.sum(), params)
-    assert all(torch.isfinite(g).all() and (g != 0).any() for g in grads)
+    check_relaxed_draw(lambda *p: PowerLawHawkes(*p, support=SUPPORT), params, 6.0, 6.0,
+                       make_context([[1.0, 4.0]], [[0, 0]], 1, 6.0))
 
 
 # ---- tick ---------------------------------------------------------------------------------------------------
-def _tick():
-    pytest.importorskip("tick")
-    from tick import hawkes
-    return hawkes
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_kernel_values_primitives_and_norm_match_tick():
-    tick = _tick()
+    tick = import_tick()
     lags = np.array([1e-9, 0.3, 1.0, 2.5, 3.999, 4.0, 4.5, 10.0])
     for m, c, b in ((0.3, 0.5, 1.4), (0.2, 1.0, 1.0), (0.5, 0.2, 0.7)):
         kernel = tick.HawkesKernelPowerLaw(m, c, b, support=SUPPORT)
@@ -348,7 +324,7 @@ def test_kernel_values_primitives_and_norm_match_tick():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_simulated_counts_match_tick():
-    tick = _tick()
+    tick = import_tick()
     mult = MULT[:, :2]
     duration, n = 10.0, 2000
     kernels = [[tick.HawkesKernelPowerLaw(mult[i, j], CUTOFF, EXPONENT, support=SUPPORT) for j in range(2)]

@@ -21,10 +21,13 @@ from _helpers import make_context
 from _pp_checks import (
     Z_TOL,
     assert_exp1,
+    check_log_prob_with_context,
+    check_relaxed_draw,
     counts_of,
     events_of,
-    numpy_log_likelihood,
+    import_tick,
     rescaled_gaps,
+    soft_history,
     z_mean,
     z_two_sample,
 )
@@ -99,13 +102,6 @@ def sumexp_mean_counts(mu, adj, decays, duration, context_rates=()):
     return (scipy.linalg.expm(a * duration) @ x0)[k * d * u : k * d * u + k]
 
 
-def soft_history(batch, events, num_sources, seed, dtype=DT, span=9.0):
-    g = torch.Generator().manual_seed(seed)
-    times = torch.rand(batch, events, generator=g, dtype=dtype) * span  # unsorted on purpose
-    weights = torch.softmax(torch.randn(batch, events, num_sources + 1, generator=g, dtype=dtype) * 2, -1)
-    return times, weights[..., :num_sources]
-
-
 # ---- the intensity ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("events,queries", [(7, 11), (150, 130)], ids=["pairwise", "chunked"])
 def test_forward_matches_double_loop(events, queries):
@@ -157,18 +153,9 @@ def test_one_decay_is_exp_hawkes():
 
 
 def test_exact_log_likelihood_matches_numpy_and_quad():
-    intensity = make()
     torch.manual_seed(4)
     context = make_context([[0.5, 3.0, 3.5, 8.0], [2.0]], [[0, 0, 0, 0], [0]], 1, 10.0)
-    value = PointProcess(intensity, 10.0, context=context).sample()
-    got = PointProcess(intensity, 10.0, context=context).log_prob(value).numpy()
-    for b, (times, marks) in enumerate(events_of(value, 2)):
-        ctx_t = context[b, :, 0][context[b, :, 1] > 0].numpy()
-        all_t = np.concatenate([times, ctx_t])
-        all_w = np.concatenate([np.eye(3)[marks], np.tile([0.0, 0.0, 1.0], (len(ctx_t), 1))])
-        ref = numpy_log_likelihood(np_rate(MU, ADJ, DECAYS, all_t, all_w), times, marks, 10.0, kinks=ctx_t)
-        assert len(times) > 3
-        assert got[b] == pytest.approx(ref, rel=1e-10, abs=1e-10)
+    check_log_prob_with_context(make(), 10.0, context, lambda t, w: np_rate(MU, ADJ, DECAYS, t, w))
 
 
 def test_compensator_matches_quadrature():
@@ -246,15 +233,9 @@ def test_log_prob_gradcheck():
 
 
 def test_relaxed_rsample_is_finite_and_differentiable():
-    mu, adj, decays = (torch.tensor(x, dtype=DT, requires_grad=True) for x in (MU, ADJ, DECAYS))
-    context = make_context([[1.0, 4.0]], [[0, 0]], 1, 6.0)
+    params = [torch.tensor(x, dtype=DT, requires_grad=True) for x in (MU, ADJ, DECAYS)]
     torch.manual_seed(10)
-    d = PointProcess(SumExpHawkes(mu, adj, decays), 6.0, bound=6.0, temperature=0.3, context=context)
-    x = d.rsample((3,))
-    lp = d.log_prob(x)
-    assert torch.isfinite(x).all() and torch.isfinite(lp).all()
-    grads = torch.autograd.grad((x[..., 1:3] * torch.rand_like(x[..., 1:3])).sum() + lp.sum(), [mu, adj, decays])
-    assert all(torch.isfinite(g).all() and (g != 0).any() for g in grads)
+    check_relaxed_draw(SumExpHawkes, params, 6.0, 6.0, make_context([[1.0, 4.0]], [[0, 0]], 1, 6.0))
 
 
 # ---- maximum likelihood --------------------------------------------------------------------------------
@@ -291,15 +272,9 @@ def test_maximum_likelihood_recovers_parameters():
 
 
 # ---- tick ---------------------------------------------------------------------------------------------------
-def _tick():
-    pytest.importorskip("tick")
-    from tick import hawkes
-    return hawkes
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_log_likelihood_matches_tick():
-    tick = _tick()
+    tick = import_tick()
     adj = ADJ[:, :2]
     intensity = make(adj=adj)
     torch.manual_seed(12)
@@ -318,7 +293,7 @@ def test_log_likelihood_matches_tick():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_simulated_counts_match_tick():
-    tick = _tick()
+    tick = import_tick()
     adj = ADJ[:, :2]
     duration, n = 10.0, 2000
     counts = np.zeros((n, 2))

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ._branching import stationary_count
+from ._window import empty_window, push_event
 from .base import Intensity, State, as_param, check_finite
 
 #: Elements of the ``queries x window x K x D`` kernel tensor one chunk of the parallel evaluation may build.
@@ -154,9 +155,7 @@ class PowerLawHawkes(Intensity):
 
     # ---- scan: a window of recent events ---------------------------------------------------------
     def initial_state(self, batch_shape: torch.Size, like: torch.Tensor, num_steps: int) -> State:
-        size = max(1, min(num_steps, self.window or num_steps))
-        times = like.new_full(batch_shape + (size,), -math.inf)
-        return times, like.new_zeros(batch_shape + (size, self.num_history_marks))
+        return empty_window(batch_shape, min(num_steps, self.window or num_steps), self.num_history_marks, like)
 
     def rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
         times, weights = state
@@ -165,20 +164,7 @@ class PowerLawHawkes(Intensity):
         return self.baseline + self._excitation(lag, inside, weights, 0)
 
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
-        # Events with zero weight (rejected candidates, padding) change no sum: they take no slot.
-        times, history = state
-        incoming = (weights != 0).any(-1)
-        evicted = (history[..., 0, :] != 0).any(-1) & (time - times[..., 0] < self.support)
-        if (incoming & evicted).any():
-            raise ValueError(
-                f"the history window of {times.shape[-1]} events is too short for PowerLawHawkes with support "
-                f"{self.support}; raise window= or leave it None"
-            )
-        shifted_times = torch.cat([times[..., 1:], time.unsqueeze(-1)], -1)
-        shifted = torch.cat([history[..., 1:, :], weights.unsqueeze(-2)], -2)
-        times = torch.where(incoming.unsqueeze(-1), shifted_times, times)
-        history = torch.where(incoming[..., None, None], shifted, history)
-        return times, history
+        return push_event(state, time, weights, self.support, "PowerLawHawkes")
 
     # ---- parallel: the events within one support length before each query, in chunks ------------
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
