@@ -1,4 +1,4 @@
-"""Linear Hawkes process with power-law kernels cut off at a finite support."""
+"""Linear Hawkes process with power-law kernels cut off at a support."""
 
 from __future__ import annotations
 
@@ -30,14 +30,15 @@ def power_integral(x: torch.Tensor, cutoff: torch.Tensor, exponent: torch.Tensor
 
 
 class PowerLawHawkes(Intensity):
-    r"""Linear (mutually exciting) Hawkes process with power-law kernels and a finite support:
+    r"""Linear (mutually exciting) Hawkes process with power-law kernels, cut off at a support:
 
     .. math::
         \lambda_i(t) = \mu_i + \sum_j \sum_{t_n^{(j)} < t} \phi_{ij}(t - t_n^{(j)}), \qquad
         \phi_{ij}(s) = m_{ij}\,(c_{ij} + s)^{-b_{ij}}\; \mathbb{1}[0 < s < S]
 
-    the convention of tick's ``HawkesKernelPowerLaw(multiplier, cutoff, exponent, support)``. The
-    kernel of pair ``(i, j)`` integrates to the branching ratio
+    the convention of tick's ``HawkesKernelPowerLaw(multiplier, cutoff, exponent, support)`` (tick's
+    default ``support=-1`` cuts the kernel where it falls below ``error``: pass
+    ``kernel.get_support()`` here to match it). The kernel of pair ``(i, j)`` integrates to the branching ratio
     :math:`m_{ij} G_{ij}(S)` with :math:`G(x) = \int_0^x (c + s)^{-b}\,ds =
     \frac{(c + x)^{1-b} - c^{1-b}}{1 - b}` (:math:`\log(1 + x/c)` at ``b = 1``), and the compensator
     has the closed form
