@@ -61,11 +61,9 @@ from ._conformance import (
     check_parallel,
     check_scan,
     close,
-    cumulative,
-    ks_pvalue,
     realization,
-    rescaled_gaps,
 )
+from ._rescaling import cumulative, ks_pvalue, rescaled_gaps
 from .distribution import PointProcess
 from .events import LOG_WEIGHTS_ATTR, event_mask
 from .intensity.base import Intensity

@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from _helpers import in_float64
 
-from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Intensity, Poisson, RaisedCosineBasis
+from pyro_dpp.intensity import (
+    GLM,
+    EpanechnikovBasis,
+    ExpHawkes,
+    ExponentialBasis,
+    Intensity,
+    Poisson,
+    RaisedCosineBasis,
+)
 from pyro_dpp.testing import ConformanceError, check_intensity, ks_pvalue, rescaled_gaps
 
 DT = torch.float64
@@ -61,8 +69,9 @@ def test_poisson_with_batched_rates_passes():
 
 @pytest.mark.parametrize("dtype", [DT, torch.float32], ids=["float64", "float32"])
 def test_hawkes_with_context_and_matrix_decay_passes(dtype):
-    hawkes = ExpHawkes(torch.tensor([0.4, 0.3], dtype=dtype), torch.tensor([[0.3, 0.1, 0.4], [0.2, 0.2, 0.3]], dtype=dtype),
-                       torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.7, 1.2]], dtype=dtype))
+    adjacency = torch.tensor([[0.3, 0.1, 0.4], [0.2, 0.2, 0.3]], dtype=dtype)
+    decay = torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.7, 1.2]], dtype=dtype)
+    hawkes = ExpHawkes(torch.tensor([0.4, 0.3], dtype=dtype), adjacency, decay)
     # no bound: exact sampling by Ogata's local bounds; the relaxed check needs one
     report = check_intensity(hawkes, duration=10.0, num_samples=60)
     assert "relaxed" in report["skipped"] and report["statistics"]["num_intervals"] > 500
