@@ -10,19 +10,22 @@ import torch
 
 from .events import event_mask
 from .intensity.base import Intensity
-from .likelihood import history
+from .likelihood import history, trim_padding
 
 
 def cumulative(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor,
-               duration: float, nodes: int = 8) -> torch.Tensor:
+               duration: float, nodes: int = 8, add_query: bool = True) -> torch.Tensor:
     """``batch x Q x K`` compensators :math:`\\Lambda_k(q) = \\int_0^q \\lambda_k(t \\mid H_t)\\,dt` at
     ``query`` (``batch x Q``, in ``[0, duration]``), by Gauss-Legendre quadrature of ``forward`` with
-    ``nodes`` nodes between consecutive history events, breakpoints and queries."""
+    ``nodes`` nodes between consecutive history events, breakpoints and queries (``add_query=False``:
+    the queries are among the history times, 0 and the duration already)."""
     batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1], intensity.batch_shape)
     times = times.expand(batch + times.shape[-1:])
     weights = weights.expand(batch + weights.shape[-2:])
     query = query.expand(batch + query.shape[-1:])
-    pieces = [times.new_zeros(batch + (1,)), times, query, times.new_full(batch + (1,), duration)]
+    pieces = [times.new_zeros(batch + (1,)), times, times.new_full(batch + (1,), duration)]
+    if add_query:
+        pieces.append(query)
     extra = intensity.breakpoints(times, weights)
     if extra is not None:
         pieces.append(extra.to(times).expand(batch + extra.shape[-1:]))
@@ -66,11 +69,13 @@ def rescaled_gaps(intensity: Intensity, value: torch.Tensor, duration: float, co
     gaps: list[np.ndarray] = []
     with torch.no_grad():
         for lo in range(0, value.shape[0], chunk):
-            v = value[lo : lo + chunk]
-            ctx = None if context is None else context[lo : lo + chunk]
+            v = trim_padding(value[lo : lo + chunk])
+            ctx = None if context is None else trim_padding(context[lo : lo + chunk])
             times, weights = history(v, k, ctx, intensity.num_context_marks)
             query = torch.cat([v[..., 0], torch.full_like(v[..., :1, 0], duration)], -1)
-            lam = cumulative(intensity, times, weights, query, duration, nodes).cpu().double().numpy()
+            # the queries are history times (and the duration): no extra breakpoints
+            lam = cumulative(intensity, times, weights, query, duration, nodes, add_query=False)
+            lam = lam.cpu().double().numpy()
             lam = lam.reshape((-1,) + lam.shape[-2:])
             real = event_mask(v).reshape(-1, v.shape[-2]).cpu().numpy()
             marks = v[..., 1 : 1 + k].argmax(-1).reshape(-1, v.shape[-2]).cpu().numpy()

@@ -136,9 +136,10 @@ def check_intensity(
     with torch.random.fork_rng(devices=_devices(case)):
         torch.manual_seed(seed)
         if structure:
-            report.update(check_scan(case))
-            report.update(check_parallel(case))
-            report.update(_check_log_prob(case, quadrature_rtol))
+            with torch.no_grad():
+                report.update(check_scan(case))
+                report.update(check_parallel(case))
+                report.update(_check_log_prob(case, quadrature_rtol))
             report["passed"] += ["interface", "num_marks", "num_context_marks", "state", "in-place update",
                                  "finite", "negative rates", "log_rates", "max_rate", "local_bound", "batch shape",
                                  "causality", "scan/parallel", "log_forward", "padding", "row order", "log_prob",
