@@ -381,3 +381,15 @@ def test_rescaled_gaps_are_exp1_for_poisson_and_not_for_a_wrong_rate():
     assert len(gaps) == int(value[..., 1:3].sum()) + 200
     assert ks_pvalue(gaps) > 1e-3 and abs(gaps.mean() - 1) < 4 / math.sqrt(len(gaps))
     assert ks_pvalue(rescaled_gaps(Poisson(rates * 1.15), value, 10.0)) < 1e-6
+
+
+def test_leaves_the_intensity_and_the_global_rng_alone():
+    hawkes = UserHawkes()
+    before = [t.clone() for t in (hawkes.mu, hawkes.a, hawkes.b)]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_intensity(hawkes, duration=5.0, bound=10.0, num_samples=20)
+    assert torch.equal(torch.rand(3), expected)
+    for old, new in zip(before, (hawkes.mu, hawkes.a, hawkes.b)):
+        assert torch.equal(old, new) and not new.requires_grad
