@@ -11,7 +11,7 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
-from .events import SpikeTrains, num_marks_of, validate_realization
+from .events import SpikeTrains, num_marks_of, plain, validate_realization
 from .intensity.base import Intensity
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
 from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
@@ -377,7 +377,7 @@ def _context(context: Any, intensity: Intensity, like: torch.Tensor, duration: t
             f"context must have shape batch x events x {c + 2} ({c} context marks, as the intensity's "
             f"num_context_marks), got {tuple(context.shape)}"
         )
-    context = _as_dtype(context, like)
+    context = plain(_as_dtype(context, like))  # a relaxed context's log-weights are not needed
     try:
         torch.broadcast_shapes(context.shape[:-2], duration.shape)
     except RuntimeError as err:
