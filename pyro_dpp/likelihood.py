@@ -210,6 +210,12 @@ def dpp_log_density(
     context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``batch`` log density of a relaxed realization under the differentiable point process."""
+    if torch.jit.is_tracing():
+        raise ValueError(
+            "the DPP density cannot be traced by torch.jit.trace (e.g. JitTrace_ELBO): the log-weights a relaxed "
+            "value carries are not inputs of the trace, which would freeze them; use Trace_ELBO, or "
+            "relaxed_log_prob='exact' (it scores the weights alone)"
+        )
     k = intensity.num_marks
     carried = carried_log_weights(value)
     value = plain(value)
