@@ -12,6 +12,14 @@ Real rows come first, in nondecreasing time order; their weights (marks and "no 
 sum to one. *Padding* rows come last: all weights are zero and the time equals the duration, so
 padding never enters a history sum and keeps times sorted. :func:`event_mask` tells them apart.
 
+**How many rows.** Data to score may have any number of rows: scoring never needs a size. A draw
+has ``max_events`` rows, fixed before the draw by a rule that depends only on what the caller fixes,
+never on parameter values (so that draws under different parameters stack, as in ``Predictive``):
+an explicit ``max_events``; else a Poisson tail bound of the candidate count ``bound * duration``
+when a ``bound`` is passed; else ``DEFAULT_MAX_EVENTS`` (1000) plus one row per context row. A
+draw that does not fit raises a ``ValueError`` naming ``max_events``; nothing is truncated. (See
+:class:`~pyro_dpp.PointProcess`, "Sample size".)
+
 **Relaxed draws carry their log-weights.** At low temperature a soft weight underflows to zero in
 float32 (and a straight-through draw stores one-hot weights), yet the DPP density needs the
 log-weight of every class. So ``rsample`` returns a :class:`RelaxedRealization`: a tensor with the
