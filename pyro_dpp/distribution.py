@@ -13,6 +13,8 @@ from torch.distributions import constraints
 
 from .events import SpikeTrains, num_marks_of, plain, validate_realization
 from .intensity.base import Intensity
+from .intensity.hawkes import ExpHawkes
+from .intensity.hawkes_stats import cached_statistics
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
 from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
 
@@ -290,6 +292,12 @@ class PointProcess(TorchDistribution):
         if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
             return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context)
+        if self.temperature == 0 and type(self.intensity) is ExpHawkes:
+            # the same data scored again (MCMC, SVI, MLE) reuses statistics that do not depend on
+            # baseline and adjacency
+            stats = cached_statistics(self.intensity, value, self.duration, self.context)
+            if stats is not None:
+                return stats.log_likelihood(self.intensity.baseline, self.intensity.adjacency)
         return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes)
 
 

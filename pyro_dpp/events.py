@@ -37,6 +37,7 @@ log-weights still match the weights (an in-place edit of the weights makes them 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -218,9 +219,40 @@ def validate_realization(
     :param name: how to call the tensor in error messages.
     :param exact: if True, real rows must have one-hot marks (an exact realization); if False, rows
         be thinning candidates (weights summing to one including "no event"); if None, either.
+
+    A large tensor that passed is remembered (by identity and version counter, so an in-place
+    change checks it again): data scored in a loop (MCMC, SVI) is checked once.
     """
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    key = _validation_key(value, num_marks, duration, exact)
+    if key is not None and any(ref() is value and k == key for ref, k in _VALIDATED):
+        return
+    _validate_realization(value, num_marks, duration, name, exact)
+    if key is not None:
+        _VALIDATED.append((weakref.ref(value), key))
+        del _VALIDATED[:-_VALIDATED_SIZE]
+
+
+#: Tensors with at least this many entries that passed :func:`validate_realization`, remembered.
+_VALIDATE_MEMO_MIN = 1 << 14
+_VALIDATED_SIZE = 8
+_VALIDATED: list[tuple[weakref.ref, tuple]] = []
+
+
+def _validation_key(value: torch.Tensor, num_marks: int, duration: Any, exact: bool | None) -> tuple | None:
+    if value.numel() < _VALIDATE_MEMO_MIN or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    duration = torch.as_tensor(duration)
+    if duration.numel() > 64:
+        return None
+    values = tuple(duration.detach().cpu().reshape(-1).tolist())
+    return (value._version, num_marks, exact, tuple(duration.shape), values)
+
+
+def _validate_realization(
+    value: torch.Tensor, num_marks: int, duration: torch.Tensor, name: str, exact: bool | None
+) -> None:
     if value.dim() < 2 or value.shape[-1] != num_marks + 2:
         raise ValueError(
             f"{name} must have shape batch x events x {num_marks + 2} (time, {num_marks} mark weights, "
