@@ -80,12 +80,12 @@ class ExpHawkesStatistics:
         self.batch_shape = batch
         self.num_marks, self.num_context_marks = k, c
         self.decay = decay
-        # the real events in sequence order: features [1, G_e], marks, and where each sequence's
-        # events end (per-sequence sums are differences of a cumulative sum)
+        # the real events: features [1, G_e], marks and sequences
         features = torch.cat([torch.ones_like(traces[..., :1]), traces], -1)  # batch x E x (1 + D)
         self._features = features[real].contiguous()  # events x (1 + D)
         self._marks = mark[real].unsqueeze(-1)  # events x 1
-        self._ends = real.reshape(-1, real.shape[-1]).sum(-1).cumsum(0)  # flat batch
+        sequence = torch.arange(batch.numel(), device=value.device).reshape(batch + (1,)).expand(real.shape)
+        self._sequence = sequence[real]  # events: the flat batch index of each event
 
     def log_likelihood(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         """``batch`` exact log-likelihoods (differentiable in ``baseline`` ``K`` and ``adjacency``
@@ -103,8 +103,8 @@ class ExpHawkesStatistics:
         if self.batch_shape.numel() == 1:
             events = log_rates.sum().reshape(self.batch_shape)
         else:
-            total = torch.cat([log_rates.new_zeros(1), log_rates.cumsum(0)])[self._ends]
-            events = (total - torch.cat([total.new_zeros(1), total[:-1]])).reshape(self.batch_shape)
+            events = log_rates.new_zeros(self.batch_shape.numel()).index_add(0, self._sequence, log_rates)
+            events = events.reshape(self.batch_shape)
         return events - baseline.sum() * self.duration - (adjacency * self.compensator_stats).sum((-1, -2))
 
 
