@@ -11,11 +11,12 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
-from .events import SpikeTrains, num_marks_of, plain, validate_realization
+from .events import SpikeTrains, num_marks_of, validate_realization
 from .intensity.base import Intensity
 from .intensity.hawkes import ExpHawkes
 from .intensity.hawkes_stats import cached_statistics
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
+from .relaxed import plain
 from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
 
 #: What ``PointProcess.log_prob`` scores at ``temperature > 0``: the DPP density, or the exact

@@ -22,8 +22,9 @@ import math
 import numpy as np
 import torch
 
-from .events import carried_log_weights, event_mask, plain
+from .events import event_mask
 from .intensity.base import Intensity, safe_log
+from .relaxed import carried_log_weights, plain
 from .thinning import bound_tolerance
 
 #: Gauss-Legendre nodes per interval between breakpoints used by default.

@@ -26,8 +26,9 @@ from torch.distributions import constraints
 
 from pyro_dpp import PointProcess, SpikeTrains, event_mask
 from pyro_dpp.distribution import DEFAULT_MAX_EVENTS
-from pyro_dpp.events import LOG_WEIGHTS_ATTR, plain
+from pyro_dpp.events import LOG_WEIGHTS_ATTR
 from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
+from pyro_dpp.relaxed import plain
 
 # --------------------------------------------------------------------------------------------
 # The table

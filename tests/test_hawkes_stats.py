@@ -103,3 +103,12 @@ def test_log_prob_skips_the_statistics_where_they_do_not_apply():
     batched = ExpHawkes(torch.tensor([BASELINE, BASELINE], dtype=DT), torch.tensor(ADJACENCY, dtype=DT)[:, :2], 1.3)
     PointProcess(batched, duration).log_prob(value)
     assert not hs._CACHE
+
+
+def test_context_marks_without_context_events():
+    value, duration = _data(1.3, None)
+    hawkes = ExpHawkes(torch.tensor(BASELINE, dtype=DT), torch.tensor(ADJACENCY, dtype=DT), 1.3)
+    hs._CACHE.clear()
+    got = PointProcess(hawkes, duration).log_prob(value)
+    assert len(hs._CACHE) == 1
+    torch.testing.assert_close(got, exact_log_likelihood(hawkes, value, duration), rtol=1e-12, atol=1e-10)

@@ -21,9 +21,10 @@ from _helpers import in_float64, make_context
 from scipy import integrate
 
 from pyro_dpp import PointProcess
-from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask, plain
+from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask
 from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
 from pyro_dpp.likelihood import concrete_log_density, history, quadrature_compensator
+from pyro_dpp.relaxed import plain
 
 DT = torch.float64
 

@@ -29,8 +29,9 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.optim import Adam
 
 from pyro_dpp import PointProcess, event_mask
-from pyro_dpp.events import carried_log_weights, validate_realization
+from pyro_dpp.events import validate_realization
 from pyro_dpp.intensity import GLM, ExpHawkes, ExponentialBasis, Poisson
+from pyro_dpp.relaxed import carried_log_weights
 
 DURATION = 5.0
 

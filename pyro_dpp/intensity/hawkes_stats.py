@@ -44,17 +44,22 @@ class ExpHawkesStatistics:
     :param duration: window lengths, broadcastable to the batch shape.
     :param context: optional context realization ``batch x M x (C + 2)``.
     :param int num_marks: ``K``.
+    :param int num_context_marks: ``C`` (default: the context's marks, or 0 without context).
     """
 
     def __init__(self, value: torch.Tensor, decay: Any, duration: Any, num_marks: int,
-                 context: torch.Tensor | None = None) -> None:
+                 context: torch.Tensor | None = None, num_context_marks: int | None = None) -> None:
         from ..likelihood import history, trim_padding  # likelihood imports the intensities
 
         value = trim_padding(value).detach()
         context = trim_padding(context)
         context = None if context is None else context.detach()
         k = num_marks
-        c = 0 if context is None else context.shape[-1] - 2
+        if num_context_marks is None:
+            num_context_marks = 0 if context is None else context.shape[-1] - 2
+        c = num_context_marks
+        if context is not None and context.shape[-1] - 2 != c:
+            raise ValueError(f"context must have {c} marks, got {context.shape[-1] - 2}")
         decay = torch.as_tensor(decay, dtype=value.dtype, device=value.device).detach()
         if decay.dim() > 2 or (decay.dim() == 2 and decay.shape != (k, k + c)):
             raise ValueError(f"decay must be a scalar or {k} x {k + c}, got shape {tuple(decay.shape)}")
@@ -148,7 +153,7 @@ def cached_statistics(intensity: ExpHawkes, value: torch.Tensor, duration: torch
     weights = value[..., 1:]
     if not bool(((weights == 0) | (weights == 1)).all()):
         return None  # soft rows: the general formula weighs log-rates by the weights
-    stats = ExpHawkesStatistics(value, decay, duration, intensity.num_marks, context)
+    stats = ExpHawkesStatistics(value, decay, duration, intensity.num_marks, context, intensity.num_context_marks)
     _CACHE.append(_Entry(value, context, key, stats))
     del _CACHE[:-CACHE_SIZE]
     return stats
