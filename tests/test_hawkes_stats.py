@@ -112,3 +112,15 @@ def test_context_marks_without_context_events():
     got = PointProcess(hawkes, duration).log_prob(value)
     assert len(hs._CACHE) == 1
     torch.testing.assert_close(got, exact_log_likelihood(hawkes, value, duration), rtol=1e-12, atol=1e-10)
+
+
+def test_cache_drops_statistics_of_collected_data():
+    hs._CACHE.clear()
+    value, duration = _data(1.3, None)
+    hawkes = ExpHawkes(torch.tensor(BASELINE, dtype=DT), torch.tensor(ADJACENCY, dtype=DT), 1.3)
+    PointProcess(hawkes, duration).log_prob(value)
+    assert len(hs._CACHE) == 1
+    del value
+    other, _ = _data(1.3, None, seed=1)
+    PointProcess(hawkes, duration).log_prob(other)
+    assert len(hs._CACHE) == 1 and hs._CACHE[0].value() is other

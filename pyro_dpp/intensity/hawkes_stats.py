@@ -32,8 +32,9 @@ import torch
 from ._decay import decayed_sums
 from .hawkes import ExpHawkes
 
-#: How many data sets :func:`cached_statistics` keeps (most recently used last).
-CACHE_SIZE = 8
+#: How many data sets :func:`cached_statistics` keeps (most recently used last); entries whose data
+#: tensor was garbage-collected are dropped.
+CACHE_SIZE = 4
 
 
 class ExpHawkesStatistics:
@@ -146,6 +147,7 @@ def cached_statistics(intensity: ExpHawkes, value: torch.Tensor, duration: torch
         tuple(decay.detach().cpu().reshape(-1).tolist()), tuple(decay.shape),
         tuple(duration.detach().cpu().reshape(-1).tolist()), tuple(duration.shape), intensity.num_marks,
     )
+    _CACHE[:] = [entry for entry in _CACHE if entry.value() is not None]  # data that is gone
     for i, entry in enumerate(_CACHE):
         if entry.matches(value, context, key):
             _CACHE.append(_CACHE.pop(i))
