@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -11,12 +13,22 @@ from torch.distributions import constraints
 
 from .events import SpikeTrains, num_marks_of, validate_realization
 from .intensity.base import Intensity
+from .intensity.hawkes import ExpHawkes
+from .intensity.hawkes_stats import cached_statistics
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
+from .relaxed import plain
 from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
 
 #: What ``PointProcess.log_prob`` scores at ``temperature > 0``: the DPP density, or the exact
 #: log-likelihood formula at the soft realization.
 RELAXED_LOG_PROBS = ("dpp", "exact")
+
+#: Rows of a sample when neither ``max_events`` nor ``bound`` is given, before one row per context
+#: row is added (the sizing rule of :class:`PointProcess`).
+DEFAULT_MAX_EVENTS = 1000
+
+#: The floating dtypes a :class:`PointProcess` computes in.
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 class _Realization(constraints.Constraint):
@@ -55,7 +67,33 @@ class PointProcess(TorchDistribution):
 
     Values are padded realization tensors ``batch_shape + (max_events, K + 2)`` (layout in
     :mod:`pyro_dpp.events`; :class:`~pyro_dpp.SpikeTrains` converts). :meth:`log_prob` accepts any
-    number of rows, so observed data need not be padded to ``max_events``.
+    number of rows, so observed data need not be padded to ``max_events``, and scoring never needs a
+    size: any valid parameters (a supercritical Hawkes process included) can be scored.
+
+    **Sample size.** ``event_shape = (max_events, K + 2)`` depends only on what the caller fixes, never
+    on parameter values, so that draws under different parameters (``Predictive`` over latent
+    parameters, MCMC) stack:
+
+    1. ``max_events`` if given;
+    2. else, if ``bound`` is given, a Poisson tail bound of the candidate count: about
+       ``bound * duration + 10 * sqrt(bound * duration) + 10`` (largest over the batch); a bound
+       dominates the intensity with its context, so context events need no extra rows;
+    3. else :data:`DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``).
+
+    The intensity's own ``max_rate()`` (a Poisson rate, a GLM's amplitude) is used as the thinning
+    bound when ``bound`` is omitted, but not for sizing, since it may be a latent parameter; for the
+    same reason a ``bound`` computed from latent parameters makes the size parameter dependent
+    (pass ``max_events`` then). A draw that does not fit raises a ``ValueError`` naming
+    ``max_events``; nothing is truncated.
+
+    **Dtypes.** Computation runs in the intensity's dtype, which must be float32 or float64 and the
+    same for all its tensors (float16, bfloat16 or a mix raise a ``ValueError``). Every other input
+    (``duration``, ``bound``, ``context``, values to score) is converted to that dtype, so results
+    always have the intensity's dtype.
+
+    **Tracing.** Sampling under :func:`torch.jit.trace` (e.g. Pyro's ``JitTrace_ELBO``) raises: the
+    number of thinning candidates is random, and a trace would freeze it at the traced draw.
+    :func:`torch.compile` is fine (the data-dependent sizes become graph breaks).
 
     **References**
 
@@ -72,8 +110,8 @@ class PointProcess(TorchDistribution):
     :param context: events of other marks that enter the history but are not modelled: a
         realization tensor ``batch x M x (C + 2)`` or :class:`~pyro_dpp.SpikeTrains` with ``C =
         intensity.num_context_marks``.
-    :param int max_events: rows of a sample (events, or candidates for the DPP); defaults to a
-        Poisson tail bound of ``bound * duration``. A draw that would need more rows raises.
+    :param int max_events: rows of a sample (events, or candidates for the DPP); the default
+        follows the sizing rule below. A draw that would need more rows raises a ``ValueError``.
     :param bool straight_through: one-hot marks in the forward pass, soft gradients backward.
     :param int quadrature_nodes: Gauss-Legendre nodes per interval for compensators without a
         closed form.
@@ -107,6 +145,7 @@ class PointProcess(TorchDistribution):
         if not isinstance(intensity, Intensity):
             raise ValueError(f"intensity must be a pyro_dpp.intensity.Intensity, got {type(intensity).__name__}")
         like = intensity.like()
+        _check_intensity_dtype(intensity, like)
         self.intensity = intensity
         self.duration = _positive("duration", duration, like)
         self.temperature = _temperature(temperature)
@@ -117,6 +156,7 @@ class PointProcess(TorchDistribution):
             raise ValueError(f"relaxed_log_prob must be one of {RELAXED_LOG_PROBS}, got {relaxed_log_prob!r}")
         self.relaxed_log_prob = relaxed_log_prob
         self.quadrature_nodes = int(quadrature_nodes)
+        explicit_bound = bound is not None
         if bound is None:
             bound = intensity.max_rate()
             if bound is not None:
@@ -142,37 +182,33 @@ class PointProcess(TorchDistribution):
                 "the batch shapes of intensity, duration, bound and context do not broadcast: "
                 f"{[tuple(s) for s in shapes]}"
             ) from err
-        self.max_events = self._max_events(max_events)
+        self.max_events = sample_rows(max_events, bound if explicit_bound else None, self.duration, self.context)
+        self._explicit_size = max_events is not None
         self.has_rsample = self.temperature > 0
         event_shape = torch.Size((self.max_events, intensity.num_marks + 2))
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
-
-    def _max_events(self, max_events: int | None) -> int:
-        if max_events is not None:
-            if int(max_events) != max_events or max_events < 1:
-                raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
-            return int(max_events)
-        if self.bound is not None:
-            return default_max_events(self.bound * self.duration)
-        guess = self.intensity.mean_count(self.duration)
-        if guess is None:
-            raise ValueError(
-                "cannot size max_events: this intensity has no bound and no mean count "
-                "(e.g. a supercritical Hawkes process); pass max_events= or bound="
-            )
-        return default_max_events(*guess)
 
     @property
     def num_marks(self) -> int:
         return self.intensity.num_marks
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> PointProcess:
-        new = self._get_checked_instance(PointProcess, _instance)
         batch_shape = torch.Size(batch_shape)
+        try:
+            ok = torch.broadcast_shapes(batch_shape, self.batch_shape) == batch_shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"cannot expand batch_shape {tuple(self.batch_shape)} to {tuple(batch_shape)}: the new shape must "
+                "keep every dimension of size > 1 (as torch's expand); add dimensions on the left"
+            )
+        new = self._get_checked_instance(PointProcess, _instance)
         new.intensity = self.intensity
         new.temperature, new.straight_through = self.temperature, self.straight_through
         new.relaxed_log_prob = self.relaxed_log_prob
         new.quadrature_nodes, new.max_events = self.quadrature_nodes, self.max_events
+        new._explicit_size = self._explicit_size
         new.has_rsample = self.has_rsample
         new.duration = self.duration.expand(batch_shape)
         new.bound = None if self.bound is None else self.bound.expand(batch_shape)
@@ -195,22 +231,40 @@ class PointProcess(TorchDistribution):
                 "rsample needs temperature > 0 (the relaxed, differentiable process); use sample() for the "
                 "exact process"
             )
+        _refuse_tracing()
         duration, bound, context = self._broadcast(torch.Size(sample_shape))
-        return sample_relaxed(
-            self.intensity, bound, duration, context, self.max_events, self.temperature, self.straight_through
-        )
+        with self._sizing_hint():
+            return sample_relaxed(
+                self.intensity, bound, duration, context, self.max_events, self.temperature, self.straight_through
+            )
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         """A draw without gradients: exact thinning if ``temperature == 0``, else a detached DPP draw."""
         if self.temperature > 0:
             with torch.no_grad():
                 return self.rsample(sample_shape)
+        _refuse_tracing()
         duration, bound, context = self._broadcast(torch.Size(sample_shape))
-        if bound is not None:
-            return sample_exact(self.intensity, bound, duration, context, self.max_events)
-        if type(self.intensity).local_bound is Intensity.local_bound:
+        if bound is None and type(self.intensity).local_bound is Intensity.local_bound:
             raise ValueError("this intensity offers no bound for exact sampling: pass bound=")
-        return sample_ogata(self.intensity, duration, context, self.max_events)
+        with self._sizing_hint():
+            if bound is not None:
+                return sample_exact(self.intensity, bound, duration, context, self.max_events)
+            return sample_ogata(self.intensity, duration, context, self.max_events)
+
+    @contextlib.contextmanager
+    def _sizing_hint(self) -> Iterator[None]:
+        """Say where a default ``max_events`` came from when a draw does not fit it."""
+        try:
+            yield
+        except ValueError as err:
+            if self._explicit_size or "max_events" not in str(err):
+                raise
+            raise ValueError(
+                f"{err} (max_events={self.max_events} is the default sample size, which depends only on "
+                "duration, bound and context, never on parameter values: see PointProcess, 'Sample size'; "
+                "pass max_events= large enough for the parameters you sample with)"
+            ) from err
 
     def _validate_sample(self, value: torch.Tensor) -> None:
         if not isinstance(value, torch.Tensor):
@@ -235,10 +289,71 @@ class PointProcess(TorchDistribution):
         unless ``relaxed_log_prob="exact"``)."""
         if self._validate_args:
             self._validate_sample(value)
+        value = _as_dtype(value, self.duration)
         if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
             return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context)
+        if self.temperature == 0 and type(self.intensity) is ExpHawkes:
+            # the same data scored again (MCMC, SVI, MLE) reuses statistics that do not depend on
+            # baseline and adjacency
+            stats = cached_statistics(self.intensity, value, self.duration, self.context)
+            if stats is not None:
+                return stats.log_likelihood(self.intensity.baseline, self.intensity.adjacency)
         return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes)
+
+
+def sample_rows(
+    max_events: int | None, bound: torch.Tensor | None, duration: torch.Tensor, context: torch.Tensor | None
+) -> int:
+    """The rows of a sample (see :class:`PointProcess`, "Sample size"): ``max_events`` if given, else
+    a Poisson tail bound of ``bound * duration`` if a ``bound`` is given, else
+    :data:`DEFAULT_MAX_EVENTS` plus the context's rows. No parameter value enters.
+
+    :param bound: the bound the caller passed (not the intensity's ``max_rate()``), or None.
+    """
+    if max_events is not None:
+        if isinstance(max_events, bool) or int(max_events) != max_events or max_events < 1:
+            raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
+        return int(max_events)
+    if bound is not None:
+        return default_max_events(bound * duration)
+    return DEFAULT_MAX_EVENTS + (0 if context is None else context.shape[-2])
+
+
+def _refuse_tracing() -> None:
+    if torch.jit.is_tracing():
+        raise ValueError(
+            "a PointProcess cannot be sampled under torch.jit.trace (e.g. Pyro's JitTrace_ELBO): the number "
+            "of thinning candidates is random and the trace would freeze it at the traced draw, silently "
+            "truncating later draws; use Trace_ELBO (or torch.compile, which handles it)"
+        )
+
+
+def _check_intensity_dtype(intensity: Intensity, like: torch.Tensor) -> None:
+    # the intensity's own tensors (its parameters); submodules such as a basis hold constants that
+    # are converted where they are used
+    tensors = list(intensity._parameters.values()) + list(intensity._buffers.values())
+    tensors += [v for v in vars(intensity).values() if isinstance(v, torch.Tensor)]
+    dtypes = {like.dtype} | {t.dtype for t in tensors if t is not None and t.is_floating_point()}
+    unsupported = sorted(str(d) for d in dtypes if d not in SUPPORTED_DTYPES)
+    if unsupported:
+        raise ValueError(
+            f"the intensity holds {', '.join(unsupported)} tensors; pyro_dpp computes in float32 or float64: "
+            "build the intensity from .float() or .double() tensors"
+        )
+    if len(dtypes) > 1:
+        raise ValueError(
+            f"the intensity mixes {' and '.join(sorted(str(d) for d in dtypes))} tensors; give all its "
+            "parameters one dtype (float32 or float64)"
+        )
+
+
+def _as_dtype(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` in ``like``'s floating dtype and device (a structural conversion: the log-weights a
+    relaxed value carries convert with it)."""
+    if value.dtype == like.dtype and value.device == like.device:
+        return value
+    return value.to(dtype=like.dtype, device=like.device)
 
 
 def _positive(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
@@ -271,7 +386,7 @@ def _context(context: Any, intensity: Intensity, like: torch.Tensor, duration: t
             f"context must have shape batch x events x {c + 2} ({c} context marks, as the intensity's "
             f"num_context_marks), got {tuple(context.shape)}"
         )
-    context = context.to(dtype=like.dtype, device=like.device)
+    context = plain(_as_dtype(context, like))  # a relaxed context's log-weights are not needed
     try:
         torch.broadcast_shapes(context.shape[:-2], duration.shape)
     except RuntimeError as err:

@@ -12,14 +12,33 @@ Real rows come first, in nondecreasing time order; their weights (marks and "no 
 sum to one. *Padding* rows come last: all weights are zero and the time equals the duration, so
 padding never enters a history sum and keeps times sorted. :func:`event_mask` tells them apart.
 
-Relaxed draws (``temperature > 0``) additionally carry the log-weights of every candidate as the
-attribute ``value._pyro_dpp_log_weights`` (``batch x events x (K+1)``), so that the density can be
-evaluated in log space even where a weight underflowed to zero in float32. This follows the
-precedent of Pyro's straight-through categorical, which attaches the soft sample to the hard one.
+**How many rows.** Data to score may have any number of rows: scoring never needs a size. A draw
+has ``max_events`` rows, fixed before the draw by a rule that depends only on what the caller fixes,
+never on parameter values (so that draws under different parameters stack, as in ``Predictive``):
+an explicit ``max_events``; else a Poisson tail bound of the candidate count ``bound * duration``
+when a ``bound`` is passed; else ``DEFAULT_MAX_EVENTS`` (1000) plus one row per context row. A
+draw that does not fit raises a ``ValueError`` naming ``max_events``; nothing is truncated. (See
+:class:`~pyro_dpp.PointProcess`, "Sample size".)
+
+**Relaxed draws carry their log-weights.** At low temperature a soft weight underflows to zero in
+float32 (and a straight-through draw stores one-hot weights), yet the DPP density needs the
+log-weight of every class. So ``rsample`` returns a :class:`~pyro_dpp.relaxed.RelaxedRealization`
+(module :mod:`pyro_dpp.relaxed`): a tensor with the
+layout above (every reader of ``value[..., 1:K+1]`` sees the weights as usual) that also holds the
+exact log-weights ``value._pyro_dpp_log_weights`` (``batch x events x (K+1)``, zero on padding
+rows). They travel with the value through what Pyro and users do to tensors without changing their
+entries: ``clone``, ``detach``, ``to``, indexing and slicing, ``reshape``/``view``/``expand``,
+``torch.stack``/``torch.cat`` of relaxed values (``Predictive``), ``copy.deepcopy``, pickling and
+``torch.save``/``torch.load`` (``weights_only`` loading included). Any other operation returns a
+plain tensor. A plain relaxed value is scored from the logarithm of its weights, which raises a
+``ValueError`` where a weight underflowed (:func:`~pyro_dpp.relaxed.plain` makes one).
+:func:`~pyro_dpp.relaxed.carried_log_weights` checks that the carried
+log-weights still match the weights (an in-place edit of the weights makes them stale and raises).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,9 +89,40 @@ def validate_realization(
     :param name: how to call the tensor in error messages.
     :param exact: if True, real rows must have one-hot marks (an exact realization); if False, rows
         be thinning candidates (weights summing to one including "no event"); if None, either.
+
+    A large tensor that passed is remembered (by identity and version counter, so an in-place
+    change checks it again): data scored in a loop (MCMC, SVI) is checked once.
     """
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    key = _validation_key(value, num_marks, duration, exact)
+    if key is not None and any(ref() is value and k == key for ref, k in _VALIDATED):
+        return
+    _validate_realization(value, num_marks, duration, name, exact)
+    if key is not None:
+        _VALIDATED.append((weakref.ref(value), key))
+        del _VALIDATED[:-_VALIDATED_SIZE]
+
+
+#: Tensors with at least this many entries that passed :func:`validate_realization`, remembered.
+_VALIDATE_MEMO_MIN = 1 << 14
+_VALIDATED_SIZE = 8
+_VALIDATED: list[tuple[weakref.ref, tuple]] = []
+
+
+def _validation_key(value: torch.Tensor, num_marks: int, duration: Any, exact: bool | None) -> tuple | None:
+    if value.numel() < _VALIDATE_MEMO_MIN or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    duration = torch.as_tensor(duration)
+    if duration.numel() > 64:
+        return None
+    values = tuple(duration.detach().cpu().reshape(-1).tolist())
+    return (value._version, num_marks, exact, tuple(duration.shape), values)
+
+
+def _validate_realization(
+    value: torch.Tensor, num_marks: int, duration: torch.Tensor, name: str, exact: bool | None
+) -> None:
     if value.dim() < 2 or value.shape[-1] != num_marks + 2:
         raise ValueError(
             f"{name} must have shape batch x events x {num_marks + 2} (time, {num_marks} mark weights, "

@@ -22,8 +22,9 @@ import math
 import numpy as np
 import torch
 
-from .events import LOG_WEIGHTS_ATTR, event_mask
+from .events import event_mask
 from .intensity.base import Intensity, safe_log
+from .relaxed import carried_log_weights, plain
 from .thinning import bound_tolerance
 
 #: Gauss-Legendre nodes per interval between breakpoints used by default.
@@ -31,11 +32,20 @@ DEFAULT_QUADRATURE_NODES = 8
 _QUERY_CHUNK = 1 << 14
 
 
+def _rows_in_use(value: torch.Tensor) -> int:
+    """The rows up to the last real one of any sequence; all rows under :func:`torch.jit.trace`,
+    which would otherwise freeze the count of the traced data."""
+    if torch.jit.is_tracing() or not value.numel():
+        return value.shape[-2]
+    return int(event_mask(value).sum(-1).max())
+
+
 def trim_padding(value: torch.Tensor | None) -> torch.Tensor | None:
     """Drop the padding rows that every sequence of the batch has (they change no density)."""
     if value is None or value.shape[-2] == 0:
         return value
-    rows = int(event_mask(value).sum(-1).max()) if value.numel() else 0
+    value = plain(value)
+    rows = _rows_in_use(value)
     return value[..., :rows, :] if rows < value.shape[-2] else value
 
 
@@ -88,8 +98,9 @@ def quadrature_compensator(
     end = duration.unsqueeze(-1)
     points = torch.cat(points + [end], -1)
     points = torch.minimum(points.clamp(min=0), end).sort(-1).values
-    inside = int((points < end).sum(-1).max()) + 1  # the rest are zero-length intervals at the end
-    points = torch.cat([points[..., :inside], end], -1)
+    if not torch.jit.is_tracing():  # a trace must not freeze the count of the traced data
+        inside = int((points < end).sum(-1).max()) + 1  # the rest are zero-length intervals at the end
+        points = torch.cat([points[..., :inside], end], -1)
     left, right = points[..., :-1], points[..., 1:]
     x, w = np.polynomial.legendre.leggauss(nodes)
     x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
@@ -173,10 +184,11 @@ def concrete_log_density(log_y: torch.Tensor, log_pi: torch.Tensor, temperature:
 
 
 def relaxed_log_weights(value: torch.Tensor, num_marks: int, log_pi: torch.Tensor | None = None) -> torch.Tensor:
-    """The log-weights of a relaxed realization: the exact ones carried by ``rsample``'s output,
-    else the logarithm of the stored weights. A zero weight is an underflow (and raises) unless
-    ``log_pi`` is given and says its class has probability zero (then its log-weight is -inf)."""
-    carried = getattr(value, LOG_WEIGHTS_ATTR, None)
+    """The log-weights of a relaxed realization: the exact ones carried by ``rsample``'s output
+    (:func:`~pyro_dpp.events.carried_log_weights`), else the logarithm of the stored weights. A zero
+    weight is an underflow (and raises) unless ``log_pi`` is given and says its class has
+    probability zero (then its log-weight is -inf)."""
+    carried = carried_log_weights(value)
     if carried is not None:
         return carried
     weights = value[..., 1 : num_marks + 2]
@@ -187,8 +199,9 @@ def relaxed_log_weights(value: torch.Tensor, num_marks: int, log_pi: torch.Tenso
     if zero.any():
         raise ValueError(
             "a relaxed value has weights that are exactly zero (underflow at low temperature), so its "
-            "density cannot be recovered from the weights alone; score the tensor returned by rsample "
-            "itself (it carries its log-weights), or sample in float64"
+            "density cannot be recovered from the weights alone; score the tensor returned by rsample (or a "
+            "clone, slice or stack of it: they carry its log-weights, other operations drop them), or sample "
+            "in float64"
         )
     return torch.where(real, safe_log(weights), torch.zeros_like(weights))
 
@@ -198,9 +211,16 @@ def dpp_log_density(
     context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``batch`` log density of a relaxed realization under the differentiable point process."""
+    if torch.jit.is_tracing():
+        raise ValueError(
+            "the DPP density cannot be traced by torch.jit.trace (e.g. JitTrace_ELBO): the log-weights a relaxed "
+            "value carries are not inputs of the trace, which would freeze them; use Trace_ELBO, or "
+            "relaxed_log_prob='exact' (it scores the weights alone)"
+        )
     k = intensity.num_marks
-    carried = getattr(value, LOG_WEIGHTS_ATTR, None)  # slicing value below drops the attribute
-    rows = int(event_mask(value).sum(-1).max()) if value.numel() else 0
+    carried = carried_log_weights(value)
+    value = plain(value)
+    rows = _rows_in_use(value)
     value, context = value[..., :rows, :], trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
     log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K

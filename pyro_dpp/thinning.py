@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from . import fastscan
-from .events import LOG_WEIGHTS_ATTR, pad_realization
+from .events import pad_realization
 from .intensity.base import Intensity, safe_log
+from .relaxed import with_log_weights
 
 # Relative slack on the bound check: rounding in the summed rates is not a violation.
 _BOUND_RTOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-10}
@@ -269,8 +270,8 @@ def sample_relaxed(
 ) -> torch.Tensor:
     """A draw of the differentiable point process: every candidate with its soft mark.
 
-    :returns: a realization tensor ``batch x max_events x (K+2)`` carrying the log-weights of its
-        candidates as the attribute ``_pyro_dpp_log_weights`` (see :mod:`pyro_dpp.events`).
+    :returns: a :class:`~pyro_dpp.events.RelaxedRealization` ``batch x max_events x (K+2)``: the
+        realization tensor carrying the exact log-weights of its candidates (see :mod:`pyro_dpp.events`).
     """
     marks, logs, times, mask = _scan(intensity, bound, duration, context, max_events, temperature, straight_through)
     m = mask.unsqueeze(-1).to(marks.dtype)
@@ -278,8 +279,7 @@ def sample_relaxed(
     logs = _fit_rows(torch.where(mask.unsqueeze(-1), logs, torch.zeros_like(logs)), max_events)
     times = _fit_rows(times.unsqueeze(-1), max_events).squeeze(-1)
     value = pad_realization(times, marks[..., :-1], marks[..., -1], duration)
-    setattr(value, LOG_WEIGHTS_ATTR, logs)
-    return value
+    return with_log_weights(value, logs)
 
 
 def _compact(times: torch.Tensor, marks: torch.Tensor, accepted: torch.Tensor, duration: torch.Tensor,

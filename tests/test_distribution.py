@@ -8,7 +8,10 @@ Tests of bad inputs follow the table.
 
 from __future__ import annotations
 
+import copy
+import io
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +25,7 @@ from pyro.optim import Adam
 from torch.distributions import constraints
 
 from pyro_dpp import PointProcess, SpikeTrains, event_mask
+from pyro_dpp.distribution import DEFAULT_MAX_EVENTS
 from pyro_dpp.events import LOG_WEIGHTS_ATTR
 from pyro_dpp.intensity import (
     GLM,
@@ -35,6 +39,7 @@ from pyro_dpp.intensity import (
     RaisedCosineBasis,
     SumExpHawkes,
 )
+from pyro_dpp.relaxed import plain
 
 # --------------------------------------------------------------------------------------------
 # The table
@@ -363,7 +368,7 @@ def test_log_prob_float32_matches_float64(case):
     torch.manual_seed(2)
     d64, _ = make(case, torch.float64)
     d32, _ = make(case, torch.float32)
-    x = draw(d64, (2,)).detach().clone()  # no carried log-weights: scored from the weights
+    x = plain(draw(d64, (2,)).detach())  # no carried log-weights: scored from the weights
     lp64 = d64.log_prob(x)
     lp32 = d32.log_prob(x.float())
     assert torch.allclose(lp32.double(), lp64, rtol=1e-3, atol=1e-3), (lp32, lp64)
@@ -374,7 +379,7 @@ def test_carried_log_weights_match_weights(case):
     torch.manual_seed(3)
     d, _ = make(case, torch.float64)
     x = d.rsample((2,))
-    assert torch.allclose(d.log_prob(x), d.log_prob(x.detach().clone()), rtol=1e-6)
+    assert torch.allclose(d.log_prob(x), d.log_prob(plain(x.detach())), rtol=1e-6)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -801,8 +806,10 @@ def test_underflowed_relaxed_value_needs_carried_log_weights():
     real = event_mask(x)
     assert (real.unsqueeze(-1) & (x[..., 1:] == 0)).any(), "expected float32 underflow at temperature 0.01"
     assert torch.isfinite(d.log_prob(x)).all()  # carried log-weights
+    # (before: a detached clone lost them; now only a plain tensor has none)
+    assert torch.equal(d.log_prob(x.detach().clone()), d.log_prob(x).detach())
     with pytest.raises(ValueError, match="exactly zero.*score the tensor returned by rsample"):
-        d.log_prob(x.detach().clone())  # the copy has lost them
+        d.log_prob(plain(x.detach()))
 
 
 def test_straight_through_value_needs_carried_log_weights():
@@ -811,4 +818,248 @@ def test_straight_through_value_needs_carried_log_weights():
     x = d.rsample((2,))
     assert torch.isfinite(d.log_prob(x)).all()
     with pytest.raises(ValueError, match="exactly zero"):
-        d.log_prob(x.detach().clone())
+        d.log_prob(plain(x.detach()))
+
+
+# --------------------------------------------------------------------------------------------
+# Sample size: what the caller fixes, never parameter values (DESIGN §4)
+# --------------------------------------------------------------------------------------------
+
+_SUPERCRITICAL = dict(baseline=[1.0, 3.0], adjacency=[[2.0, 3.0], [4.0, 1.0]], decay=2.0)
+_ISSUE_EVENTS = [[0.31, 0.93, 1.29, 2.32, 4.25], [0.12, 1.19, 2.12, 2.41, 3.35, 4.21]]
+
+
+def _np_hawkes_loglik(times, marks, mu, alpha, beta, duration):
+    """Exact log-likelihood of an exponential Hawkes process by a plain loop over events."""
+    import numpy as np
+
+    mu, alpha = np.asarray(mu, float), np.asarray(alpha, float)
+    total = 0.0
+    for e, (t, k) in enumerate(zip(times, marks)):
+        rate = mu[k] + sum(alpha[k, marks[n]] * beta * math.exp(-beta * (t - times[n])) for n in range(e)
+                           if times[n] < t)
+        total += math.log(rate)
+    compensator = mu.sum() * duration
+    for t, j in zip(times, marks):
+        compensator += alpha[:, j].sum() * (1 - math.exp(-beta * (duration - t)))
+    return total - compensator
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_supercritical_hawkes_is_scored_without_max_events(dtype):
+    """Issue 12's reproducer: sizing a sample from the parameters made this observed site fail."""
+    x = SpikeTrains.from_lists([_ISSUE_EVENTS], duration=4.25, dtype=dtype).to_tensor()
+    h = ExpHawkes(torch.tensor(_SUPERCRITICAL["baseline"], dtype=dtype),
+                  torch.tensor(_SUPERCRITICAL["adjacency"], dtype=dtype), _SUPERCRITICAL["decay"])
+    d = PointProcess(h, duration=4.25, validate_args=True)
+    times = [t for k in range(2) for t in _ISSUE_EVENTS[k]]
+    marks = [k for k in range(2) for _ in _ISSUE_EVENTS[k]]
+    order = sorted(range(len(times)), key=times.__getitem__)
+    ref = _np_hawkes_loglik([times[i] for i in order], [marks[i] for i in order], _SUPERCRITICAL["baseline"],
+                            _SUPERCRITICAL["adjacency"], _SUPERCRITICAL["decay"], 4.25)
+    assert float(d.log_prob(x)) == pytest.approx(ref, rel=1e-5 if dtype == torch.float32 else 1e-12)
+    # sampling it is what cannot work: the error names max_events and the sizing rule
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="max_events=1000.*default sample size.*pass max_events="):
+        d.sample()
+
+
+def _hawkes(baseline, adjacency, decay=1.0):
+    return ExpHawkes(torch.tensor(baseline), torch.tensor(adjacency), decay)
+
+
+@pytest.mark.parametrize(
+    "make_process",
+    [
+        lambda p: PointProcess(Poisson([p, 2 * p]), 3.0),
+        lambda p: PointProcess(Poisson([p, 2 * p]), 3.0, temperature=0.5),
+        lambda p: PointProcess(_hawkes([p, 0.1], [[0.3 * p, 0.2], [0.1, 0.4]]), 3.0),
+        lambda p: PointProcess(_hawkes([p, 0.1], [[0.3 * p, 0.2], [0.1, 0.4]]), 3.0, bound=20.0, temperature=0.5),
+        lambda p: PointProcess(_hawkes([p, 0.1], _HAWKES_ADJ_CTX), 3.0, context=CTX1),
+        lambda p: PointProcess(GLM(torch.tensor([p, -p]), torch.zeros(1, 2, 2), ExponentialBasis([1.0]),
+                                   amplitude=p), 3.0, temperature=0.3),
+    ],
+    ids=["poisson", "poisson-relaxed", "hawkes", "hawkes-bound-relaxed", "hawkes-context", "glm-relaxed"],
+)
+def test_event_shape_does_not_depend_on_parameters(make_process):
+    shapes = {make_process(p).event_shape for p in (0.1, 1.0, 3.0, 10.0)}  # 10: a supercritical Hawkes
+    assert len(shapes) == 1
+
+
+def test_sample_size_rule():
+    poisson = Poisson([1.0, 2.0])
+    assert PointProcess(poisson, 3.0, max_events=7).max_events == 7
+    # a bound: a Poisson tail bound of bound * duration candidates
+    mean = 5.0 * 3.0
+    assert PointProcess(poisson, 3.0, bound=5.0).max_events == math.ceil(mean + 10 * math.sqrt(mean)) + 10
+    assert PointProcess(poisson, [3.0, 1.0], bound=5.0).max_events == math.ceil(mean + 10 * math.sqrt(mean)) + 10
+    # neither: the documented default, plus one row per context row
+    assert PointProcess(poisson, 3.0).max_events == DEFAULT_MAX_EVENTS
+    hawkes = ExpHawkes([0.4, 0.3], _HAWKES_ADJ_CTX, 1.0)
+    assert PointProcess(hawkes, 2.0, context=CTX1).max_events == DEFAULT_MAX_EVENTS + CTX1.shape[-2]
+
+
+def test_default_size_accounts_for_context_events():
+    """Issue 12: a Hawkes process driven by ~50 context events was sized for 29 events."""
+    torch.manual_seed(3)
+    ctx_times = torch.sort(torch.rand(50) * 5.0).values
+    context = SpikeTrains.from_events(ctx_times, torch.zeros(50, dtype=torch.long), 1, 5.0).to_tensor()
+    hawkes = ExpHawkes(torch.tensor([0.2, 0.2]), torch.tensor([[0.1, 0.1, 0.9], [0.1, 0.1, 0.9]]), 2.0)
+    d = PointProcess(hawkes, 5.0, context=context)
+    x = d.sample((20,))
+    assert x.shape == (20, DEFAULT_MAX_EVENTS + context.shape[-2], 4)
+    counts = event_mask(x).sum(-1).double()
+    # each context event triggers 0.9 events of each mark (plus cascades): far above the 29 of before
+    assert counts.mean() > 2 * 0.9 * 50 * 0.8
+    assert torch.isfinite(d.log_prob(x)).all()
+
+
+# --------------------------------------------------------------------------------------------
+# expand and dtypes
+# --------------------------------------------------------------------------------------------
+
+def test_expand_validates_like_torch():
+    d = PointProcess(Poisson([[0.5, 1.0], [1.0, 2.0]]), 2.0)
+    assert d.batch_shape == (2,)
+    assert d.expand((4, 2)).batch_shape == (4, 2)
+    for shape in [(3,), (2, 3), ()]:
+        with pytest.raises(ValueError, match="cannot expand batch_shape"):
+            d.expand(shape)
+    # the same rule as torch's distributions
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.distributions.Normal(torch.zeros(2), 1.0).expand((3,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_intensity_raises(dtype):
+    with pytest.raises(ValueError, match="float32 or float64"):
+        PointProcess(ExpHawkes(torch.tensor([1.0, 3.0], dtype=dtype), torch.tensor(_HAWKES_ADJ, dtype=dtype), 2.0),
+                     4.0)
+
+
+def test_mixed_dtype_intensity_raises():
+    with pytest.raises(ValueError, match="mixes torch.float32 and torch.float64"):
+        PointProcess(ExpHawkes(torch.tensor([1.0, 3.0]), torch.tensor(_HAWKES_ADJ, dtype=torch.float64), 2.0), 4.0)
+
+
+@pytest.mark.parametrize("value_dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inputs_are_converted_to_the_intensity_dtype(dtype, value_dtype):
+    events = SpikeTrains.from_lists([_ISSUE_EVENTS], duration=4.25, dtype=torch.float64).to_tensor()
+    context = CTX1.to(value_dtype)
+    hawkes = ExpHawkes(torch.tensor([0.4, 0.3], dtype=dtype), torch.tensor(_HAWKES_ADJ_CTX, dtype=dtype), 1.0)
+    d = PointProcess(hawkes, torch.tensor(4.25, dtype=value_dtype), context=context)
+    lp = d.log_prob(events.to(value_dtype))
+    assert lp.dtype == dtype
+    ref = PointProcess(hawkes, 4.25, context=context.to(dtype)).log_prob(events.to(value_dtype).to(dtype))
+    assert torch.equal(lp, ref)
+
+
+# --------------------------------------------------------------------------------------------
+# A relaxed value stays exactly scoreable through what Pyro and users do to tensors
+# --------------------------------------------------------------------------------------------
+
+def _round_trips(x):
+    buffer = io.BytesIO()
+    torch.save({"x": x.detach()}, buffer)
+    buffer.seek(0)
+    return {
+        "clone": x.clone(),
+        "detach": x.detach(),
+        "index": x[1],
+        "slice": x[1:3, :-1],
+        "stack": torch.stack([x, x])[1],
+        "cat": torch.cat([x, x])[x.shape[0]:],
+        "deepcopy": copy.deepcopy(x.detach()),
+        "torch.save": torch.load(buffer)["x"],  # weights_only loading (the default)
+        "to": x.to(torch.float64).to(torch.float32),
+    }
+
+
+@pytest.mark.parametrize("straight_through", [False, True], ids=["soft", "straight-through"])
+def test_relaxed_value_round_trips_keep_exact_log_prob(straight_through):
+    torch.manual_seed(20)
+    hawkes = ExpHawkes(torch.tensor([0.6, 0.4]), torch.tensor(_HAWKES_ADJ), 1.5)
+    d = PointProcess(hawkes, 4.0, bound=6.0, temperature=0.01, straight_through=straight_through)
+    x = d.rsample((4,))
+    real = event_mask(x)
+    assert x.dtype == torch.float32
+    if not straight_through:
+        assert (real.unsqueeze(-1) & (x[..., 1:] == 0)).any(), "expected float32 underflow at temperature 0.01"
+    lp = d.log_prob(x).detach()
+    assert torch.isfinite(lp).all()
+    for name, y in _round_trips(x).items():
+        expected = {"index": lp[1], "slice": lp[1:3]}.get(name, lp)
+        got = d.log_prob(y)
+        assert torch.equal(got.detach(), expected), name
+    # an operation that changes entries drops them (and scoring then raises on the underflow)
+    with pytest.raises(ValueError, match="exactly zero"):
+        d.log_prob(x * 1.0)
+
+
+def test_relaxed_value_edited_in_place_raises():
+    torch.manual_seed(21)
+    d = PointProcess(Poisson([0.5, 1.0]), 4.0, bound=3.0, temperature=0.5)
+    x = d.rsample((2,)).detach().clone()
+    x[0, 0, 1:] = torch.tensor([0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="no longer match its weights"):
+        d.log_prob(x)
+
+
+def test_relaxed_value_keeps_gradients_of_its_log_weights():
+    rates = torch.tensor([0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    d = PointProcess(Poisson(rates), 4.0, bound=3.0, temperature=0.3)
+    torch.manual_seed(22)
+    x = d.rsample((3,))
+    grads = [torch.autograd.grad(d.log_prob(y).sum(), rates, retain_graph=True)[0]
+             for y in (x, x.clone(), torch.stack([x])[0])]
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[2], grads[0], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing and compiling
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("temperature", [0.0, 0.5], ids=["exact", "relaxed"])
+def test_sampling_under_jit_trace_raises(temperature):
+    d = PointProcess(Poisson([0.5, 1.0]), 4.0, temperature=temperature)
+    with pytest.raises(ValueError, match="torch.jit.trace.*freeze"):
+        torch.jit.trace(lambda r: d.sample() * r, torch.ones(()), check_trace=False)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_traced_log_prob_scores_data_with_more_events():
+    """A trace of log_prob must not freeze the number of rows of the traced data."""
+    torch.manual_seed(23)
+    hawkes = ExpHawkes(torch.tensor([0.5, 0.3]), torch.tensor(_HAWKES_ADJ), 1.0)
+    small = PointProcess(hawkes, 2.0, max_events=40).sample()
+    large = PointProcess(hawkes, 2.0, max_events=40).sample()
+    while event_mask(large).sum() <= event_mask(small).sum():
+        large = PointProcess(hawkes, 2.0, max_events=40).sample()
+
+    def log_prob(baseline, value):
+        return PointProcess(ExpHawkes(baseline, torch.tensor(_HAWKES_ADJ), 1.0), 2.0).log_prob(value)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(log_prob, (torch.tensor([0.5, 0.3]), small), check_trace=False)
+    torch.testing.assert_close(traced(torch.tensor([0.5, 0.3]), large), log_prob(torch.tensor([0.5, 0.3]), large))
+
+
+def test_compiled_relaxed_sampling_matches_eager():
+    """torch.compile turns the data-dependent candidate count into a graph break: same draws."""
+    rate = torch.tensor([0.5, 1.0])
+
+    def draw_and_score(seed):
+        torch.manual_seed(seed)
+        d = PointProcess(Poisson(rate), 4.0, bound=3.0, temperature=0.5)
+        x = d.rsample((3,))
+        return x, d.log_prob(x)
+
+    compiled = torch.compile(draw_and_score, backend="eager")
+    for seed in range(3):
+        x, lp = draw_and_score(seed)
+        cx, clp = compiled(seed)
+        assert torch.equal(x, cx) and torch.equal(lp, clp)
