@@ -48,7 +48,8 @@ class PiecewisePoisson(Intensity):
     def __init__(self, edges: Any, rates: Any, num_context_marks: int = 0) -> None:
         super().__init__()
         rates = as_param(rates)
-        edges = as_param(edges, rates)
+        # the grid is a constant of the rates' dtype (computations run in it)
+        edges = as_param(edges, rates).to(dtype=rates.dtype, device=rates.device)
         check_finite("edges", edges)
         check_finite("rates", rates)
         if edges.dim() != 1 or edges.shape[0] < 2:
