@@ -17,7 +17,6 @@ def _hawkes(args: argparse.Namespace) -> int:
     from . import PointProcess, SpikeTrains
     from . import plot as dpp_plot
     from .intensity import ExpHawkes
-
     from .jobs import _savefig, check_outputs
 
     out = Path(args.out)

@@ -13,7 +13,6 @@ import torch
 from .checkpoint import atomic_write
 from .events import SpikeTrains
 
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
