@@ -3,9 +3,20 @@
 :func:`load_spikes` and :func:`save_spikes` dispatch on the file suffix; the format functions below
 can be called directly too. Every reader returns :class:`~pyro_dpp.SpikeTrains` (exact, one-hot
 events) and checks the data: a missing file, missing or unknown columns, NaN or infinite times,
-negative or too large neuron ids and spikes outside the window raise :class:`ValueError` naming the
+negative or too large neuron ids, non-contiguous ids without a declared neuron count, spikes
+outside the window and complex or fractional numbers raise :class:`ValueError` naming the
 file and what to change (a missing file raises :class:`SpikeFileNotFoundError`, which is both a
 :class:`ValueError` and a :class:`FileNotFoundError`).
+
+**Times are float64** unless a ``dtype=`` is asked for; a dtype that would merge distinct
+neighbouring spike times (float32 at t = 3600000.1 s, say) raises :class:`ValueError`. Writers
+write atomically (a temporary file, then a rename) at exactly the path given.
+
+**Neuron ids** are ``0..num_neurons-1``. A file that declares no count must use every id up to
+the largest (so a mistyped ``100000`` cannot create 100,001 neurons): declare the count
+(``num_neurons=``, an npz ``num_neurons`` array, a csv ``# num_neurons:`` line) when the top
+neurons are silent, or pass ``neuron_ids=`` (the file's id of each neuron, in order) to map
+other ids.
 
 **Time units.** :class:`~pyro_dpp.SpikeTrains` holds plain numbers. ``time_unit`` (``"s"``,
 ``"ms"``, ``"us"``, ``"ns"``, ``"min"`` or ``"h"``) names the unit of those numbers: readers convert
@@ -67,12 +78,14 @@ def load_spikes(path: str | Path, num_neurons: int | None = None, duration: Any 
     """Read spike trains, choosing the reader by suffix: ``.npz`` (:func:`load_npz`), ``.csv``
     (:func:`load_csv`) or ``.nwb`` (:func:`from_nwb`).
 
-    :param num_neurons: the number of neurons (default: from the file).
+    :param num_neurons: the number of neurons (default: from the file; without one, the ids must be
+        contiguous, 0..N-1).
     :param duration: window length(s) (default: from the file; a plain csv needs it).
     :param time_unit: the unit of the returned times (default: the file's own; seconds for NWB).
-    :param dtype: floating dtype of the result (default: torch's default dtype).
+    :param dtype: floating dtype of the result (default: float64, which holds the times as stored;
+        a dtype that would merge distinct spike times raises :class:`ValueError`).
     :param device: device of the result.
-    :param kwargs: passed to the reader (e.g. ``use_trials`` for NWB).
+    :param kwargs: passed to the reader (``neuron_ids`` for npz and csv, ``use_trials`` for NWB).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -82,6 +95,8 @@ def load_spikes(path: str | Path, num_neurons: int | None = None, duration: Any 
         return load_npz(path, num_neurons, duration, time_unit, dtype, device, **kwargs)
     if suffix == ".csv":
         return load_csv(path, num_neurons, duration, time_unit, dtype, device, **kwargs)
+    if "neuron_ids" in kwargs:
+        raise ValueError(f"{path}: neuron_ids applies to npz and csv files; NWB neurons are the units-table rows")
     return from_nwb(path, time_unit or "s", num_neurons, duration, dtype=dtype, device=device, **kwargs)
 
 
@@ -90,7 +105,8 @@ def save_spikes(trains: SpikeTrains, path: str | Path, time_unit: str | None = N
     (:func:`save_csv`) or ``.nwb`` (:func:`to_nwb`, where ``time_unit`` defaults to seconds).
 
     :param time_unit: the unit of the trains' times, recorded in the file (converted to seconds for NWB).
-    :returns: the path written.
+    :returns: the path written, which is ``path`` itself (written atomically: a temporary file,
+        then a rename).
     """
     path = Path(path)
     suffix = path.suffix.lower()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..events import SpikeTrains
-from ._common import _build, _convert, _events, _existing, _unit
+from ._common import _build, _convert, _count, _events, _existing, _unit, _write
 
 
 def _metadata(line: str) -> tuple[str, str] | None:
@@ -22,9 +22,14 @@ def _metadata(line: str) -> tuple[str, str] | None:
 
 
 def load_csv(path: str | Path, num_neurons: int | None = None, duration: Any = None, time_unit: str | None = None,
-             dtype: torch.dtype | None = None, device: Any = None) -> SpikeTrains:
+             dtype: torch.dtype | None = None, device: Any = None, neuron_ids: Any = None) -> SpikeTrains:
     """Read spike trains from a ``time,neuron[,sequence]`` csv file (format in the module docstring).
+    A UTF-8 byte-order mark (as spreadsheet programs write) is skipped.
 
+    :param num_neurons: overrides a ``# num_neurons:`` line (default: that line, else largest id + 1
+        if the ids are contiguous).
+    :param neuron_ids: the file's neuron id of each neuron, in order (for ids other than 0..N-1).
+    :param dtype: floating dtype of the result (default float64).
     :param duration: window length(s); overrides a ``# duration:`` comment line (one is needed).
     :param time_unit: the unit of the returned times; a unit in the time column's name (``time_ms``)
         is converted to it.
@@ -34,7 +39,7 @@ def load_csv(path: str | Path, num_neurons: int | None = None, duration: Any = N
     rows: list[list[str]] = []
     header: list[str] | None = None
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             for line_no, row in enumerate(csv.reader(handle), start=1):
                 if not row or all(not cell.strip() for cell in row):
                     continue
@@ -83,28 +88,36 @@ def load_csv(path: str | Path, num_neurons: int | None = None, duration: Any = N
     if duration is None:
         raise ValueError(f"{path}: a csv file carries no window length; pass duration= (or add '# duration: T')")
     if num_neurons is None and "num_neurons" in meta:
-        num_neurons = int(meta["num_neurons"])
+        try:
+            num_neurons = float(meta["num_neurons"])
+        except ValueError:
+            raise ValueError(f"{path}: the '# num_neurons:' line must hold one positive integer, got "
+                             f"{meta['num_neurons']!r}") from None
+        num_neurons = _count(num_neurons, "the '# num_neurons:' line", str(path))
     count = int(seq.max()) + 1 if seq.size else 1
     if np.size(duration) > 1:
         count = max(count, int(np.size(duration)))
     times = [_convert(t_all[seq == s], stored_unit, time_unit) for s in range(count)]
     neurons = [n_all[seq == s] for s in range(count)]
-    return _build(times, neurons, duration, num_neurons, str(path), dtype, device)
+    return _build(times, neurons, duration, num_neurons, str(path), dtype, device, neuron_ids)
 
 
 def save_csv(trains: SpikeTrains, path: str | Path, time_unit: str | None = None) -> Path:
     """Write exact spike trains as csv: ``# duration:`` and ``# num_neurons:`` comment lines, the
     header ``time,neuron,sequence`` (``time_<unit>`` if ``time_unit`` is given) and one spike per row.
-    Times are written with full precision, so they read back identically."""
+    Times are written with full precision, so they read back identically. The file is written
+    atomically (a temporary file, then a rename)."""
     times, neurons, duration = _events(trains)
     column = "time" if time_unit is None else f"time_{_unit(time_unit)}"
-    path = Path(path)
-    with open(path, "w", newline="") as handle:
-        handle.write("# duration: " + " ".join(repr(float(d)) for d in duration) + "\n")
-        handle.write(f"# num_neurons: {trains.num_marks}\n")
-        writer = csv.writer(handle)
-        writer.writerow([column, "neuron", "sequence"])
-        for s, (t, n) in enumerate(zip(times, neurons)):
-            for ti, ni in zip(t.tolist(), n.tolist()):
-                writer.writerow([repr(float(ti)), int(ni), s])
-    return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            handle.write("# duration: " + " ".join(repr(float(d)) for d in duration) + "\n")
+            handle.write(f"# num_neurons: {trains.num_marks}\n")
+            writer = csv.writer(handle)
+            writer.writerow([column, "neuron", "sequence"])
+            for s, (t, n) in enumerate(zip(times, neurons)):
+                for ti, ni in zip(t.tolist(), n.tolist()):
+                    writer.writerow([repr(float(ti)), int(ni), s])
+
+    return _write(path, write)

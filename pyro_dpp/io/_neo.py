@@ -15,8 +15,12 @@ from ._common import _build, _events, _require, _unit
 def _neo_sequences(trains: Any) -> list[list[Any]]:
     neo = _require("neo", "neo")
     if isinstance(trains, neo.Block):
+        if not trains.segments:
+            raise ValueError("the neo.Block has no segments (no sequences); add segments with spike trains")
         return [list(segment.spiketrains) for segment in trains.segments]
     if isinstance(trains, neo.Segment):
+        if not trains.spiketrains:
+            raise ValueError("the neo.Segment has no spike trains; add one neo.SpikeTrain per neuron")
         return [list(trains.spiketrains)]
     if isinstance(trains, neo.SpikeTrain):
         return [[trains]]
@@ -44,6 +48,8 @@ def from_neo(trains: Any, time_unit: str = "s", num_neurons: int | None = None, 
     sequences = _neo_sequences(trains)
     unit = _unit(time_unit)
     widths = {len(seq) for seq in sequences}
+    if widths == {0}:
+        raise ValueError("the neo object holds no spike trains; add one neo.SpikeTrain per neuron")
     if len(widths) != 1:
         raise ValueError(f"every sequence must have one train per neuron; got {sorted(widths)} trains per sequence")
     times, neurons, durations = [], [], []

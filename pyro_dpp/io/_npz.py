@@ -9,14 +9,17 @@ import numpy as np
 import torch
 
 from ..events import SpikeTrains
-from ._common import _build, _convert, _events, _existing, _unit
+from ._common import _build, _convert, _count, _events, _existing, _unit, _write
 
 
 def load_npz(path: str | Path, num_neurons: int | None = None, duration: Any = None, time_unit: str | None = None,
-             dtype: torch.dtype | None = None, device: Any = None) -> SpikeTrains:
+             dtype: torch.dtype | None = None, device: Any = None, neuron_ids: Any = None) -> SpikeTrains:
     """Read spike trains from an ``.npz`` file (format in the module docstring).
 
-    :param num_neurons: overrides the file's ``num_neurons`` (default: the file's, else largest id + 1).
+    :param num_neurons: overrides the file's ``num_neurons`` (default: the file's, else largest id + 1
+        if the ids are contiguous).
+    :param neuron_ids: the file's neuron id of each neuron, in order (for ids other than 0..N-1).
+    :param dtype: floating dtype of the result (default float64).
     :param duration: overrides the file's ``duration``.
     :param time_unit: the unit of the returned times; the file's ``time_unit`` (if any) is converted to it.
     """
@@ -36,7 +39,11 @@ def load_npz(path: str | Path, num_neurons: int | None = None, duration: Any = N
     stored_unit = str(arrays["time_unit"]) if "time_unit" in keys else None
     if stored_unit is not None:
         _unit(stored_unit)
-    stored_neurons = int(arrays["num_neurons"]) if "num_neurons" in keys else None
+    stored_neurons = _count(arrays["num_neurons"], "the 'num_neurons' array", str(path)) if "num_neurons" in keys \
+        else None
+    for key, value in arrays.items():
+        if np.iscomplexobj(value):
+            raise ValueError(f"{path}: the array {key!r} holds complex numbers; store real numbers")
     stored_duration = arrays["duration"] if "duration" in keys else None
     per_seq = sorted(int(k[len("times_"):]) for k in keys if k.startswith("times_") and k[6:].isdigit())
     if "times" in keys or "neurons" in keys:
@@ -85,12 +92,15 @@ def load_npz(path: str | Path, num_neurons: int | None = None, duration: Any = N
     times = [_convert(np.asarray(t, dtype=float) if np.issubdtype(np.asarray(t).dtype, np.number) else t,
                       stored_unit, time_unit) for t in times]
     return _build(times, neurons, dur, num_neurons if num_neurons is not None else stored_neurons, str(path),
-                  dtype, device)
+                  dtype, device, neuron_ids)
 
 
 def save_npz(trains: SpikeTrains, path: str | Path, time_unit: str | None = None) -> Path:
     """Write exact spike trains as a flat ``.npz`` file (``times``, ``neurons``, ``sequence``,
-    ``duration``, ``num_neurons`` and, if given, ``time_unit``: the unit of the trains' times)."""
+    ``duration``, ``num_neurons`` and, if given, ``time_unit``: the unit of the trains' times).
+
+    The file is written atomically at exactly ``path`` (whatever its suffix: numpy would append
+    ``.npz`` to a name such as ``x.NPZ``), and ``path`` is returned."""
     times, neurons, duration = _events(trains)
     arrays = {
         "times": np.concatenate(times) if times else np.zeros(0),
@@ -101,6 +111,8 @@ def save_npz(trains: SpikeTrains, path: str | Path, time_unit: str | None = None
     }
     if time_unit is not None:
         arrays["time_unit"] = np.asarray(_unit(time_unit))
-    path = Path(path)
-    np.savez(path, **arrays)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: numpy appends no suffix
+            np.savez(handle, **arrays)
+
+    return _write(path, write)

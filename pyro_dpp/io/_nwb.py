@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..events import SpikeTrains
-from ._common import _build, _convert, _events, _existing, _require, _unit
+from ._common import _build, _convert, _events, _existing, _require, _unit, _write
 
 
 def _read_nwb(nwbfile: Any, source: str, unit: str, num_neurons: int | None, duration: Any,
@@ -70,24 +70,47 @@ def from_nwb(source: Any, time_unit: str = "s", num_neurons: int | None = None, 
 
 
 def to_nwb(trains: SpikeTrains, path: str | Path, time_unit: str = "s", gap: float = 1.0,
-           session_description: str = "spike trains written by pyro_dpp", identifier: str | None = None) -> Path:
+           session_description: str = "spike trains written by pyro_dpp", identifier: str | None = None,
+           session_start_time: Any = None) -> Path:
     """Write exact spike trains as an NWB file: one units-table row per neuron, one trial per
     sequence (laid end to end with ``gap`` seconds between them), ``obs_intervals`` the trials.
+    The file is written atomically (a temporary file, then a rename).
 
     :param str time_unit: the unit of the trains' times (NWB stores seconds).
+    :param float gap: seconds between consecutive trials, finite and > 0 (trials that touch or
+        overlap would share spikes when read back).
+    :param str identifier: the file's identifier (default: a fresh UUID).
+    :param session_start_time: a timezone-aware :class:`datetime.datetime` (default: now). With a
+        fixed ``identifier`` and ``session_start_time`` the same data give byte-identical files.
     """
     pynwb = _require("pynwb", "nwb")
     from datetime import datetime, timezone
     from uuid import uuid4
 
+    try:
+        gap = float(gap)
+    except (TypeError, ValueError):
+        raise ValueError(f"gap must be a number of seconds, got {gap!r}") from None
+    if not (np.isfinite(gap) and gap > 0):
+        raise ValueError(f"gap must be finite and > 0 seconds (trials that touch or overlap would share spikes "
+                         f"when read back), got {gap}")
+    if session_start_time is None:
+        session_start_time = datetime.now(timezone.utc)
+    elif not isinstance(session_start_time, datetime) or session_start_time.tzinfo is None:
+        raise ValueError(f"session_start_time must be a timezone-aware datetime, got {session_start_time!r}")
+    if identifier is not None and (not isinstance(identifier, str) or not identifier):
+        raise ValueError(f"identifier must be a non-empty string, got {identifier!r}")
     times, neurons, duration = _events(trains)
     unit = _unit(time_unit)
     seconds = [_convert(t, unit, "s") for t in times]
     length = _convert(duration, unit, "s")
     starts = np.concatenate([[0.0], np.cumsum(length[:-1] + gap)]) if len(length) else np.zeros(0)
+    if np.any(starts[1:] <= starts[:-1] + length[:-1]):
+        raise ValueError(f"gap={gap} s is lost to rounding next to trial start times of {starts.max():g} s; "
+                         "pass a larger gap")
     nwbfile = pynwb.NWBFile(
         session_description=session_description, identifier=identifier or str(uuid4()),
-        session_start_time=datetime.now(timezone.utc),
+        session_start_time=session_start_time, file_create_date=[session_start_time],
     )
     intervals = np.stack([starts, starts + length], -1).astype(float)
     for k in range(trains.num_marks):
@@ -95,7 +118,16 @@ def to_nwb(trains: SpikeTrains, path: str | Path, time_unit: str = "s", gap: flo
         nwbfile.add_unit(spike_times=spikes.astype(float), obs_intervals=intervals)
     for a, d in zip(starts, length):
         nwbfile.add_trial(start_time=float(a), stop_time=float(a + d))
-    path = Path(path)
-    with pynwb.NWBHDF5IO(str(path), "w") as io:
-        io.write(nwbfile)
-    return path
+    if identifier is not None:
+        # hdmf gives every object a random uuid4; derive them from the identifier instead, so that
+        # the same data, identifier and session time give the same bytes
+        from uuid import NAMESPACE_URL, uuid5
+
+        for i, child in enumerate(sorted(nwbfile.all_children(), key=lambda c: (type(c).__name__, c.name))):
+            child._AbstractContainer__object_id = str(uuid5(NAMESPACE_URL, f"pyro_dpp/{identifier}/{i}"))
+
+    def write(tmp: Path) -> None:
+        with pynwb.NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwbfile)
+
+    return _write(path, write)
