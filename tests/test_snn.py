@@ -215,8 +215,9 @@ def test_fit_pathwise_improves_exact_elbo(tmp_path):
     assert after > before + 5.0
     assert len(result.losses) == 6 and result.epochs_done == 6
     assert result.temperatures == pytest.approx([temperature_schedule(e) for e in range(6)])
-    # resuming from the checkpoint continues the epoch count
-    resumed = fit(model_net, observed, guide_net, num_epochs=7, batch_size=None, progress=False,
+    # resuming from the checkpoint continues the epoch count (with the same options: a checkpoint of
+    # other options, such as another lr, raises since issue 13)
+    resumed = fit(model_net, observed, guide_net, num_epochs=7, batch_size=None, lr=0.1, progress=False,
                   checkpoint=tmp_path / "ck.pt")
     assert resumed.epochs_done == 7 and len(resumed.losses) == 7
 

@@ -156,7 +156,8 @@ def _build(
         if most < 0:
             raise ValueError(f"{source}: no spikes at all, so the number of neurons is unknown; pass num_neurons=")
         if used.size != most + 1:
-            missing = sorted(set(range(most + 1)) - set(used.tolist()))
+            gaps = np.flatnonzero(np.diff(np.concatenate([[-1], used])) > 1)  # first missing id after each gap
+            missing = (np.concatenate([[-1], used])[gaps] + 1).tolist()
             raise ValueError(
                 f"{source}: the neuron ids are not contiguous ({used.size} distinct ids up to {most}; "
                 f"e.g. {missing[:5]} never occur) and the file declares no neuron count: declare it "
