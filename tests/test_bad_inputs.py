@@ -201,6 +201,11 @@ def s_checkpoint_code(d: Path) -> Callable[[], Any]:
     return lambda: fit(tiny_net(), tiny_trains(), tiny_net(), num_epochs=1, progress=False, checkpoint=path)
 
 
+def s_checkpoint_callback_object(d: Path) -> Callable[[], Any]:
+    return lambda: fit(tiny_net(), tiny_trains(), tiny_net(), num_epochs=1, progress=False, checkpoint=d / "ck.pt",
+                       callback=lambda epoch, model, guide: object())
+
+
 def s_cli_resume_nothing(d: Path) -> Callable[[], Any]:
     data = spio.save_spikes(tiny_trains(), d / "data.npz")
     return cli("fit", data, "--out", d / "fit.json", "--resume", "--no-progress", "--epochs", "1")
@@ -371,6 +376,7 @@ CASES = {
     "4 checkpoint of other options": Case(s_checkpoint_other_options, r"different run: lr \(0.05"),
     "4 checkpoint of another program": Case(s_checkpoint_not_ours, r"not a pyro_dpp training checkpoint"),
     "4 checkpoint holding code": Case(s_checkpoint_code, r"Python objects other than tensors"),
+    "4 callback value a checkpoint cannot hold": Case(s_checkpoint_callback_object, r"return plain values"),
     "4 --resume without a checkpoint": Case(s_cli_resume_nothing, r"rc=2.*no checkpoint .* to resume", CliError),
     "4 stale checkpoint without --resume": Case(s_cli_stale_checkpoint, r"rc=2.*--resume .*--force", CliError),
     # 5 memory

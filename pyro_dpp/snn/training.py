@@ -6,8 +6,10 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import io
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 
-from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save, rng_state, safe_load, set_rng_state
+from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_write, rng_state, safe_load, set_rng_state
 from ..events import SpikeTrains
 from .evaluation import ESTIMATORS, PATHWISE, _data
 from .inference import CountBaseline, snn_guide, snn_model
@@ -252,11 +254,19 @@ def _snapshot(fingerprint: dict[str, Any], modules: list[torch.nn.Module], opt: 
 
 
 def _save(snapshot: dict[str, Any], path: Path) -> None:
+    """Write a snapshot atomically, after checking in memory that ``weights_only`` loading reads it
+    back (a callback returning other objects fails here, not when the run is resumed)."""
+    buffer = io.BytesIO()
+    torch.save(snapshot, buffer)
+    try:
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            "the checkpoint can hold only tensors, numbers, strings, lists, tuples and dicts, and the callback "
+            f"returned something else ({str(err).splitlines()[0]}); return plain values from the callback"
+        ) from err
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(snapshot, path)
-    # a value only weights_only loading refuses (e.g. a callback returning an object) must fail now,
-    # not when the run is resumed
-    safe_load(path, "training checkpoint")
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def _restore(path: Path, fingerprint: dict[str, Any], modules: list[torch.nn.Module],
