@@ -70,6 +70,8 @@ def safe_load(path: str | Path, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no {what} at {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    if not zipfile.is_zipfile(path):  # what torch.save writes; a cut-off one lacks its directory
+        raise ValueError(f"{path} is not a complete {what} (truncated or corrupt, or not written by torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

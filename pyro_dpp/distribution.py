@@ -257,6 +257,7 @@ def _check_draw_memory(shape: torch.Size, max_events: int, num_marks: int, like:
         4.0 * shape.numel() * max_events * (num_marks + 2) * like.element_size(),
         f"a draw of {shape.numel()} sequence(s) x max_events={max_events} rows x {num_marks + 2} columns",
         "pass a smaller bound, a shorter duration, or draw fewer sequences at once",
+        like.device,
     )
 
 

@@ -9,12 +9,15 @@ with :func:`memory_limit` first and raises :class:`ValueError` saying what to ch
 
 The limit is, in order: what :func:`set_memory_limit` set; the environment variable
 ``PYRO_DPP_MEMORY_LIMIT`` (bytes, or with a suffix ``K``, ``M``, ``G``, ``T``: ``"8G"``); half of
-the memory available when first asked (Linux ``sysconf``; 8 GiB where that is unknown).
+the memory available at the time of the check (Linux ``sysconf``; 8 GiB where that is unknown).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import torch
 
 _limit: int | None = None
 _SUFFIX = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -37,15 +40,18 @@ def _available() -> int:
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 16 * 2**30
+        return 16 * 2**30  # half of it: the 8 GiB of the docstring
 
 
-def memory_limit() -> int:
-    """The number of bytes one allocation estimate may reach (see the module docstring)."""
+def memory_limit(device: Any = None) -> int:
+    """The number of bytes one allocation estimate may reach (see the module docstring); on a CUDA
+    ``device`` the default is half of that device's free memory."""
     if _limit is not None:
         return _limit
     if os.environ.get(ENV):
         return _parse(os.environ[ENV])
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
     return _available() // 2
 
 
@@ -65,13 +71,14 @@ def _human(nbytes: float) -> str:
     return f"{nbytes:.3g} B"  # pragma: no cover
 
 
-def check_allocation(nbytes: float, what: str, advice: str) -> None:
+def check_allocation(nbytes: float, what: str, advice: str, device: Any = None) -> None:
     """Raise :class:`ValueError` if ``nbytes`` exceeds :func:`memory_limit`.
 
     :param what: what would be allocated (``"this draw"``).
     :param advice: what the user can change (``"pass a smaller bound"``).
+    :param device: where it would be allocated (default: host memory).
     """
-    limit = memory_limit()
+    limit = memory_limit(device)
     if nbytes > limit:
         raise ValueError(
             f"{what} would need about {_human(nbytes)} of memory, over the limit of {_human(limit)}; {advice} "
