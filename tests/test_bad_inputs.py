@@ -109,6 +109,13 @@ def s_cli_fit_float32_collapse(d: Path) -> Callable[[], Any]:
     return cli("fit", path, "--out", d / "fit.json", "--dtype", "float32", "--no-progress", "--epochs", "1")
 
 
+def s_fit_float32_network_float64_data(d: Path) -> Callable[[], Any]:
+    data = SpikeTrains.from_events(np.array([3600000.2, 3600000.3]), np.array([0, 1]), 2, 3600001.0,
+                                   dtype=torch.float64)
+    model = SNN(2, 1, basis="exponential", amplitude=2.0)  # float32
+    return lambda: fit(model, data, num_epochs=1, progress=False, checkpoint=d / "ck.pt")
+
+
 def s_id_typo_100000(d: Path) -> Callable[[], Any]:
     path = write(d / "ids.csv", "# duration: 5\ntime,neuron\n1.0,0\n2.0,100000\n")
     return lambda: spio.load_spikes(path)
@@ -220,6 +227,11 @@ def s_cli_stale_checkpoint(d: Path) -> Callable[[], Any]:
 def s_draw_memory(d: Path) -> Callable[[], Any]:
     process = PointProcess(Poisson(torch.tensor([1e5, 1e5])), 1000.0, temperature=0.3)
     return lambda: process.rsample((64,))
+
+
+def s_draw_memory_max_events(d: Path) -> Callable[[], Any]:
+    process = PointProcess(Poisson(torch.ones(2)), 10.0, max_events=10**12)
+    return lambda: process.sample()
 
 
 def s_snn_load_code(d: Path) -> Callable[[], Any]:
@@ -356,6 +368,7 @@ CASES = {
     "1 float32 merges times on load": Case(s_float32_collapse, r"become equal in torch.float32.*float64"),
     "1 SpikeTrains.to(float32) merges times": Case(s_to_float32_collapse, r"become equal in torch.float32"),
     "1 fit --dtype float32 merges times": Case(s_cli_fit_float32_collapse, r"rc=2.*become equal", CliError),
+    "1 float32 network, float64 data": Case(s_fit_float32_network_float64_data, r"network's dtype.*\.double\(\)"),
     # 2 neuron ids
     "2 id typo 100000 without a count": Case(s_id_typo_100000, r"not contiguous.*num_neurons"),
     "2 id typo 3000 in fit": Case(s_id_typo_3000, r"rc=2.*not contiguous", CliError),
@@ -382,6 +395,7 @@ CASES = {
     # 5 memory
     "5 rsample of 2e8 candidates x 64": Case(s_draw_memory, r"would need about .*smaller bound.*shorter "
                                                             r"duration.*fewer sequences"),
+    "5 an explicit max_events of 1e12": Case(s_draw_memory_max_events, r"max_events=1000000000000 .*would need"),
     # 6 unsafe loading
     "6 SNN.load of a file holding code": Case(s_snn_load_code, r"Python objects other than tensors"),
     "6 SNN.load of a truncated file": Case(s_snn_load_truncated, r"not a complete network"),
