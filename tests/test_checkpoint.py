@@ -27,6 +27,15 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "new"
 
 
+def test_atomic_write_gives_the_mode_of_a_plain_write(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    atomic_write(tmp_path / "atomic", lambda tmp: tmp.write_text("x"))
+    assert (tmp_path / "atomic").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    (tmp_path / "plain").chmod(0o640)
+    atomic_write(tmp_path / "plain", lambda tmp: tmp.write_text("y"))  # an existing file keeps its mode
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+
+
 def test_rng_state_restores_every_generator(tmp_path):
     torch.manual_seed(1)
     np.random.seed(2)
