@@ -323,6 +323,11 @@ class SpikeTrains:
 
         Either one sequence (two 1-D arrays) or a list of sequences (two lists of 1-D arrays).
         Events are sorted by time; none is dropped. ``dtype`` and ``device`` as in :meth:`from_lists`.
+
+        :raises ValueError: for times outside the window (:func:`outside_window`), ids outside
+            ``0..num_marks-1``, a ``dtype`` in which distinct times become equal (float32 cannot
+            tell 3600000.2 from 3600000.3), or a weight tensor over the memory limit
+            (:mod:`pyro_dpp.memory`; a mistyped ``num_marks``).
         """
         if isinstance(num_marks, bool) or not isinstance(num_marks, (int, np.integer)) or num_marks < 1:
             raise ValueError(f"num_marks must be a positive integer (the number of neurons), got {num_marks!r}")
@@ -393,7 +398,8 @@ class SpikeTrains:
         return out
 
     def to(self, *args: Any, **kwargs: Any) -> SpikeTrains:
-        """Move to a device or dtype, like :meth:`torch.Tensor.to`."""
+        """Move to a device or dtype, like :meth:`torch.Tensor.to`; a dtype in which distinct
+        neighbouring times become equal raises :class:`ValueError`."""
         value = self._value.to(*args, **kwargs)
         if value.dtype != self._value.dtype:
             merged = merged_times(self._value[..., 0], value[..., 0], self.mask)
