@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +17,11 @@ def _hawkes(args: argparse.Namespace) -> int:
     from . import PointProcess, SpikeTrains
     from . import plot as dpp_plot
     from .intensity import ExpHawkes
+    from .jobs import _savefig, check_outputs
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    figure = out / "hawkes.png"
+    check_outputs([figure], args.force)
     torch.manual_seed(args.seed)
     dtype = torch.float64
     baseline = torch.tensor([0.4, 0.2, 0.3], dtype=dtype, requires_grad=True)
@@ -60,8 +64,8 @@ def _hawkes(args: argparse.Namespace) -> int:
                     title=f"relaxed sample (tau={args.temperature})")
     dpp_plot.time_rescaling(intervals, ax=axes[2], title="time rescaling")
     fig.tight_layout()
-    fig.savefig(out / "hawkes.png", dpi=120)
-    print(f"Saved {out / 'hawkes.png'} ({time.perf_counter() - start:.1f} s)")
+    _savefig(fig, figure, dpi=120)
+    print(f"Saved {figure} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
@@ -97,7 +101,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from .jobs import simulate
 
     simulate(Path(args.out), args.observed, args.hidden, args.sequences, args.duration, args.seed, args.amplitude,
-             args.basis, force=args.force)
+             args.basis, force=args.force, dtype=args.dtype)
     return 0
 
 
@@ -106,7 +110,9 @@ def _fit(args: argparse.Namespace) -> int:
 
     train(Path(args.data), Path(args.out), args.hidden, args.estimator, args.epochs, args.temperature,
           args.temperature_decay, args.optimizer, args.lr, args.batch_size, args.guide, args.basis, args.amplitude,
-          args.seed, args.duration, force=args.force, progress=not args.no_progress)
+          args.seed, args.duration, force=args.force, progress=not args.no_progress,
+          checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume, dtype=args.dtype,
+          num_neurons=args.num_neurons)
     return 0
 
 
@@ -159,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="constant bound on the summed intensity for the differentiable sampler "
                              "(default: 8 x the stationary event rate)")
     hawkes.add_argument("--seed", type=int, default=0)
+    hawkes.add_argument("--force", action="store_true", help="overwrite an existing hawkes.png")
     hawkes.set_defaults(func=_hawkes)
 
     sim = sub.add_parser("simulate", help="simulate spike trains of a random SNN into a .npz or .csv file")
@@ -169,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=_positive_float, default=50.0)
     sim.add_argument("--amplitude", type=_positive_float, default=5.0)
     sim.add_argument("--basis", choices=BASES, default="epanechnikov")
+    sim.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                     help="floating type of the network and the spike times (default float64)")
     sim.set_defaults(func=_simulate)
 
     fit = sub.add_parser("fit", help="fit an SNN with hidden neurons to spike trains (.npz or .csv)")
@@ -189,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--amplitude", type=_positive_float, default=5.0)
     fit.add_argument("--duration", type=_positive_float, default=None,
                      help="window length (default: read from the file)")
+    fit.add_argument("--num-neurons", type=_positive_int, default=None,
+                     help="number of observed neurons (default: from the file); needed when ids are not 0..N-1")
+    fit.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                     help="floating type of the spike times and the networks (default float64; float32 is "
+                          "refused where it would merge distinct spike times)")
+    fit.add_argument("--checkpoint", default=None,
+                     help="checkpoint file, written atomically after every epoch and on Ctrl-C/SIGTERM "
+                          "(default: <out stem>_checkpoint.pt, removed after a successful run)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from its checkpoint (ends bit-identical to an "
+                          "uninterrupted run)")
     fit.set_defaults(func=_fit)
 
     ev = sub.add_parser("evaluate", help="exact ELBO and log-likelihood of spike trains under a fitted SNN")
@@ -215,13 +235,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; exit status 0 on success, 2 for bad input, 130 when interrupted
+    (Ctrl-C or SIGTERM; ``fit`` saves its checkpoint first)."""
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends a run like Ctrl-C
     try:
         return args.func(args)
     except (ValueError, ImportError) as err:
         print(f"pyro-dpp: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        from .snn import TrainingInterrupted
+
+        message = str(err) if isinstance(err, TrainingInterrupted) else "interrupted"
+        if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
+            message += "; rerun the same command with --resume to continue"
+        print(f"pyro-dpp: {message}", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -161,6 +161,12 @@ class PointProcess(TorchDistribution):
             bound = intensity.max_rate()
             if bound is not None:
                 bound = bound.detach()
+                if not (torch.isfinite(bound).all() and (bound > 0).all()):
+                    raise ValueError(
+                        f"this intensity's largest rate (max_rate(), used as the thinning bound since no bound= "
+                        f"was passed) is {bound}, not positive and finite: give the intensity positive finite "
+                        "rates, or pass bound="
+                    )
         if bound is not None:
             bound = _positive("bound", bound, like)
         elif self.temperature > 0:
@@ -219,6 +225,7 @@ class PointProcess(TorchDistribution):
 
     def _broadcast(self, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         shape = torch.Size(sample_shape) + self.batch_shape
+        _check_draw_memory(shape, self.max_events, self.num_marks, self.duration)
         duration = self.duration.expand(shape)
         bound = None if self.bound is None else self.bound.expand(shape)
         context = None if self.context is None else self.context.expand(shape + self.context.shape[-2:])
@@ -354,6 +361,19 @@ def _as_dtype(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if value.dtype == like.dtype and value.device == like.device:
         return value
     return value.to(dtype=like.dtype, device=like.device)
+
+
+def _check_draw_memory(shape: torch.Size, max_events: int, num_marks: int, like: torch.Tensor) -> None:
+    """Refuse, before allocating, a draw whose tensors (candidate times, marks, log-weights, the
+    padded result: about four ``shape x max_events x (K + 2)`` tensors) exceed the memory limit."""
+    from .memory import check_allocation
+
+    check_allocation(
+        4.0 * shape.numel() * max_events * (num_marks + 2) * like.element_size(),
+        f"a draw of {shape.numel()} sequence(s) x max_events={max_events} rows x {num_marks + 2} columns",
+        "pass a smaller bound, a shorter duration, or draw fewer sequences at once",
+        like.device,
+    )
 
 
 def _positive(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .memory import check_allocation
+
 LOG_WEIGHTS_ATTR = "_pyro_dpp_log_weights"
 _SIMPLEX_ATOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-9}
 
@@ -72,6 +74,40 @@ def pad_realization(
 
 def _atol(dtype: torch.dtype) -> float:
     return _SIMPLEX_ATOL.get(dtype, 1e-4)
+
+
+#: units in the last place of the duration by which an event may pass the end of its window
+WINDOW_ULPS = 4
+
+
+def outside_window(times: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of ``times`` (``batch x events``) outside ``[0, duration]`` (``batch``).
+
+    The one rule for "inside the window", used by :func:`validate_realization`,
+    :class:`SpikeTrains` and :meth:`SpikeTrains.from_events` (and so by every reader): an event may
+    exceed the duration by :data:`WINDOW_ULPS` units in the last place *of the times' dtype*
+    (rounding of a time computed as ``u * duration`` or converted between units), no more."""
+    duration = torch.as_tensor(duration, dtype=times.dtype, device=times.device).unsqueeze(-1)
+    slack = duration.abs() * (WINDOW_ULPS * torch.finfo(times.dtype).eps)
+    return (times < 0) | (times > duration + slack)
+
+
+def merged_times(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (``batch x (events - 1)``) of neighbouring real events whose distinct times
+    ``before`` a cast became equal ``after`` it (the dtype cannot hold the data's time resolution)."""
+    both = mask[..., 1:] & mask[..., :-1]
+    return both & (before[..., 1:] != before[..., :-1]) & (after[..., 1:] == after[..., :-1])
+
+
+def _resolution_error(where: str, before: torch.Tensor, merged: torch.Tensor, dtype: torch.dtype) -> ValueError:
+    index = merged.reshape(-1).nonzero()[0, 0]
+    flat = before.reshape(-1, before.shape[-1])[index // merged.shape[-1]]
+    e = int(index % merged.shape[-1])
+    return ValueError(
+        f"{where}: {int(merged.sum())} pairs of distinct spike times become equal in {dtype} (e.g. "
+        f"{float(flat[e])!r} and {float(flat[e + 1])!r}); this dtype cannot hold the times' resolution: "
+        "use dtype=torch.float64 (or times measured from a nearer origin)"
+    )
 
 
 def validate_realization(
@@ -145,7 +181,7 @@ def _validate_realization(
     if (real[..., 1:] & ~real[..., :-1]).any():
         raise ValueError(f"{name} has real events after padding rows; put padding rows last")
     duration = torch.as_tensor(duration, dtype=value.dtype, device=value.device)
-    if (times < 0).any() or (real & (times > duration.unsqueeze(-1) * (1 + atol))).any():
+    if (outside_window(times, duration) & (real | (times < 0))).any():
         raise ValueError(
             f"{name} has event times outside the window [0, duration]; drop them or enlarge the duration"
         )
@@ -210,6 +246,18 @@ class SpikeTrains:
         if rest is None:
             rest = torch.zeros_like(times)
         duration = torch.as_tensor(duration, dtype=times.dtype, device=times.device)
+        if times.dim() < 1 or weights.shape[:-1] != times.shape:
+            raise ValueError(
+                f"times must be batch x events and weights batch x events x marks, got {tuple(times.shape)} "
+                f"and {tuple(weights.shape)}"
+            )
+        try:
+            torch.broadcast_to(duration, times.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"duration has shape {tuple(duration.shape)} but the trains have batch shape "
+                f"{tuple(times.shape[:-1])}; give a scalar or one window length per sequence"
+            ) from None
         self._value = pad_realization(times, weights, rest, duration.expand(times.shape[:-1]))
         self.duration = duration.expand(times.shape[:-1])
         validate_realization(self._value, weights.shape[-1], self.duration, name="spike trains")
@@ -325,7 +373,15 @@ class SpikeTrains:
 
         Either one sequence (two 1-D arrays) or a list of sequences (two lists of 1-D arrays).
         Events are sorted by time; none is dropped. ``dtype`` and ``device`` as in :meth:`from_lists`.
+
+        :raises ValueError: for times outside the window (:func:`outside_window`), ids outside
+            ``0..num_marks-1``, a ``dtype`` in which distinct times become equal (float32 cannot
+            tell 3600000.2 from 3600000.3), or a weight tensor over the memory limit
+            (:mod:`pyro_dpp.memory`; a mistyped ``num_marks``).
         """
+        if isinstance(num_marks, bool) or not isinstance(num_marks, (int, np.integer)) or num_marks < 1:
+            raise ValueError(f"num_marks must be a positive integer (the number of neurons), got {num_marks!r}")
+        num_marks = int(num_marks)
         single = not isinstance(times, (list, tuple))
         if single:
             times, marks = [times], [marks]
@@ -337,27 +393,39 @@ class SpikeTrains:
         duration = duration.cpu()  # events are assembled on the CPU, then moved to ``device``
         seqs = []
         for s, (t, m) in enumerate(zip(times, marks)):
-            t = torch.as_tensor(np.asarray(_numpy(t), dtype=float), dtype=dtype).reshape(-1)
+            t_np = np.asarray(_numpy(t))
+            if np.iscomplexobj(t_np):
+                raise ValueError(f"sequence {s}: spike times are complex numbers; pass real times")
+            t64 = torch.as_tensor(t_np.astype(float)).reshape(-1)
             m_np = np.asarray(_numpy(m)).reshape(-1)
-            if len(t) != len(m_np):
-                raise ValueError(f"sequence {s}: {len(t)} times but {len(m_np)} marks")
-            if not torch.isfinite(t).all():
+            if len(t64) != len(m_np):
+                raise ValueError(f"sequence {s}: {len(t64)} times but {len(m_np)} marks")
+            if not torch.isfinite(t64).all():
                 raise ValueError(f"sequence {s} has NaN or inf spike times")
-            if len(m_np) and (not np.issubdtype(m_np.dtype, np.integer) and not np.all(m_np == np.round(m_np))):
+            if len(m_np) and (not np.issubdtype(m_np.dtype, np.number) or np.iscomplexobj(m_np)
+                              or not np.all(np.isfinite(m_np)) or not np.all(m_np == np.round(m_np))):
                 raise ValueError(f"sequence {s}: marks must be integer neuron ids")
             m = torch.as_tensor(m_np.astype(np.int64))
             if len(m) and (m.min() < 0 or m.max() >= num_marks):
                 raise ValueError(
                     f"sequence {s} has neuron ids outside 0..{num_marks - 1}; raise num_marks or fix the ids"
                 )
-            if len(t) and (t.min() < 0 or t.max() > duration[s]):
+            order = torch.argsort(t64, stable=True)
+            t64, m = t64[order], m[order]
+            t = t64.to(dtype)
+            if outside_window(t, duration[s].to(dtype)).any():
                 raise ValueError(
                     f"sequence {s} has spike times outside [0, {float(duration[s])}]; "
                     "drop them or enlarge the duration"
                 )
-            order = torch.argsort(t, stable=True)
-            seqs.append((t[order], m[order]))
+            merged = merged_times(t64, t, torch.ones_like(t64, dtype=torch.bool))
+            if merged.any():
+                raise _resolution_error(f"sequence {s}", t64, merged, dtype)
+            seqs.append((t, m))
         rows = max(1, max(len(t) for t, _ in seqs))
+        check_allocation(batch * rows * (num_marks + 3) * torch.finfo(dtype).bits / 8 * 2,
+                         f"spike trains of {batch} sequences x {rows} events x {num_marks} neurons",
+                         "check num_marks (the number of neurons) and the neuron ids, or load fewer sequences")
         out_t = torch.zeros(batch, rows, dtype=dtype)
         out_w = torch.zeros(batch, rows, num_marks, dtype=dtype)
         for s, (t, m) in enumerate(seqs):
@@ -380,8 +448,13 @@ class SpikeTrains:
         return out
 
     def to(self, *args: Any, **kwargs: Any) -> SpikeTrains:
-        """Move to a device or dtype, like :meth:`torch.Tensor.to`."""
+        """Move to a device or dtype, like :meth:`torch.Tensor.to`; a dtype in which distinct
+        neighbouring times become equal raises :class:`ValueError`."""
         value = self._value.to(*args, **kwargs)
+        if value.dtype != self._value.dtype:
+            merged = merged_times(self._value[..., 0], value[..., 0], self.mask)
+            if merged.any():
+                raise _resolution_error("SpikeTrains.to", self._value[..., 0], merged, value.dtype)
         return SpikeTrains.from_tensor(value, self.duration.to(*args, **kwargs))
 
 

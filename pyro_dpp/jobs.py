@@ -3,19 +3,53 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import atomic_write
 from .events import SpikeTrains
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-def _check_free(paths: list[Path], force: bool) -> None:
+
+def check_outputs(paths: list[Path], force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Check output files before any work starts: each must be a file path (not a folder) whose
+    parent is a folder or can be made one, must not be one of the ``inputs``, and must not exist
+    unless ``force``. Raise :class:`ValueError` naming the path and what to change."""
+    sources = {p.resolve() for p in inputs if p is not None}
+    for path in paths:
+        if path.resolve() in sources:
+            raise ValueError(f"the output {path} is also an input; write the results to another path")
+        if path.is_dir():
+            raise ValueError(f"the output {path} is a folder; give a file path (e.g. {path / path.name}.json)")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"cannot write {path}: {parent} is a file, not a folder; choose another output path")
+        if not os.access(parent, os.W_OK):
+            raise ValueError(f"cannot write {path}: the folder {parent} is not writable")
     taken = [str(p) for p in paths if p.exists()]
     if taken and not force:
         raise ValueError(f"{', '.join(taken)} already exist(s); pass --force to overwrite")
+
+
+def _check_free(paths: list[Path], force: bool) -> None:
+    check_outputs(paths, force)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs))
 
 
 def _agg() -> Any:
@@ -89,64 +123,92 @@ def demo(out: Path, seed: int = 0, epochs: int = 60, draws: int = 200, num_train
     axes[1, 1].tick_params(axis="x", labelsize="small")
     axes[1, 1].set_ylabel("gradient E[std]")
     fig.tight_layout()
-    fig.savefig(out / "demo.png", dpi=110)
+    _savefig(fig, out / "demo.png", dpi=110)
     plt.close(fig)
     results["seconds"] = time.perf_counter() - start
-    (out / "demo.json").write_text(json.dumps(results, indent=1))
+    _write_text(out / "demo.json", json.dumps(results, indent=1))
     print(f"Wrote {out / 'demo.json'} and {out / 'demo.png'} ({results['seconds']:.0f} s)")
     return results
 
 
 def simulate(out: Path, n_observed: int, n_hidden: int, sequences: int, duration: float, seed: int,
-             amplitude: float, basis: str, force: bool = False) -> None:
+             amplitude: float, basis: str, force: bool = False, dtype: str = "float64") -> None:
     """Simulate a random SNN; write the observed spikes (npz or csv by suffix), the hidden spikes
-    beside them (``<stem>_hidden<suffix>``) and the network (``<stem>_network.pt``)."""
+    beside them (``<stem>_hidden<suffix>``, if there are hidden neurons) and the network
+    (``<stem>_network.pt``). ``dtype`` is the network's and the spike times' floating type."""
     from .io import save_spikes
     from .snn import SNN
 
-    hidden_path = out.with_name(out.stem + "_hidden" + out.suffix)
+    hidden_path = out.with_name(out.stem + "_hidden" + out.suffix) if n_hidden else None
     net_path = out.with_name(out.stem + "_network.pt")
-    _check_free([out, hidden_path, net_path], force)
+    _check_free([p for p in (out, hidden_path, net_path) if p is not None], force)
     torch.manual_seed(seed)
-    net = SNN(n_observed, n_hidden, basis=basis, amplitude=amplitude, init="paper")
+    net = SNN(n_observed, n_hidden, basis=basis, amplitude=amplitude, init="paper").to(_dtype(dtype))
     observed, hidden = net.simulate(sequences, duration, seed=seed + 1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_spikes(observed, out)
-    if n_hidden:
-        save_spikes(hidden, hidden_path)
+    written = [f"{save_spikes(observed, out)} (observed)"]
+    if hidden_path is not None:
+        written.append(f"{save_spikes(hidden, hidden_path)} (hidden)")
     net.save(net_path)
-    print(f"Wrote {sequences} sequences: {out} (observed), {hidden_path} (hidden), {net_path} (network)")
+    written.append(f"{net_path} (network)")
+    print(f"Wrote {sequences} sequences: {', '.join(written)}")
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {tuple(DTYPES)}")
+    return DTYPES[name]
 
 
 def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, temperature: float,
           temperature_decay: float, optimizer: str, lr: float, batch_size: int | None, guide: str,
           basis: str, amplitude: float, seed: int, duration: float | None, force: bool = False,
-          progress: bool = True) -> None:
-    """Fit an SNN with hidden neurons to observed spikes; save model and guide networks."""
+          progress: bool = True, checkpoint: Path | None = None, resume: bool = False, dtype: str = "float64",
+          num_neurons: int | None = None) -> None:
+    """Fit an SNN with hidden neurons to observed spikes; save model and guide networks.
+
+    Every epoch is checkpointed atomically to ``checkpoint`` (default ``<stem>_checkpoint.pt``,
+    removed after a successful run); an interrupted run (Ctrl-C, SIGTERM) continues bit-identically
+    with ``resume=True``. ``dtype`` is the data's and the networks' floating type."""
     from .io import load_spikes
     from .snn import SNN, fit
 
-    observed = load_spikes(data, duration=duration)
     model_path = out.with_name(out.stem + "_model.pt")
     guide_path = out.with_name(out.stem + "_guide.pt")
-    _check_free([out, model_path, guide_path], force)
+    check_outputs([out, model_path, guide_path], force, inputs=(data,))
+    keep_checkpoint = checkpoint is not None
+    checkpoint = checkpoint if checkpoint is not None else out.with_name(out.stem + "_checkpoint.pt")
+    check_outputs([checkpoint], True, inputs=(data, out, model_path, guide_path))
+    if resume and not checkpoint.exists():
+        raise ValueError(f"--resume: there is no checkpoint at {checkpoint} to resume from")
+    if checkpoint.exists() and not resume:
+        if not force:
+            raise ValueError(f"a checkpoint of an earlier run exists at {checkpoint}: pass --resume to continue it "
+                             "or --force to start over")
+        checkpoint.unlink()
+    dtype = _dtype(dtype)
+    observed = load_spikes(data, duration=duration, num_neurons=num_neurons, dtype=dtype)
     torch.manual_seed(seed)
-    model = SNN(observed.num_marks, n_hidden, basis=basis, amplitude=amplitude, init="paper")
+    model = SNN(observed.num_marks, n_hidden, basis=basis, amplitude=amplitude, init="paper").to(dtype)
     if guide == "prior":
         guide_net = None
     else:
         guide_net = SNN(observed.num_marks, n_hidden, basis=basis, amplitude=amplitude, init="paper",
-                        acausal=guide == "acausal")
-    result = fit(model, observed.to(model.weight.dtype), guide_net, estimator=estimator, num_epochs=epochs,
+                        acausal=guide == "acausal").to(dtype)
+    result = fit(model, observed, guide_net, estimator=estimator, num_epochs=epochs,
                  temperature=temperature, temperature_decay=temperature_decay, optimizer=optimizer, lr=lr,
-                 batch_size=batch_size, progress=progress, seed=seed)
+                 batch_size=batch_size, progress=progress, seed=seed, checkpoint=checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(model_path)
     (guide_net or model).save(guide_path)
-    out.write_text(json.dumps({"data": str(data), "estimator": estimator, "epochs": epochs, "guide": guide,
-                               "losses": result.losses, "temperatures": result.temperatures,
-                               "seconds": result.seconds, "model": str(model_path), "guide_network": str(guide_path)},
-                              indent=1))
+    _write_text(out, json.dumps({"data": str(data), "estimator": estimator, "epochs": epochs, "guide": guide,
+                                 "losses": result.losses, "temperatures": result.temperatures,
+                                 "seconds": result.seconds, "model": str(model_path),
+                                 "guide_network": str(guide_path)}, indent=1))
+    if not keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
     print(f"Trained {epochs} epochs in {result.seconds:.1f} s; final loss {result.losses[-1]:.2f}. "
           f"Wrote {out}, {model_path}, {guide_path}")
 
@@ -158,12 +220,21 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
     from .snn import SNN, exact_elbo, log_marginal
 
     if out is not None:
-        _check_free([out], force)
+        check_outputs([out], force, inputs=(data, model_path, guide_path))
     model = SNN.load(model_path)
     guide = SNN.load(guide_path) if guide_path is not None else model
-    observed = load_spikes(data, duration=duration, num_neurons=model.n_observed)
+    if (guide.n_observed, guide.n_hidden) != (model.n_observed, model.n_hidden):
+        raise ValueError(
+            f"the guide {guide_path} has {guide.n_observed} observed + {guide.n_hidden} hidden neurons but the "
+            f"model {model_path} has {model.n_observed} + {model.n_hidden}; pass the guide fitted with this model"
+        )
+    observed = load_spikes(data, duration=duration, dtype=torch.float64)
     if observed.num_marks != model.n_observed:
-        raise ValueError(f"{data} has {observed.num_marks} neurons but the model has {model.n_observed} observed")
+        raise ValueError(
+            f"{data} has {observed.num_marks} neurons but the model has {model.n_observed} observed neurons; "
+            "evaluate the file the model was fitted to (if its last neurons never spike, declare the count: "
+            "a 'num_neurons' array in npz, a '# num_neurons: N' line in csv)"
+        )
     observed = observed.to(model.weight.dtype)
     elbo = exact_elbo(model, guide, observed, num_particles=particles)
     logml = log_marginal(model, guide, observed, num_particles=particles)
@@ -172,8 +243,7 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
     print(f"mean exact ELBO {elbo.mean():.2f}, mean log p(X) {logml.mean():.2f}")
     result = {"elbo": elbo.tolist(), "log_marginal": logml.tolist(), "particles": particles}
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        _write_text(out, json.dumps(result, indent=1))
     return result
 
 

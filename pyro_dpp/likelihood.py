@@ -197,6 +197,13 @@ def relaxed_log_weights(value: torch.Tensor, num_marks: int, log_pi: torch.Tenso
     if log_pi is not None:
         zero = zero & (log_pi > -math.inf)
     if zero.any():
+        one_hot = (weights == 1).sum(-1, keepdim=True) == 1
+        if bool((~real | (one_hot & ((weights == 0) | (weights == 1)).all(-1, keepdim=True))).all()):
+            raise ValueError(
+                "the value holds exact (one-hot) events, which a relaxed process (temperature > 0) gives density "
+                "zero: score exact events with temperature=0 (the exact process), or pass "
+                "relaxed_log_prob='exact' to score them with the exact log-likelihood formula"
+            )
         raise ValueError(
             "a relaxed value has weights that are exactly zero (underflow at low temperature), so its "
             "density cannot be recovered from the weights alone; score the tensor returned by rsample (or a "

@@ -50,9 +50,11 @@ def _same(a: SpikeTrains, b: SpikeTrains) -> None:
 def test_round_trip(tmp_path, trains, suffix):
     path = spio.save_spikes(trains, tmp_path / f"spikes{suffix}")
     _same(spio.load_spikes(path, dtype=torch.float64), trains)
-    # float32 by default (torch's default dtype), and the same values rounded once
-    back = spio.load_spikes(path)
-    assert back.times.dtype == torch.get_default_dtype()
+    # float64 by default (issue 13: torch's default float32 merged distinct times); float32 on request,
+    # the same values rounded once
+    _same(spio.load_spikes(path), trains)
+    back = spio.load_spikes(path, dtype=torch.float32)
+    assert back.times.dtype == torch.float32
     assert torch.equal(back.to_tensor(), trains.to_tensor().to(back.times.dtype))
 
 

@@ -215,8 +215,9 @@ def test_fit_pathwise_improves_exact_elbo(tmp_path):
     assert after > before + 5.0
     assert len(result.losses) == 6 and result.epochs_done == 6
     assert result.temperatures == pytest.approx([temperature_schedule(e) for e in range(6)])
-    # resuming from the checkpoint continues the epoch count
-    resumed = fit(model_net, observed, guide_net, num_epochs=7, batch_size=None, progress=False,
+    # resuming from the checkpoint continues the epoch count (with the same options: a checkpoint of
+    # other options, such as another lr, raises since issue 13)
+    resumed = fit(model_net, observed, guide_net, num_epochs=7, batch_size=None, lr=0.1, progress=False,
                   checkpoint=tmp_path / "ck.pt")
     assert resumed.epochs_done == 7 and len(resumed.losses) == 7
 
@@ -284,3 +285,31 @@ def test_underflowed_weight_of_a_possible_class_keeps_density_finite():
     density = concrete_log_density(log_y, log_pi, 0.3)
     density.sum().backward()
     assert torch.isfinite(density).all() and torch.isfinite(log_pi.grad).all()
+
+
+@pytest.mark.parametrize("estimator, optimizer", [("pathwise", "adagrad"), ("score_function_baseline", "adam")])
+def test_fit_interrupted_and_resumed_is_bit_identical(tmp_path, monkeypatch, estimator, optimizer):
+    from pyro_dpp.snn import TrainingInterrupted
+
+    _, observed, _ = small_data(n_seq=3, duration=6.0, basis="exponential")
+
+    def run(checkpoint, interrupt_after=None):
+        torch.manual_seed(7)
+        model, guide = (SNN(2, 2, basis="exponential", amplitude=2.0).double() for _ in range(2))
+        options = dict(estimator=estimator, optimizer=optimizer, num_epochs=3, batch_size=2, progress=False, seed=0,
+                       checkpoint=checkpoint)
+        if interrupt_after is not None:  # the hook raises KeyboardInterrupt after this epoch's checkpoint
+            monkeypatch.setenv("PYRO_DPP_TEST_INTERRUPT_AFTER_EPOCH", str(interrupt_after))
+            with pytest.raises(TrainingInterrupted, match=f"after {interrupt_after} of 3 epochs"):
+                fit(model, observed, guide, **options)
+            monkeypatch.delenv("PYRO_DPP_TEST_INTERRUPT_AFTER_EPOCH")
+            # a fresh process would rebuild the networks from the seed, then resume
+            torch.manual_seed(7)
+            model, guide = (SNN(2, 2, basis="exponential", amplitude=2.0).double() for _ in range(2))
+        result = fit(model, observed, guide, **options)
+        return result, [p.detach().clone() for p in list(model.parameters()) + list(guide.parameters())]
+
+    plain, plain_params = run(tmp_path / "a.pt")
+    resumed, resumed_params = run(tmp_path / "b.pt", interrupt_after=1)
+    assert resumed.losses == plain.losses and resumed.epochs_done == 3
+    assert all(torch.equal(a, b) for a, b in zip(plain_params, resumed_params))

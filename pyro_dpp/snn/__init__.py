@@ -3,7 +3,7 @@
 from .evaluation import ESTIMATORS, exact_elbo, gradient_draws, gradient_variance, log_marginal
 from .inference import CountBaseline, snn_guide, snn_model
 from .network import BASES, SNN, make_basis
-from .training import FitResult, TrainingDiverged, fit, temperature_schedule
+from .training import FitResult, TrainingDiverged, TrainingInterrupted, fit, temperature_schedule
 
 __all__ = [
     "BASES",
@@ -12,6 +12,7 @@ __all__ = [
     "CountBaseline",
     "FitResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "exact_elbo",
     "fit",
     "gradient_draws",

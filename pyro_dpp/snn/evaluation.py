@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..events import SpikeTrains, validate_realization
+from ..events import SpikeTrains, event_mask, merged_times, validate_realization
 from .network import SNN
 
 ESTIMATORS = ("pathwise", "pathwise_exact", "score_function", "score_function_baseline")
@@ -25,7 +25,13 @@ def _data(observed: SpikeTrains | torch.Tensor, duration: Any, like: torch.Tenso
         observed = observed.to_tensor()
     if duration is None:
         raise ValueError("pass duration= with a realization tensor (or pass SpikeTrains)")
-    observed = observed.to(like)
+    cast = observed.to(like)
+    if cast.dtype != observed.dtype and merged_times(observed[..., 0], cast[..., 0], event_mask(observed)).any():
+        raise ValueError(
+            f"the data's spike times do not fit the network's dtype {like.dtype}: distinct neighbouring times "
+            "become equal; convert the network with .double() (or measure times from a nearer origin)"
+        )
+    observed = cast
     duration = torch.as_tensor(duration, dtype=like.dtype, device=like.device).expand(observed.shape[:-2])
     return observed, duration
 

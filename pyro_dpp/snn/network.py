@@ -117,19 +117,30 @@ class SNN(torch.nn.Module):
         self.reset_parameters(init)
 
     def save(self, path: str | Any) -> None:
-        """Save the configuration and parameters (restore with :meth:`load`)."""
+        """Save the configuration and parameters (restore with :meth:`load`), atomically: an
+        interrupted save leaves the previous file. Only tensors and plain values are written, so
+        :meth:`load` can read the file with ``weights_only=True``."""
+        from ..checkpoint import atomic_save
+
         if self.config["basis"] is None:
             raise ValueError("only networks built with a named basis can be saved; pass basis='epanechnikov' etc.")
-        torch.save({"config": self.config, "state": self.state_dict()}, path)
+        atomic_save({"format": "pyro_dpp.SNN", "config": dict(self.config), "state": self.state_dict()}, path)
 
     @classmethod
     def load(cls, path: str | Any) -> SNN:
-        """A network saved by :meth:`save`."""
+        """A network saved by :meth:`save`, in the dtype it was saved in. The file is read with
+        ``weights_only=True``: a file holding other Python objects raises :class:`ValueError`
+        rather than running their code."""
+        from ..checkpoint import safe_load
+
+        saved = safe_load(path, "network saved by SNN.save")
         try:
-            saved = torch.load(path, weights_only=False)
+            if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+                raise KeyError("config")
             net = cls(**saved["config"], init="small")
+            net.to(saved["state"]["weight"].dtype)
             net.load_state_dict(saved["state"])
-        except (OSError, KeyError, RuntimeError, TypeError) as err:
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
             raise ValueError(f"{path} is not a network saved by SNN.save: {err}") from err
         return net
 
