@@ -225,7 +225,15 @@ def s_cli_stale_checkpoint(d: Path) -> Callable[[], Any]:
 
 
 def s_draw_memory(d: Path) -> Callable[[], Any]:
+    # the reproducer: the default size (1000 rows) stops the draw at its candidate count,
+    # before any candidate tensor is allocated
     process = PointProcess(Poisson(torch.tensor([1e5, 1e5])), 1000.0, temperature=0.3)
+    return lambda: process.rsample((64,))
+
+
+def s_draw_memory_bound(d: Path) -> Callable[[], Any]:
+    # with the bound given, the size is sized from bound x duration (2e8 rows): refused before allocating
+    process = PointProcess(Poisson(torch.tensor([1e5, 1e5])), 1000.0, bound=2e5, temperature=0.3)
     return lambda: process.rsample((64,))
 
 
@@ -393,8 +401,9 @@ CASES = {
     "4 --resume without a checkpoint": Case(s_cli_resume_nothing, r"rc=2.*no checkpoint .* to resume", CliError),
     "4 stale checkpoint without --resume": Case(s_cli_stale_checkpoint, r"rc=2.*--resume .*--force", CliError),
     # 5 memory
-    "5 rsample of 2e8 candidates x 64": Case(s_draw_memory, r"would need about .*smaller bound.*shorter "
-                                                            r"duration.*fewer sequences"),
+    "5 rsample of 2e8 candidates x 64": Case(s_draw_memory, r"drew \d+ thinning candidates but max_events=1000"),
+    "5 rsample of 2e8 candidates x 64, bound given": Case(s_draw_memory_bound, r"would need about .*smaller bound.*"
+                                                                         r"shorter duration.*fewer sequences"),
     "5 an explicit max_events of 1e12": Case(s_draw_memory_max_events, r"max_events=1000000000000 .*would need"),
     # 6 unsafe loading
     "6 SNN.load of a file holding code": Case(s_snn_load_code, r"Python objects other than tensors"),
