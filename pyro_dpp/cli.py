@@ -122,7 +122,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .jobs import reproduce
 
     reproduce(args.experiment, Path(args.out), args.quick, args.seed, args.draws, force=args.force,
-              progress=not args.no_progress, workers=args.workers)
+              progress=not args.no_progress, workers=args.workers, guide=args.guide, seeds=args.seeds)
     return 0
 
 
@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")
     rep.add_argument("--workers", type=_positive_int, default=1,
                      help="exp2: processes to spread the independent trials over (one thread each)")
+    rep.add_argument("--guide", choices=("model", "separate", "acausal"), default="model",
+                     help="the guide: model (q = p, the paper's configuration), separate (a causal guide network "
+                          "of its own) or acausal (also sees future observed spikes); the last two are extensions "
+                          "and write NAME_GUIDE.json")
+    rep.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                     help="exp1, training: run these seeds in one go (default: --seed for exp1, 0-4 for training)")
     rep.set_defaults(func=_reproduce)
     return parser
 

@@ -178,28 +178,42 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
 
 
 def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | None, force: bool = False,
-              progress: bool = True, workers: int = 1) -> dict[str, Any]:
-    """Run one of the paper's experiments; write ``out/expN.json`` and ``out/expN.png``.
+              progress: bool = True, workers: int = 1, guide: str = "model",
+              seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run one of the paper's experiments; write ``out/NAME.json`` and ``out/NAME.png``, where
+    ``NAME`` is the experiment, with ``_GUIDE`` appended for a guide other than the paper's
+    ``"model"`` (q = p).
 
-    ``workers`` spreads exp2's independent trials over that many processes."""
+    ``workers`` spreads exp2's independent trials over that many processes; ``seeds`` (exp1 and
+    training) runs several seeds in one go."""
     from .experiments import paper
 
-    json_path, png_path = out / f"{experiment}.json", out / f"{experiment}.png"
+    if guide not in paper.GUIDES:
+        raise ValueError(f"unknown guide {guide!r}; choose one of {paper.GUIDES}")
+    if guide != "model" and experiment == "exp3":
+        raise ValueError("exp3 times training epochs with its own fixed pair; --guide applies to exp1, exp2, "
+                         "training and bias")
+    if seeds is not None and experiment not in ("exp1", "training"):
+        raise ValueError("--seeds applies to exp1 and training; use --seed for the others")
+    name = experiment if guide == "model" else f"{experiment}_{guide}"
+    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     _check_free([json_path, png_path], force)
     options = dict(paper.QUICK[experiment]) if quick else {}
     start = time.perf_counter()
     if experiment == "exp1":
         if draws is not None:
             options["num_draws"] = draws
-        result = paper.experiment1(seed=seed, **options)
+        result = paper.experiment1(seed=seed, seeds=seeds, guide=guide, progress=progress, **options)
     elif experiment == "exp2":
-        result = paper.experiment2(seed=seed, progress=progress, workers=workers, **options)
+        result = paper.experiment2(seed=seed, progress=progress, workers=workers, guide=guide, **options)
     elif experiment == "exp3":
         result = paper.experiment3(seed=seed, **options)
     elif experiment == "training":
-        result = paper.compare_training(progress=progress, **options)
+        if seeds is not None:
+            options["seeds"] = tuple(seeds)
+        result = paper.compare_training(progress=progress, guide=guide, **options)
     elif experiment == "bias":
-        result = paper.relaxation_bias(seed=seed, **options)
+        result = paper.relaxation_bias(seed=seed, guide=guide, **options)
     else:
         raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2, exp3, training or bias")
     result["quick"], result["wall_seconds"] = quick, time.perf_counter() - start
@@ -207,8 +221,20 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
     json_path.write_text(json.dumps(result, indent=1))
     _plot_experiment(experiment, result, png_path)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1)[:4000])
+    if experiment == "exp1":
+        print(_exp1_table(result))
     print(f"Wrote {json_path} and {png_path} ({result['wall_seconds']:.0f} s)")
     return result
+
+
+def _exp1_table(result: dict[str, Any]) -> str:
+    """Experiment 1 per seed: E[std] of each estimator and the score-function / path-wise ratio."""
+    from .experiments.paper import ESTIMATOR_NAMES
+
+    rows = [[str(run["seed"])] + [f"{run[e]['e_std']:.1f}" for e in ESTIMATOR_NAMES]
+            + [f"{run['score_function']['e_std'] / run['pathwise']['e_std']:.1f}"] for run in result["runs"]]
+    title = f"Experiment 1, guide {result['guide']!r}, {result['num_draws']} draws, tau = {result['temperature']}"
+    return title + "\n" + _table(rows, ["seed", *ESTIMATOR_NAMES, "SF / PW"])
 
 
 def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> None:
@@ -221,11 +247,16 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         from .experiments.paper import ESTIMATOR_NAMES
 
         names = [e for e in ESTIMATOR_NAMES if e in result]
-        ax.bar(names, [result[e]["e_std"] for e in names])
+        ax.bar(names, [result[e]["e_std"] for e in names], alpha=0.4)
+        for i, e in enumerate(names):  # one dot per seed over the bar of the median
+            per_seed = result[e].get("per_seed", [result[e]["e_std"]])
+            ax.plot([i] * len(per_seed), per_seed, "o", color="k", ms=3)
         ax.tick_params(axis="x", labelsize="small")
         ax.set_yscale("log")
-        ax.set_ylabel("gradient E[std]")
-        ax.set_title(f"Experiment 1 ({result['num_draws']} draws)")
+        ax.set_ylabel("gradient E[std] (bar: median; dots: seeds)")
+        seeds = len(result.get("seeds", [0]))
+        ax.set_title(f"Experiment 1, guide {result.get('guide', 'separate')!r} "
+                     f"({result['num_draws']} draws, {seeds} seed{'s' if seeds > 1 else ''})", fontsize="medium")
     elif experiment == "exp2":
         sizes = [int(s) for s in result["sizes"]]
         for estimator in ("pathwise", "score_function"):
@@ -235,7 +266,8 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax.set_xlabel("training sequences")
         ax.set_ylabel("exact test ELBO per sequence")
         ax.legend()
-        ax.set_title(f"Experiment 2 ({result['trials']} trials)")
+        ax.set_title(f"Experiment 2, guide {result.get('guide', 'separate')!r} ({result['trials']} trials)",
+                     fontsize="medium")
     elif experiment == "training":
         for estimator, entry in result["runs"].items():
             ax[0].plot(result["seeds"], [run["after"] - run["before"] for run in entry["runs"]], marker="o",
@@ -252,7 +284,8 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax[1].set_xticks(range(len(pairs)), short, fontsize="small")
         ax[1].axhline(0, color="k", lw=0.6)
         ax[1].set_ylabel("gain difference, paired by seed")
-        fig.suptitle(f"Training at equal steps: {result['num_epochs']} epochs", fontsize="medium")
+        fig.suptitle(f"Training at equal steps: {result['num_epochs']} epochs, guide "
+                     f"{result.get('guide', 'separate')!r}", fontsize="medium")
     elif experiment == "bias":
         for i, (estimator, rows) in enumerate(result["estimators"].items()):
             taus = [float(t) for t in rows]
@@ -271,7 +304,8 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
             a.set_xscale("log")
             a.set_xlabel("temperature")
             a.legend(fontsize="small")
-        fig.suptitle(f"Relaxation bias ({result['num_draws']} path-wise draws per point, "
+        fig.suptitle(f"Relaxation bias, guide {result.get('guide', 'separate')!r} ({result['num_draws']} path-wise "
+                     f"draws per point, "
                      f"{result['reference_draws']} score-function draws as the exact gradient)", fontsize="medium")
     else:
         amps = [float(a) for a in result["amplitudes"]]
