@@ -203,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="the paper's experiments: exp1 (gradient variance), exp2 (test ELBO "
                                           "vs training size), exp3 (time per epoch vs amplitude)")
-    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3", "training", "bias"),
+    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3", "training", "bias", "sources"),
                      help="training: path-wise vs score-function training over seeds; bias: relaxation bias vs "
-                          "temperature")
+                          "temperature; sources: the path-wise gradient's variance by source, with q = p")
     common(rep, "results", progress=True)
     rep.add_argument("--quick", action="store_true", help="reduced sizes (about a minute)")
     rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "of its own) or acausal (also sees future observed spikes); the last two are extensions "
                           "and write NAME_GUIDE.json")
     rep.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
-                     help="exp1, training: run these seeds in one go (default: --seed for exp1, 0-4 for training)")
+                     help="exp1, training, sources: run these seeds in one go (default: --seed; 0-4 for training)")
     rep.set_defaults(func=_reproduce)
     return parser
 

@@ -190,11 +190,11 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
 
     if guide not in paper.GUIDES:
         raise ValueError(f"unknown guide {guide!r}; choose one of {paper.GUIDES}")
-    if guide != "model" and experiment == "exp3":
-        raise ValueError("exp3 times training epochs with its own fixed pair; --guide applies to exp1, exp2, "
-                         "training and bias")
-    if seeds is not None and experiment not in ("exp1", "training"):
-        raise ValueError("--seeds applies to exp1 and training; use --seed for the others")
+    if guide != "model" and experiment in ("exp3", "sources"):
+        raise ValueError(f"{experiment} has no guide choice (exp3 times its own fixed pair; sources is the q = p "
+                         "decomposition); --guide applies to exp1, exp2, training and bias")
+    if seeds is not None and experiment not in ("exp1", "training", "sources"):
+        raise ValueError("--seeds applies to exp1, training and sources; use --seed for the others")
     name = experiment if guide == "model" else f"{experiment}_{guide}"
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     _check_free([json_path, png_path], force)
@@ -214,8 +214,12 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
         result = paper.compare_training(progress=progress, guide=guide, **options)
     elif experiment == "bias":
         result = paper.relaxation_bias(seed=seed, guide=guide, **options)
+    elif experiment == "sources":
+        from .experiments.variance import format_sources, pathwise_variance_sources
+
+        result = pathwise_variance_sources(seeds=tuple(seeds) if seeds is not None else (seed,), **options)
     else:
-        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2, exp3, training or bias")
+        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2, exp3, training, bias or sources")
     result["quick"], result["wall_seconds"] = quick, time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))
@@ -223,6 +227,8 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1)[:4000])
     if experiment == "exp1":
         print(_exp1_table(result))
+    elif experiment == "sources":
+        print(format_sources(result))
     print(f"Wrote {json_path} and {png_path} ({result['wall_seconds']:.0f} s)")
     return result
 
@@ -307,6 +313,23 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         fig.suptitle(f"Relaxation bias, guide {result.get('guide', 'separate')!r} ({result['num_draws']} path-wise "
                      f"draws per point, "
                      f"{result['reference_draws']} score-function draws as the exact gradient)", fontsize="medium")
+    elif experiment == "sources":
+        pieces = [p for p in result["pieces"] if p != "hidden_sites"]
+        taus = result["temperatures"]
+        width = 0.8 / len(taus)
+        for j, tau in enumerate(taus):
+            rows = [result["results"][seed][str(tau)] for seed in result["results"]]
+            median = [sorted(r[p] for r in rows)[len(rows) // 2] for p in pieces]
+            ax.bar([i + j * width for i in range(len(pieces))], median, width, label=f"tau = {tau}")
+        exact = sorted(rows["score_observed"] for rows in result["results"].values())
+        ax.axhline(exact[len(exact) // 2], color="k", ls=":", lw=1, label="observed-site score, exact Z")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pieces))], [p.replace("_", "\n") for p in pieces],
+                      fontsize="small")
+        ax.set_yscale("log")
+        ax.set_ylabel("gradient E[std] (median over seeds)")
+        ax.legend(fontsize="small")
+        ax.set_title(f"Path-wise gradient with q = p, by source ({result['num_draws']} draws, "
+                     f"{len(result['seeds'])} seeds)", fontsize="medium")
     else:
         amps = [float(a) for a in result["amplitudes"]]
         for key in result["results"][str(result["amplitudes"][0])]:

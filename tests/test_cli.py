@@ -161,6 +161,19 @@ def test_reproduce_exp1_guide_and_seeds(tmp_path, capsys):
     assert _run([*argv, "--guide", "prior"]) != 0
 
 
+def test_reproduce_sources_prints_the_decomposition(tmp_path, capsys):
+    import json
+
+    assert _run(["reproduce", "sources", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "events_soft" in capsys.readouterr().out
+    result = json.loads((tmp_path / "sources.json").read_text())
+    for row in result["results"]["0"].values():
+        if isinstance(row, dict):
+            assert row["hidden_sites"] == 0.0 and row["total"] > 0
+    assert (tmp_path / "sources.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _run(["reproduce", "sources", "--quick", "--guide", "separate", "--out", str(tmp_path), "--force"]) != 0
+
+
 def test_fit_offers_every_estimator():
     from pyro_dpp.cli import build_parser
     from pyro_dpp.snn import ESTIMATORS

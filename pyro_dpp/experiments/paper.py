@@ -397,5 +397,6 @@ QUICK: dict[str, dict[str, Any]] = {
     "exp3": {"amplitudes": (1, 5, 10), "num_sequences": 3},
     "training": {"seeds": (0, 1), "num_train": 4, "num_test": 4, "num_epochs": 3, "eval_particles": 4,
                  "marginal_particles": 4},
+    "sources": {"temperatures": (1.0, 0.3), "num_draws": 10, "num_sequences": 3, "chunk": 5},
     "bias": {"temperatures": (1.0, 0.1), "num_draws": 20, "reference_draws": 40, "num_sequences": 2, "chunk": 10},
 }
