@@ -122,7 +122,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .jobs import reproduce
 
     reproduce(args.experiment, Path(args.out), args.quick, args.seed, args.draws, force=args.force,
-              progress=not args.no_progress, workers=args.workers, guide=args.guide, seeds=args.seeds)
+              progress=not args.no_progress, workers=args.workers, guide=args.guide, seeds=args.seeds,
+              sizes=args.sizes, trials=args.trials)
     return 0
 
 
@@ -208,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "temperature; sources: the path-wise gradient's variance by source, with q = p")
     common(rep, "results", progress=True)
     rep.add_argument("--quick", action="store_true", help="reduced sizes (about a minute)")
-    rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")
+    rep.add_argument("--draws", type=_positive_int, default=None,
+                     help="exp1: gradient draws per estimator; bias: path-wise draws per temperature; sources: draws")
+    rep.add_argument("--sizes", type=_positive_int, nargs="+", default=None, metavar="N",
+                     help="exp2: training-set sizes (default: the paper's 10 ... 200)")
+    rep.add_argument("--trials", type=_positive_int, default=None, help="exp2: trials per size (default 24)")
     rep.add_argument("--workers", type=_positive_int, default=1,
                      help="exp2: processes to spread the independent trials over (one thread each)")
     rep.add_argument("--guide", choices=("model", "separate", "acausal"), default="model",

@@ -179,13 +179,15 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
 
 def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | None, force: bool = False,
               progress: bool = True, workers: int = 1, guide: str = "model",
-              seeds: list[int] | None = None) -> dict[str, Any]:
+              seeds: list[int] | None = None, sizes: list[int] | None = None,
+              trials: int | None = None) -> dict[str, Any]:
     """Run one of the paper's experiments; write ``out/NAME.json`` and ``out/NAME.png``, where
     ``NAME`` is the experiment, with ``_GUIDE`` appended for a guide other than the paper's
     ``"model"`` (q = p).
 
     ``workers`` spreads exp2's independent trials over that many processes; ``seeds`` (exp1 and
-    training) runs several seeds in one go."""
+    training, sources) runs several seeds in one go; ``draws`` sets exp1's and bias's path-wise draws
+    (per estimator, per temperature) and sources's draws; ``sizes`` and ``trials`` set exp2's."""
     from .experiments import paper
 
     if guide not in paper.GUIDES:
@@ -195,14 +197,22 @@ def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | N
                          "decomposition); --guide applies to exp1, exp2, training and bias")
     if seeds is not None and experiment not in ("exp1", "training", "sources"):
         raise ValueError("--seeds applies to exp1, training and sources; use --seed for the others")
+    if draws is not None and experiment not in ("exp1", "bias", "sources"):
+        raise ValueError("--draws applies to exp1, bias and sources")
+    if (sizes is not None or trials is not None) and experiment != "exp2":
+        raise ValueError("--sizes and --trials apply to exp2")
     name = experiment if guide == "model" else f"{experiment}_{guide}"
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     _check_free([json_path, png_path], force)
     options = dict(paper.QUICK[experiment]) if quick else {}
+    if draws is not None:
+        options["num_draws"] = draws
+    if sizes is not None:
+        options["sizes"] = tuple(sizes)
+    if trials is not None:
+        options["trials"] = trials
     start = time.perf_counter()
     if experiment == "exp1":
-        if draws is not None:
-            options["num_draws"] = draws
         result = paper.experiment1(seed=seed, seeds=seeds, guide=guide, progress=progress, **options)
     elif experiment == "exp2":
         result = paper.experiment2(seed=seed, progress=progress, workers=workers, guide=guide, **options)
