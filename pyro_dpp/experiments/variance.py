@@ -12,8 +12,12 @@ objective is the observed site alone,
 (soft hidden marks drawn from Gumbel noise ``g``). Its gradient has a *direct* part (``\\tilde Z``
 held fixed: the score of the observed spikes given the drawn hidden history) and a *soft-history*
 part (through ``\\partial \\tilde Z / \\partial \\theta``, the reparameterisation of the soft marks,
-whose Jacobian grows like ``1 / tau`` and compounds through the recurrent soft history).
-:func:`pathwise_variance_sources` reports the E[std] of each piece.
+whose Jacobian grows like ``1 / tau`` and compounds through the recurrent soft history). The
+direct parts move only the observed neurons' parameters (rows of the observed targets), the
+soft-history parts only the hidden neurons' (the soft marks depend on nothing else), so with
+``q = p`` every hidden-neuron coordinate of the path-wise gradient is a soft-history term.
+:func:`pathwise_variance_sources` reports the E[std] of each piece, averaged over all coordinates
+as in Experiment 1.
 """
 
 from __future__ import annotations
