@@ -128,7 +128,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .jobs import reproduce
 
     reproduce(args.experiment, Path(args.out), args.quick, args.seed, args.draws, force=args.force,
-              progress=not args.no_progress, workers=args.workers)
+              progress=not args.no_progress, workers=args.workers, guide=args.guide, seeds=args.seeds,
+              sizes=args.sizes, trials=args.trials)
     return 0
 
 
@@ -223,14 +224,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="the paper's experiments: exp1 (gradient variance), exp2 (test ELBO "
                                           "vs training size), exp3 (time per epoch vs amplitude)")
-    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3", "training", "bias"),
+    rep.add_argument("experiment", choices=("exp1", "exp2", "exp3", "training", "bias", "sources"),
                      help="training: path-wise vs score-function training over seeds; bias: relaxation bias vs "
-                          "temperature")
+                          "temperature; sources: the path-wise gradient's variance by source, with q = p")
     common(rep, "results", progress=True)
     rep.add_argument("--quick", action="store_true", help="reduced sizes (about a minute)")
-    rep.add_argument("--draws", type=_positive_int, default=None, help="exp1: gradient draws per estimator")
+    rep.add_argument("--draws", type=_positive_int, default=None,
+                     help="exp1: gradient draws per estimator; bias: path-wise draws per temperature; sources: draws")
+    rep.add_argument("--sizes", type=_positive_int, nargs="+", default=None, metavar="N",
+                     help="exp2: training-set sizes (default: the paper's 10 ... 200)")
+    rep.add_argument("--trials", type=_positive_int, default=None, help="exp2: trials per size (default 24)")
     rep.add_argument("--workers", type=_positive_int, default=1,
                      help="exp2: processes to spread the independent trials over (one thread each)")
+    rep.add_argument("--guide", choices=("model", "separate", "acausal"), default="model",
+                     help="the guide: model (q = p, the paper's configuration), separate (a causal guide network "
+                          "of its own) or acausal (also sees future observed spikes); the last two are extensions "
+                          "and write NAME_GUIDE.json")
+    rep.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                     help="exp1, training, sources: run these seeds in one go (default: --seed; 0-4 for training)")
     rep.set_defaults(func=_reproduce)
     return parser
 

@@ -248,37 +248,79 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
 
 
 def reproduce(experiment: str, out: Path, quick: bool, seed: int, draws: int | None, force: bool = False,
-              progress: bool = True, workers: int = 1) -> dict[str, Any]:
-    """Run one of the paper's experiments; write ``out/expN.json`` and ``out/expN.png``.
+              progress: bool = True, workers: int = 1, guide: str = "model",
+              seeds: list[int] | None = None, sizes: list[int] | None = None,
+              trials: int | None = None) -> dict[str, Any]:
+    """Run one of the paper's experiments; write ``out/NAME.json`` and ``out/NAME.png``, where
+    ``NAME`` is the experiment, with ``_GUIDE`` appended for a guide other than the paper's
+    ``"model"`` (q = p).
 
-    ``workers`` spreads exp2's independent trials over that many processes."""
+    ``workers`` spreads exp2's independent trials over that many processes; ``seeds`` (exp1 and
+    training, sources) runs several seeds in one go; ``draws`` sets exp1's and bias's path-wise draws
+    (per estimator, per temperature) and sources's draws; ``sizes`` and ``trials`` set exp2's."""
     from .experiments import paper
 
-    json_path, png_path = out / f"{experiment}.json", out / f"{experiment}.png"
+    if guide not in paper.GUIDES:
+        raise ValueError(f"unknown guide {guide!r}; choose one of {paper.GUIDES}")
+    if guide != "model" and experiment in ("exp3", "sources"):
+        raise ValueError(f"{experiment} has no guide choice (exp3 times its own fixed pair; sources is the q = p "
+                         "decomposition); --guide applies to exp1, exp2, training and bias")
+    if seeds is not None and experiment not in ("exp1", "training", "sources"):
+        raise ValueError("--seeds applies to exp1, training and sources; use --seed for the others")
+    if draws is not None and experiment not in ("exp1", "bias", "sources"):
+        raise ValueError("--draws applies to exp1, bias and sources")
+    if (sizes is not None or trials is not None) and experiment != "exp2":
+        raise ValueError("--sizes and --trials apply to exp2")
+    name = experiment if guide == "model" else f"{experiment}_{guide}"
+    json_path, png_path = out / f"{name}.json", out / f"{name}.png"
     _check_free([json_path, png_path], force)
     options = dict(paper.QUICK[experiment]) if quick else {}
+    if draws is not None:
+        options["num_draws"] = draws
+    if sizes is not None:
+        options["sizes"] = tuple(sizes)
+    if trials is not None:
+        options["trials"] = trials
     start = time.perf_counter()
     if experiment == "exp1":
-        if draws is not None:
-            options["num_draws"] = draws
-        result = paper.experiment1(seed=seed, **options)
+        result = paper.experiment1(seed=seed, seeds=seeds, guide=guide, progress=progress, **options)
     elif experiment == "exp2":
-        result = paper.experiment2(seed=seed, progress=progress, workers=workers, **options)
+        result = paper.experiment2(seed=seed, progress=progress, workers=workers, guide=guide, **options)
     elif experiment == "exp3":
         result = paper.experiment3(seed=seed, **options)
     elif experiment == "training":
-        result = paper.compare_training(progress=progress, **options)
+        if seeds is not None:
+            options["seeds"] = tuple(seeds)
+        result = paper.compare_training(progress=progress, guide=guide, **options)
     elif experiment == "bias":
-        result = paper.relaxation_bias(seed=seed, **options)
+        result = paper.relaxation_bias(seed=seed, guide=guide, **options)
+    elif experiment == "sources":
+        from .experiments.variance import format_sources, pathwise_variance_sources
+
+        result = pathwise_variance_sources(seeds=tuple(seeds) if seeds is not None else (seed,), **options)
     else:
-        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2, exp3, training or bias")
+        raise ValueError(f"unknown experiment {experiment!r}; choose exp1, exp2, exp3, training, bias or sources")
     result["quick"], result["wall_seconds"] = quick, time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))
     _plot_experiment(experiment, result, png_path)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1)[:4000])
+    if experiment == "exp1":
+        print(_exp1_table(result))
+    elif experiment == "sources":
+        print(format_sources(result))
     print(f"Wrote {json_path} and {png_path} ({result['wall_seconds']:.0f} s)")
     return result
+
+
+def _exp1_table(result: dict[str, Any]) -> str:
+    """Experiment 1 per seed: E[std] of each estimator and the score-function / path-wise ratio."""
+    from .experiments.paper import ESTIMATOR_NAMES
+
+    rows = [[str(run["seed"])] + [f"{run[e]['e_std']:.1f}" for e in ESTIMATOR_NAMES]
+            + [f"{run['score_function']['e_std'] / run['pathwise']['e_std']:.1f}"] for run in result["runs"]]
+    title = f"Experiment 1, guide {result['guide']!r}, {result['num_draws']} draws, tau = {result['temperature']}"
+    return title + "\n" + _table(rows, ["seed", *ESTIMATOR_NAMES, "SF / PW"])
 
 
 def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> None:
@@ -291,11 +333,16 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         from .experiments.paper import ESTIMATOR_NAMES
 
         names = [e for e in ESTIMATOR_NAMES if e in result]
-        ax.bar(names, [result[e]["e_std"] for e in names])
+        ax.bar(names, [result[e]["e_std"] for e in names], alpha=0.4)
+        for i, e in enumerate(names):  # one dot per seed over the bar of the median
+            per_seed = result[e].get("per_seed", [result[e]["e_std"]])
+            ax.plot([i] * len(per_seed), per_seed, "o", color="k", ms=3)
         ax.tick_params(axis="x", labelsize="small")
         ax.set_yscale("log")
-        ax.set_ylabel("gradient E[std]")
-        ax.set_title(f"Experiment 1 ({result['num_draws']} draws)")
+        ax.set_ylabel("gradient E[std] (bar: median; dots: seeds)")
+        seeds = len(result.get("seeds", [0]))
+        ax.set_title(f"Experiment 1, guide {result.get('guide', 'separate')!r} "
+                     f"({result['num_draws']} draws, {seeds} seed{'s' if seeds > 1 else ''})", fontsize="medium")
     elif experiment == "exp2":
         sizes = [int(s) for s in result["sizes"]]
         for estimator in ("pathwise", "score_function"):
@@ -305,7 +352,8 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax.set_xlabel("training sequences")
         ax.set_ylabel("exact test ELBO per sequence")
         ax.legend()
-        ax.set_title(f"Experiment 2 ({result['trials']} trials)")
+        ax.set_title(f"Experiment 2, guide {result.get('guide', 'separate')!r} ({result['trials']} trials)",
+                     fontsize="medium")
     elif experiment == "training":
         for estimator, entry in result["runs"].items():
             ax[0].plot(result["seeds"], [run["after"] - run["before"] for run in entry["runs"]], marker="o",
@@ -322,7 +370,8 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
         ax[1].set_xticks(range(len(pairs)), short, fontsize="small")
         ax[1].axhline(0, color="k", lw=0.6)
         ax[1].set_ylabel("gain difference, paired by seed")
-        fig.suptitle(f"Training at equal steps: {result['num_epochs']} epochs", fontsize="medium")
+        fig.suptitle(f"Training at equal steps: {result['num_epochs']} epochs, guide "
+                     f"{result.get('guide', 'separate')!r}", fontsize="medium")
     elif experiment == "bias":
         for i, (estimator, rows) in enumerate(result["estimators"].items()):
             taus = [float(t) for t in rows]
@@ -341,8 +390,26 @@ def _plot_experiment(experiment: str, result: dict[str, Any], path: Path) -> Non
             a.set_xscale("log")
             a.set_xlabel("temperature")
             a.legend(fontsize="small")
-        fig.suptitle(f"Relaxation bias ({result['num_draws']} path-wise draws per point, "
+        fig.suptitle(f"Relaxation bias, guide {result.get('guide', 'separate')!r} ({result['num_draws']} path-wise "
+                     f"draws per point, "
                      f"{result['reference_draws']} score-function draws as the exact gradient)", fontsize="medium")
+    elif experiment == "sources":
+        pieces = [p for p in result["pieces"] if p != "hidden_sites"]
+        taus = result["temperatures"]
+        width = 0.8 / len(taus)
+        for j, tau in enumerate(taus):
+            rows = [result["results"][seed][str(tau)] for seed in result["results"]]
+            median = [sorted(r[p] for r in rows)[len(rows) // 2] for p in pieces]
+            ax.bar([i + j * width for i in range(len(pieces))], median, width, label=f"tau = {tau}")
+        exact = sorted(rows["score_observed"] for rows in result["results"].values())
+        ax.axhline(exact[len(exact) // 2], color="k", ls=":", lw=1, label="observed-site score, exact Z")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(pieces))], [p.replace("_", "\n") for p in pieces],
+                      fontsize="small")
+        ax.set_yscale("log")
+        ax.set_ylabel("gradient E[std] (median over seeds)")
+        ax.legend(fontsize="small")
+        ax.set_title(f"Path-wise gradient with q = p, by source ({result['num_draws']} draws, "
+                     f"{len(result['seeds'])} seeds)", fontsize="medium")
     else:
         amps = [float(a) for a in result["amplitudes"]]
         for key in result["results"][str(result["amplitudes"][0])]:

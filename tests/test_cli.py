@@ -139,6 +139,41 @@ def test_reproduce_quick_exp1_writes_json(tmp_path, capsys):
     assert _run(["reproduce", "exp1", "--quick", "--draws", "3", "--out", str(tmp_path)]) != 0
 
 
+def test_reproduce_exp1_guide_and_seeds(tmp_path, capsys):
+    """``--guide model`` (the default: q = p) and ``--seeds`` in one run; another guide writes its own
+    file; ``--seeds`` is refused where it does not apply."""
+    import json
+
+    argv = ["reproduce", "exp1", "--quick", "--draws", "3", "--out", str(tmp_path), "--no-progress"]
+    assert _run([*argv, "--guide", "model", "--seeds", "0", "1"]) == 0
+    assert "SF / PW" in capsys.readouterr().out
+    result = json.loads((tmp_path / "exp1.json").read_text())
+    assert result["guide"] == "model" and result["seeds"] == [0, 1] and len(result["runs"]) == 2
+    for run in result["runs"]:
+        # q = p: the hidden-site terms cancel, so both path-wise estimators are the same draws
+        assert run["pathwise"]["e_std"] == pytest.approx(run["pathwise_exact"]["e_std"], rel=1e-4)
+    assert len(result["ratios"]["score_function / pathwise"]["per_seed"]) == 2
+    assert _run([*argv, "--guide", "separate"]) == 0
+    assert json.loads((tmp_path / "exp1_separate.json").read_text())["guide"] == "separate"
+    assert (tmp_path / "exp1_separate.png").exists()
+    assert _run(["reproduce", "bias", "--quick", "--seeds", "0", "1", "--out", str(tmp_path)]) != 0
+    assert "--seeds" in capsys.readouterr().err
+    assert _run([*argv, "--guide", "prior"]) != 0
+
+
+def test_reproduce_sources_prints_the_decomposition(tmp_path, capsys):
+    import json
+
+    assert _run(["reproduce", "sources", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "events_soft" in capsys.readouterr().out
+    result = json.loads((tmp_path / "sources.json").read_text())
+    for row in result["results"]["0"].values():
+        if isinstance(row, dict):
+            assert row["hidden_sites"] == 0.0 and row["total"] > 0
+    assert (tmp_path / "sources.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _run(["reproduce", "sources", "--quick", "--guide", "separate", "--out", str(tmp_path), "--force"]) != 0
+
+
 def test_fit_offers_every_estimator():
     from pyro_dpp.cli import build_parser
     from pyro_dpp.snn import ESTIMATORS
