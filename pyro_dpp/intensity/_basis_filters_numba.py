@@ -158,8 +158,6 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
         r = np.zeros((num, sources), keys.dtype)
         gw = np.empty(sources, keys.dtype)
         g = np.empty(k_marks, keys.dtype)
-        direct = np.empty(k_marks, keys.dtype)
-        jac = np.empty((k_marks, k_marks), keys.dtype)
         ys = np.empty(k_marks + 1, keys.dtype)
         for s in range(steps - 1, -1, -1):
             t = keys[b, s]
@@ -199,13 +197,9 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                         if ph != 0.0:
                             for d in range(sources):
                                 gw[d] += ph * back[q, n, d]
-            adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac, ys)
+            adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
             for k in range(k_marks):
-                acc = direct[k]
-                for j in range(k_marks):
-                    acc += jac[k, j] * gw[j]
-                glr[b, s, k] = acc
-                g[k] = acc * dlog_act(drive[b, s, k], act)
+                g[k] = glr[b, s, k] * dlog_act(drive[b, s, k], act)
             for q in range(num):
                 for d in range(sources):
                     v = 0.0

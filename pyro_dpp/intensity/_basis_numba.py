@@ -125,175 +125,142 @@ def _prefix_moments_adjoint(gp, local, grad_w):
             grad_w[n, d] = acc[0, d] + local[n] * (acc[1, d] + local[n] * acc[2, d])
 
 
+@nb.njit(inline="always", **OPTS)
+def _sequence(tb, qb, num, block):
+    """Per-sequence tables: block ids and block-relative times of the events, the origin, the
+    pointers of the sorted-query walk, and whether the queries are sorted."""
+    n_events = tb.shape[0]
+    bid = np.empty(n_events, np.int64)
+    local = np.empty(n_events)
+    origin = _blocks(tb, block, bid, local)
+    return bid, local, origin, np.zeros((num, 3), np.int64), _is_sorted(qb)
+
+
+@nb.njit(inline="always", **OPTS)
+def _pieces(tb, bid, origin, ptr, sorted_queries, qj, c, width, block, i, bounds, shifts):
+    """The nonempty index pieces of the bump centred at lag ``c`` (number ``i``) at query ``qj``:
+    ``bounds[p]`` = (start, stop), ``shifts[p]`` the query relative to the piece's block centre minus
+    the bump centre. Returns how many (0 to 2)."""
+    lo, mid, hi, first = _epan_ranges(tb, bid, tb.shape[0], qj, c, width, ptr, i, sorted_queries)
+    n = 0
+    for p in range(2):
+        start, stop = (lo, mid) if p == 0 else (mid, hi)
+        if stop > start:
+            bounds[n, 0], bounds[n, 1] = start, stop
+            shifts[n] = qj - c - (origin + (first + p + 0.5) * block)
+            n += 1
+    return n
+
+
+@nb.njit(inline="always", **OPTS)
+def _query_features(tb, bid, origin, prefix, ptr, sorted_queries, qj, centres, width, block, order, k, f):
+    """``f[m, l, d]``: coefficient of ``s^m`` in ``F_ld(qj + s)`` for ``m <= order`` (``k``: 3 x 3 scratch)."""
+    bounds = np.empty((2, 2), np.int64)
+    shifts = np.empty(2)
+    for i in range(centres.shape[0]):
+        for m in range(order + 1):
+            for d in range(f.shape[2]):
+                f[m, i, d] = 0.0
+        for p in range(_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres[i], width, block, i, bounds, shifts)):
+            _epan_matrix(shifts[p], width * width, k)
+            for d in range(f.shape[2]):
+                s0, s1, s2 = _window_moments(prefix, bounds[p, 0], bounds[p, 1], d)
+                for m in range(order + 1):
+                    f[m, i, d] += k[m, 0] * s0 + k[m, 1] * s1 + k[m, 2] * s2
+
+
+@nb.njit(inline="always", **OPTS)
+def _query_scatter(tb, bid, origin, ptr, sorted_queries, qj, centres, width, block, order, k, g, gp):
+    """Adjoint of :func:`_query_features`: the cotangents ``g[m, l, d]`` onto the prefix sums ``gp``."""
+    bounds = np.empty((2, 2), np.int64)
+    shifts = np.empty(2)
+    for i in range(centres.shape[0]):
+        for p in range(_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres[i], width, block, i, bounds, shifts)):
+            _epan_matrix(shifts[p], width * width, k)
+            for d in range(g.shape[2]):
+                a0 = 0.0
+                a1 = 0.0
+                a2 = 0.0
+                for m in range(order + 1):
+                    a0 += k[m, 0] * g[m, i, d]
+                    a1 += k[m, 1] * g[m, i, d]
+                    a2 += k[m, 2] * g[m, i, d]
+                _scatter_window(gp, bounds[p, 0], bounds[p, 1], d, a0, a1, a2)
+
+
 @nb.njit(parallel=True, **OPTS)
 def epan_features(t, w, q, centres, width, block, order, out):
     """``out[b, j, m, l, d]``: coefficient of ``s^m`` in ``F_ld(q_j + s)`` (``order`` 0 or 2)."""
-    bsz, n_events = t.shape
-    n_query = q.shape[1]
-    sources = w.shape[2]
-    num = centres.shape[0]
-    h2 = width * width
-    for b in nb.prange(bsz):
-        tb = t[b]
-        bid = np.empty(n_events, np.int64)
-        local = np.empty(n_events)
-        origin = _blocks(tb, block, bid, local)
+    for b in nb.prange(t.shape[0]):
+        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], centres.shape[0], block)
         prefix = _prefix_moments(w[b], local)
-        ptr = np.zeros((num, 3), np.int64)
-        sorted_queries = _is_sorted(q[b])
         k = np.empty((3, 3))
-        for j in range(n_query):
-            qj = q[b, j]
-            for i in range(num):
-                for m in range(order + 1):
-                    for d in range(sources):
-                        out[b, j, m, i, d] = 0.0
-                lo, mid, hi, first = _epan_ranges(tb, bid, n_events, qj, centres[i], width, ptr, i, sorted_queries)
-                for p in range(2):
-                    start, stop = (lo, mid) if p == 0 else (mid, hi)
-                    if stop <= start:
-                        continue
-                    _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
-                    for d in range(sources):
-                        s0, s1, s2 = _window_moments(prefix, start, stop, d)
-                        for m in range(order + 1):
-                            out[b, j, m, i, d] += k[m, 0] * s0 + k[m, 1] * s1 + k[m, 2] * s2
+        for j in range(q.shape[1]):
+            _query_features(t[b], bid, origin, prefix, ptr, sorted_queries, q[b, j], centres, width, block, order,
+                            k, out[b, j])
 
 
 @nb.njit(parallel=True, **OPTS)
 def epan_features_grad(t, q, centres, width, block, order, grad_out, grad_w):
     """Adjoint of :func:`epan_features` with respect to the event weights."""
-    bsz, n_events = t.shape
-    n_query = q.shape[1]
-    sources = grad_w.shape[2]
-    num = centres.shape[0]
-    h2 = width * width
-    for b in nb.prange(bsz):
-        tb = t[b]
-        bid = np.empty(n_events, np.int64)
-        local = np.empty(n_events)
-        origin = _blocks(tb, block, bid, local)
-        gp = np.zeros((n_events + 1, 3, sources))
-        ptr = np.zeros((num, 3), np.int64)
-        sorted_queries = _is_sorted(q[b])
+    for b in nb.prange(t.shape[0]):
+        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], centres.shape[0], block)
+        gp = np.zeros((t.shape[1] + 1, 3, grad_w.shape[2]))
         k = np.empty((3, 3))
-        for j in range(n_query):
-            qj = q[b, j]
-            for i in range(num):
-                lo, mid, hi, first = _epan_ranges(tb, bid, n_events, qj, centres[i], width, ptr, i, sorted_queries)
-                for p in range(2):
-                    start, stop = (lo, mid) if p == 0 else (mid, hi)
-                    if stop <= start:
-                        continue
-                    _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
-                    for d in range(sources):
-                        g0 = grad_out[b, j, 0, i, d]
-                        if order == 0:
-                            a0, a1, a2 = k[0, 0] * g0, k[0, 1] * g0, k[0, 2] * g0
-                        else:
-                            g1, g2 = grad_out[b, j, 1, i, d], grad_out[b, j, 2, i, d]
-                            a0 = k[0, 0] * g0 + k[1, 0] * g1 + k[2, 0] * g2
-                            a1 = k[0, 1] * g0 + k[1, 1] * g1
-                            a2 = k[0, 2] * g0
-                        _scatter_window(gp, start, stop, d, a0, a1, a2)
+        for j in range(q.shape[1]):
+            _query_scatter(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, order, k,
+                           grad_out[b, j], gp)
         _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
 @nb.njit(parallel=True, **OPTS)
 def epan_potential(t, w, q, centres, width, block, weight, out):
     """``out[b, j, m, k] = sum_{l, d} weight[b, k, l, d] F^(m)_ld(q_j)``: the potential's quadratic
-    coefficients (bias excluded) without materialising the features."""
-    bsz, n_events = t.shape
-    n_query = q.shape[1]
-    sources = w.shape[2]
-    num = centres.shape[0]
-    k_marks = weight.shape[1]
-    h2 = width * width
-    for b in nb.prange(bsz):
-        tb = t[b]
-        bid = np.empty(n_events, np.int64)
-        local = np.empty(n_events)
-        origin = _blocks(tb, block, bid, local)
+    coefficients (bias excluded) without materialising the features of all queries."""
+    num, sources = centres.shape[0], w.shape[2]
+    for b in nb.prange(t.shape[0]):
+        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], num, block)
         prefix = _prefix_moments(w[b], local)
-        ptr = np.zeros((num, 3), np.int64)
-        sorted_queries = _is_sorted(q[b])
         k = np.empty((3, 3))
-        for j in range(n_query):
-            qj = q[b, j]
+        f = np.empty((3, num, sources))
+        for j in range(q.shape[1]):
+            _query_features(t[b], bid, origin, prefix, ptr, sorted_queries, q[b, j], centres, width, block, 2, k, f)
             for m in range(3):
-                for kk in range(k_marks):
-                    out[b, j, m, kk] = 0.0
-            for i in range(num):
-                lo, mid, hi, first = _epan_ranges(tb, bid, n_events, qj, centres[i], width, ptr, i, sorted_queries)
-                for p in range(2):
-                    start, stop = (lo, mid) if p == 0 else (mid, hi)
-                    if stop <= start:
-                        continue
-                    _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
-                    for d in range(sources):
-                        s0, s1, s2 = _window_moments(prefix, start, stop, d)
-                        f0 = k[0, 0] * s0 + k[0, 1] * s1 + k[0, 2] * s2
-                        f1 = k[1, 0] * s0 + k[1, 1] * s1
-                        f2 = k[2, 0] * s0
-                        for kk in range(k_marks):
-                            wk = weight[b, kk, i, d]
-                            out[b, j, 0, kk] += wk * f0
-                            out[b, j, 1, kk] += wk * f1
-                            out[b, j, 2, kk] += wk * f2
+                for kk in range(weight.shape[1]):
+                    acc = 0.0
+                    for i in range(num):
+                        for d in range(sources):
+                            acc += weight[b, kk, i, d] * f[m, i, d]
+                    out[b, j, m, kk] = acc
 
 
 @nb.njit(parallel=True, **OPTS)
 def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, grad_w, grad_weight):
     """Adjoint of :func:`epan_potential` with respect to the event weights and the filter weights."""
-    bsz, n_events = t.shape
-    n_query = q.shape[1]
-    sources = w.shape[2]
-    num = centres.shape[0]
-    k_marks = weight.shape[1]
-    h2 = width * width
-    for b in nb.prange(bsz):
-        tb = t[b]
-        bid = np.empty(n_events, np.int64)
-        local = np.empty(n_events)
-        origin = _blocks(tb, block, bid, local)
+    num, sources = centres.shape[0], w.shape[2]
+    for b in nb.prange(t.shape[0]):
+        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], num, block)
         prefix = _prefix_moments(w[b], local)
-        gp = np.zeros((n_events + 1, 3, sources))
-        gweight = np.zeros((k_marks, num, sources))
-        ptr = np.zeros((num, 3), np.int64)
-        sorted_queries = _is_sorted(q[b])
+        gp = np.zeros((t.shape[1] + 1, 3, sources))
         k = np.empty((3, 3))
-        for j in range(n_query):
-            qj = q[b, j]
-            for i in range(num):
-                lo, mid, hi, first = _epan_ranges(tb, bid, n_events, qj, centres[i], width, ptr, i, sorted_queries)
-                for p in range(2):
-                    start, stop = (lo, mid) if p == 0 else (mid, hi)
-                    if stop <= start:
-                        continue
-                    _epan_matrix(qj - centres[i] - (origin + (first + p + 0.5) * block), h2, k)
-                    for d in range(sources):
-                        s0, s1, s2 = _window_moments(prefix, start, stop, d)
-                        f0 = k[0, 0] * s0 + k[0, 1] * s1 + k[0, 2] * s2
-                        f1 = k[1, 0] * s0 + k[1, 1] * s1
-                        f2 = k[2, 0] * s0
-                        g0 = 0.0
-                        g1 = 0.0
-                        g2 = 0.0
-                        for kk in range(k_marks):
-                            c0, c1, c2 = grad_out[b, j, 0, kk], grad_out[b, j, 1, kk], grad_out[b, j, 2, kk]
-                            gweight[kk, i, d] += c0 * f0 + c1 * f1 + c2 * f2
-                            wk = weight[b, kk, i, d]
-                            g0 += wk * c0
-                            g1 += wk * c1
-                            g2 += wk * c2
-                        a0 = k[0, 0] * g0 + k[1, 0] * g1 + k[2, 0] * g2
-                        a1 = k[0, 1] * g0 + k[1, 1] * g1
-                        a2 = k[0, 2] * g0
-                        _scatter_window(gp, start, stop, d, a0, a1, a2)
-        for kk in range(k_marks):
+        f = np.empty((3, num, sources))
+        g = np.empty((3, num, sources))
+        for kk in range(weight.shape[1]):
             for i in range(num):
                 for d in range(sources):
-                    grad_weight[b, kk, i, d] = gweight[kk, i, d]
+                    grad_weight[b, kk, i, d] = 0.0
+        for j in range(q.shape[1]):
+            _query_features(t[b], bid, origin, prefix, ptr, sorted_queries, q[b, j], centres, width, block, 2, k, f)
+            for m in range(3):
+                for i in range(num):
+                    for d in range(sources):
+                        acc = 0.0
+                        for kk in range(weight.shape[1]):
+                            c = grad_out[b, j, m, kk]
+                            grad_weight[b, kk, i, d] += c * f[m, i, d]
+                            acc += weight[b, kk, i, d] * c
+                        g[m, i, d] = acc
+            _query_scatter(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, 2, k, g, gp)
         _prefix_moments_adjoint(gp, local, grad_w[b])
 
 

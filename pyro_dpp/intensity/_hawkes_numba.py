@@ -15,6 +15,27 @@ from ..scan._numba_step import OPTS, adjoint, step
 from ..scan.backend import numba_threads
 
 
+@nb.njit(inline="always", **OPTS)
+def _rates(b, base, gain, x, uniform, rates):
+    """``rates[k] = mu_k + sum_d gain[k, d] x[row, d]`` (``row`` 0 for a scalar decay); returns their sum."""
+    total = 0.0
+    for k in range(base.shape[1]):
+        r = base[b, k]
+        row = 0 if uniform else k
+        for d in range(gain.shape[2]):
+            r += gain[b, k, d] * x[row, d]
+        rates[k] = r
+        total += r
+    return total
+
+
+@nb.njit(inline="always", **OPTS)
+def _decay(b, x, beta, uniform, gap):
+    for k in range(x.shape[0]):
+        for d in range(x.shape[1]):
+            x[k, d] *= math.exp(-beta[b, k if not uniform else 0, d] * gap)
+
+
 @nb.njit(parallel=True, **OPTS)
 def hawkes_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base, gain, beta, uniform,
                    log_pi, log_y, marks, ratio, drive, traces, store):
@@ -26,6 +47,7 @@ def hawkes_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, bas
         x = np.zeros((rows, sources), keys.dtype)
         y = np.zeros((rows, sources), keys.dtype)  # lag-weighted traces: -dx / d(decay)
         z = np.empty(k_marks + 1, keys.dtype)
+        rates = np.empty(k_marks, keys.dtype)
         prev = 0.0
         for s in range(steps):
             t = keys[b, s]
@@ -44,11 +66,9 @@ def hawkes_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, bas
                     for d in range(sources):
                         traces[b, s, 0, k, d] = x[k, d]
                         traces[b, s, 1, k, d] = y[k, d]
+            _rates(b, base, gain, x, uniform, rates)
             for k in range(k_marks):
-                u = base[b, k]
-                row = 0 if uniform else k
-                for d in range(sources):
-                    u += gain[b, k, d] * x[row, d]
+                u = rates[k]
                 if store:
                     drive[b, s, k] = u
                 log_pi[b, s, k] = (math.log(u) if u > 0 else -math.inf) - log_bound[b]
@@ -64,8 +84,6 @@ def hawkes_reverse(keys, gain, beta, uniform, log_pi, log_y, cand, drive, grad_m
         r = np.zeros((k_marks, sources), keys.dtype)
         g = np.empty(k_marks, keys.dtype)
         gw = np.empty(sources, keys.dtype)
-        direct = np.empty(k_marks, keys.dtype)
-        jac = np.empty((k_marks, k_marks), keys.dtype)
         ys = np.empty(k_marks + 1, keys.dtype)
         for s in range(steps - 1, -1, -1):
             if s + 1 < steps:
@@ -84,14 +102,10 @@ def hawkes_reverse(keys, gain, beta, uniform, log_pi, log_y, cand, drive, grad_m
                 for k in range(k_marks):
                     acc += gain[b, k, d] * r[k, d]
                 gw[d] = acc
-            adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac, ys)
+            adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
             for k in range(k_marks):
-                acc = direct[k]
-                for j in range(k_marks):
-                    acc += jac[k, j] * gw[j]
-                glr[b, s, k] = acc
                 u = drive[b, s, k]
-                g[k] = acc / u if u > 0 else 0.0
+                g[k] = glr[b, s, k] / u if u > 0 else 0.0
             for k in range(k_marks):
                 for d in range(sources):
                     r[k, d] += g[k]
@@ -116,13 +130,7 @@ def hawkes_ogata(seeds, duration, base, gain, beta, uniform, ctx_t, ctx_w, ctx_n
         n = 0
         end = duration[b]
         while True:
-            total = 0.0
-            for k in range(k_marks):
-                r = base[b, k]
-                row = 0 if uniform else k
-                for d in range(sources):
-                    r += gain[b, k, d] * x[row, d]
-                total += r
+            total = _rates(b, base, gain, x, uniform, rates)
             next_ctx = ctx_t[b, j] if j < ctx_n[b] else math.inf
             limit = min(next_ctx, end)
             if total > 0:
@@ -130,10 +138,7 @@ def hawkes_ogata(seeds, duration, base, gain, beta, uniform, ctx_t, ctx_w, ctx_n
             else:
                 proposal = math.inf
             if proposal > limit:
-                gap = limit - now
-                for k in range(rows):
-                    for d in range(sources):
-                        x[k, d] *= math.exp(-beta[b, k if not uniform else 0, d] * gap)
+                _decay(b, x, beta, uniform, limit - now)
                 now = limit
                 if next_ctx <= end and j < ctx_n[b]:
                     for k in range(rows):
@@ -142,19 +147,9 @@ def hawkes_ogata(seeds, duration, base, gain, beta, uniform, ctx_t, ctx_w, ctx_n
                     j += 1
                     continue
                 break
-            gap = proposal - now
-            for k in range(rows):
-                for d in range(sources):
-                    x[k, d] *= math.exp(-beta[b, k if not uniform else 0, d] * gap)
+            _decay(b, x, beta, uniform, proposal - now)
             now = proposal
-            new_total = 0.0
-            for k in range(k_marks):
-                r = base[b, k]
-                row = 0 if uniform else k
-                for d in range(sources):
-                    r += gain[b, k, d] * x[row, d]
-                rates[k] = r
-                new_total += r
+            new_total = _rates(b, base, gain, x, uniform, rates)
             u = np.random.random() * total
             if u < new_total:
                 mark = 0

@@ -56,11 +56,12 @@ def step(b, s, k_marks, log_pi, log_y, marks, noise, inv_t, relaxed, hard, cand,
 
 
 @nb.njit(inline="always", **OPTS)
-def adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, direct, jac, y):
-    """What the outputs of step ``s`` alone ask of its log-rates (``direct``, K) and how the
-    cotangent of its history weights adds to it (``jac``, K x K):
-    ``jac[i, j] = cand / tau * y_j (delta_ij - y_i + qr_i y_K)``, ``qr_i = (r_i / bound) / rest``.
-    ``y`` (K + 1) is scratch space for the step's weights."""
+def adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, y):
+    """The log-rate cotangent of step ``s`` (written to ``glr[b, s]``, K) from its outputs' cotangents
+    and ``gw`` (K), the cotangent of its history weights pulled back from later steps:
+    ``glr_i = direct_i + sum_j jac[i, j] gw_j`` with ``direct`` what the step's outputs alone ask and
+    ``jac[i, j] = cand / tau * y_j (delta_ij - y_i + qr_i y_K)``, ``qr_i = (r_i / bound) / rest``
+    (summed in O(K)). ``y`` (K + 1) is scratch space for the step's weights."""
     kk = k_marks
     rest_log = log_pi[b, s, kk]
     total = 0.0
@@ -71,10 +72,12 @@ def adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, di
     g_rest = grad_logs[b, s, kk] + grad_marks[b, s, kk] * y_rest
     gz_rest = (g_rest - y_rest * total) * inv_t
     c = cand[b, s] * inv_t
+    yw = 0.0
+    for j in range(kk):
+        yw += y[j] * gw[j]
     for i in range(kk):
         yi = y[i]
         qr = math.exp(log_pi[b, s, i] - rest_log) if rest_log > -math.inf else 0.0
         gi = grad_logs[b, s, i] + grad_marks[b, s, i] * yi
-        direct[i] = (gi - yi * total) * inv_t - qr * gz_rest
-        for j in range(kk):
-            jac[i, j] = c * y[j] * ((1.0 if i == j else 0.0) - yi + qr * y_rest)
+        direct = (gi - yi * total) * inv_t - qr * gz_rest
+        glr[b, s, i] = direct + c * (yi * gw[i] + (qr * y_rest - yi) * yw)
