@@ -183,6 +183,22 @@ class ExponentialBasis(Basis):
         return ExponentialFilter(glm, keys, batch) if keeps_math(self, ExponentialBasis, BASIS_MATH) else None
 
 
+def epanechnikov_moments(a: torch.Tensor, width: float, order: int = 2) -> torch.Tensor:
+    r"""``... x (order + 1) x 3``: the Epanechnikov bump summed over events from their moments.
+
+    With events at ``d_n`` (relative to a reference point) and weights ``w_n`` inside a bump's
+    support, ``sum_n w_n 0.75 (1 - ((a + s - d_n) / h)^2)`` is a quadratic in the offset ``s``;
+    entry ``[m, j]`` is the coefficient of the moment ``S_j = sum_n w_n d_n^j`` in its ``s^m``
+    coefficient (``a``: the query minus the bump's centre minus the reference point).
+    numba twin: ``_epan_matrix`` in :mod:`pyro_dpp.intensity._basis_numba`."""
+    h2 = width * width
+    zero = torch.zeros_like(a)
+    rows = [torch.stack([0.75 * (1 - a * a / h2), 1.5 * a / h2, zero - 0.75 / h2], -1),
+            torch.stack([-1.5 * a / h2, zero + 1.5 / h2, zero], -1),
+            torch.stack([zero - 0.75 / h2, zero, zero], -1)]
+    return torch.stack(rows[:order + 1], -2)
+
+
 class EpanechnikovBasis(Basis):
     r"""The paper's inducing-point bumps
     :math:`\phi_l(d) = \tfrac34 \max(0, 1 - ((d - c_l)/h)^2)` with centres
@@ -288,7 +304,7 @@ class EpanechnikovBasis(Basis):
         w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d)).to(wide)
         q = query.expand(batch + (q_len,)).reshape(rows, q_len).to(wide)
         q_det = q.detach()
-        block, h2 = 2.5 * self.width, self.width**2
+        block = 2.5 * self.width
         origin = t_sorted[:, :1]
         block_id = torch.floor((t_sorted - origin) / block).long().contiguous()
         local = t - (origin + (block_id + 0.5) * block)  # |local| <= block / 2
@@ -308,16 +324,13 @@ class EpanechnikovBasis(Basis):
             mid = torch.minimum(torch.maximum(mid, lo), hi)
             index = (torch.stack([lo, mid, hi], -1) + base).reshape(-1)
             sums = prefix.index_select(0, index).view(rows, q_len, 3, 3, d)
-            terms = [0.0] * (order + 1)
+            terms = 0.0
             for piece, bid in ((sums[:, :, 1] - sums[:, :, 0], first), (sums[:, :, 2] - sums[:, :, 1], first + 1)):
-                shift = (a - (origin + (bid.to(wide) + 0.5) * block)).unsqueeze(-1)  # a relative to the block
-                s0, s1, s2 = piece.unbind(-2)
-                terms[0] = terms[0] + 0.75 * (s0 - (shift * shift * s0 - 2 * shift * s1 + s2) / h2)
-                if order:
-                    terms[1] = terms[1] - 1.5 * (shift * s0 - s1) / h2
-                    terms[2] = terms[2] - 0.75 * s0 / h2
+                shift = a - (origin + (bid.to(wide) + 0.5) * block)  # a relative to the block
+                matrix = epanechnikov_moments(shift, self.width, order)  # rows x Q x (order+1) x 3
+                terms = terms + torch.einsum("...mj,...jd->...md", matrix, piece)
             for k in range(order + 1):
-                out[k].append(terms[k])
+                out[k].append(terms[..., k, :])
         return tuple(torch.stack(o, -2).to(times.dtype).reshape(out_shape) for o in out)
 
     def _polynomial_kernel(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int,

@@ -21,6 +21,7 @@ import torch
 
 from ..scan.accelerators import register_accelerator
 from ..scan.filter import ScanFilter, batch_last
+from .basis import epanechnikov_moments
 from .glm import log_activate
 
 
@@ -164,9 +165,7 @@ def _poly_tables(keys: torch.Tensor, lo_step: int, hi_step: int, centres: torch.
     rows = torch.stack([plus1, minus1, r + 1, zero], -1)  # B x Q x L x 4
 
     def coefficients(b: torch.Tensor) -> torch.Tensor:
-        a = q - centres - (b + 0.5) * block  # the bump is 0.75 (1 - (a - d)^2 / h^2)
-        h2 = width * width
-        return torch.stack([0.75 * (1 - a * a / h2), 1.5 * a / h2, torch.full_like(a, -0.75 / h2)], -1)
+        return epanechnikov_moments(q - centres - (b + 0.5) * block, width, 0)[..., 0, :]
 
     c1 = coefficients(b1) * nonempty.unsqueeze(-1)
     c2 = coefficients(b2) * (nonempty & ~same).unsqueeze(-1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -166,9 +165,9 @@ class GLM(Intensity):
             h = half.detach().expand(batch + half.shape[-1:]).reshape(coef.shape[0], -1).to(wide).contiguous()
             total = IntervalIntegrals.apply(coef, h, amp, self.activation, nodes)
             return total.reshape(batch).to(times.dtype)
-        x, w = np.polynomial.legendre.leggauss(nodes)
-        x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
-        w = torch.as_tensor(w, dtype=times.dtype, device=times.device)
+        from ..likelihood import gauss_legendre
+
+        x, w = gauss_legendre(nodes, times)
         coef = coef.to(times.dtype)
         s = (half.unsqueeze(-1) * x).unsqueeze(-1)  # batch x P x M x 1
         c0, c1, c2 = (c.unsqueeze(-2) for c in coef.unbind(-2))
