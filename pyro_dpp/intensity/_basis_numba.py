@@ -48,21 +48,6 @@ def _epan_ranges(t, bid, n_events, q, c, width, ptr, i, sorted_queries):
 
 
 @nb.njit(inline="always", **OPTS)
-def _epan_matrix(a, h2, k):
-    """``k[m, m']`` = d(coefficient of ``s^m`` of ``F(q + s)``) / d(``S_m' = sum w d^m'``); ``a`` is
-    the query relative to the block centre minus the bump centre."""
-    k[0, 0] = 0.75 * (1 - a * a / h2)
-    k[0, 1] = 1.5 * a / h2
-    k[0, 2] = -0.75 / h2
-    k[1, 0] = -1.5 * a / h2
-    k[1, 1] = 1.5 / h2
-    k[1, 2] = 0.0
-    k[2, 0] = -0.75 / h2
-    k[2, 1] = 0.0
-    k[2, 2] = 0.0
-
-
-@nb.njit(inline="always", **OPTS)
 def _is_sorted(x):
     for j in range(1, x.shape[0]):
         if x[j] < x[j - 1]:
@@ -128,88 +113,84 @@ def _prefix_moments_adjoint(gp, local, grad_w):
 @nb.njit(inline="always", **OPTS)
 def _sequence(tb, qb, num, block):
     """Per-sequence tables: block ids and block-relative times of the events, the origin, the
-    pointers of the sorted-query walk, and whether the queries are sorted."""
+    pointers of the sorted-query walk, whether the queries are sorted, and scratch space for
+    :func:`_query_pieces` (bounds, shifts, counts)."""
     n_events = tb.shape[0]
     bid = np.empty(n_events, np.int64)
     local = np.empty(n_events)
     origin = _blocks(tb, block, bid, local)
-    return bid, local, origin, np.zeros((num, 3), np.int64), _is_sorted(qb)
+    pieces = (np.empty((num, 2, 2), np.int64), np.empty((num, 2)), np.empty(num, np.int64))
+    return bid, local, origin, np.zeros((num, 3), np.int64), _is_sorted(qb), pieces
 
 
 @nb.njit(inline="always", **OPTS)
-def _pieces(tb, bid, origin, ptr, sorted_queries, qj, c, width, block, i, bounds, shifts):
-    """The nonempty index pieces of the bump centred at lag ``c`` (number ``i``) at query ``qj``:
-    ``bounds[p]`` = (start, stop), ``shifts[p]`` the query relative to the piece's block centre minus
-    the bump centre. Returns how many (0 to 2)."""
-    lo, mid, hi, first = _epan_ranges(tb, bid, tb.shape[0], qj, c, width, ptr, i, sorted_queries)
-    n = 0
-    for p in range(2):
-        start, stop = (lo, mid) if p == 0 else (mid, hi)
-        if stop > start:
-            bounds[n, 0], bounds[n, 1] = start, stop
-            shifts[n] = qj - c - (origin + (first + p + 0.5) * block)
-            n += 1
-    return n
-
-
-@nb.njit(inline="always", **OPTS)
-def _query_features(tb, bid, origin, prefix, ptr, sorted_queries, qj, centres, width, block, order, k, f):
-    """``f[m, l, d]``: coefficient of ``s^m`` in ``F_ld(qj + s)`` for ``m <= order`` (``k``: 3 x 3 scratch)."""
-    bounds = np.empty((2, 2), np.int64)
-    shifts = np.empty(2)
+def _query_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres, width, block, pieces):
+    """For every bump ``i`` at query ``qj``: its nonempty index pieces ``bounds[i, p]`` = (start,
+    stop), ``shifts[i, p]`` the query relative to the piece's block centre minus the bump centre,
+    ``counts[i]`` how many (0 to 2)."""
+    bounds, shifts, counts = pieces
     for i in range(centres.shape[0]):
-        for m in range(order + 1):
-            for d in range(f.shape[2]):
-                f[m, i, d] = 0.0
-        for p in range(_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres[i], width, block, i, bounds, shifts)):
-            _epan_matrix(shifts[p], width * width, k)
-            for d in range(f.shape[2]):
-                s0, s1, s2 = _window_moments(prefix, bounds[p, 0], bounds[p, 1], d)
-                for m in range(order + 1):
-                    f[m, i, d] += k[m, 0] * s0 + k[m, 1] * s1 + k[m, 2] * s2
+        lo, mid, hi, first = _epan_ranges(tb, bid, tb.shape[0], qj, centres[i], width, ptr, i, sorted_queries)
+        n = 0
+        for p in range(2):
+            start, stop = (lo, mid) if p == 0 else (mid, hi)
+            if stop > start:
+                bounds[i, n, 0], bounds[i, n, 1] = start, stop
+                shifts[i, n] = qj - centres[i] - (origin + (first + p + 0.5) * block)
+                n += 1
+        counts[i] = n
 
 
 @nb.njit(inline="always", **OPTS)
-def _query_scatter(tb, bid, origin, ptr, sorted_queries, qj, centres, width, block, order, k, g, gp):
-    """Adjoint of :func:`_query_features`: the cotangents ``g[m, l, d]`` onto the prefix sums ``gp``."""
-    bounds = np.empty((2, 2), np.int64)
-    shifts = np.empty(2)
-    for i in range(centres.shape[0]):
-        for p in range(_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres[i], width, block, i, bounds, shifts)):
-            _epan_matrix(shifts[p], width * width, k)
-            for d in range(g.shape[2]):
-                a0 = 0.0
-                a1 = 0.0
-                a2 = 0.0
-                for m in range(order + 1):
-                    a0 += k[m, 0] * g[m, i, d]
-                    a1 += k[m, 1] * g[m, i, d]
-                    a2 += k[m, 2] * g[m, i, d]
-                _scatter_window(gp, bounds[p, 0], bounds[p, 1], d, a0, a1, a2)
+def _piece_features(prefix, start, stop, d, a, h2):
+    """The ``s^0, s^1, s^2`` coefficients of one piece's contribution to a feature (source ``d``) at
+    ``a`` (query minus bump centre minus block centre): the moments times the matrix of
+    :func:`pyro_dpp.intensity.basis.epanechnikov_moments` (its twin)."""
+    s0, s1, s2 = _window_moments(prefix, start, stop, d)
+    return (0.75 * (1 - a * a / h2) * s0 + 1.5 * a / h2 * s1 - 0.75 / h2 * s2,
+            -1.5 * a / h2 * s0 + 1.5 / h2 * s1, -0.75 / h2 * s0)
+
+
+@nb.njit(inline="always", **OPTS)
+def _piece_scatter(gp, start, stop, d, a, h2, g0, g1, g2):
+    """Adjoint of :func:`_piece_features`: the coefficients' cotangents onto the prefix sums ``gp``."""
+    _scatter_window(gp, start, stop, d, 0.75 * (1 - a * a / h2) * g0 - 1.5 * a / h2 * g1 - 0.75 / h2 * g2,
+                    1.5 * a / h2 * g0 + 1.5 / h2 * g1, -0.75 / h2 * g0)
 
 
 @nb.njit(parallel=True, **OPTS)
 def epan_features(t, w, q, centres, width, block, order, out):
     """``out[b, j, m, l, d]``: coefficient of ``s^m`` in ``F_ld(q_j + s)`` (``order`` 0 or 2)."""
     for b in nb.prange(t.shape[0]):
-        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], centres.shape[0], block)
+        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], centres.shape[0], block)
         prefix = _prefix_moments(w[b], local)
-        k = np.empty((3, 3))
+        bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
-            _query_features(t[b], bid, origin, prefix, ptr, sorted_queries, q[b, j], centres, width, block, order,
-                            k, out[b, j])
+            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
+            out[b, j] = 0.0
+            for i in range(centres.shape[0]):
+                for p in range(counts[i]):
+                    for d in range(w.shape[2]):
+                        f = _piece_features(prefix, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p], width * width)
+                        for m in range(order + 1):
+                            out[b, j, m, i, d] += f[m]
 
 
 @nb.njit(parallel=True, **OPTS)
 def epan_features_grad(t, q, centres, width, block, order, grad_out, grad_w):
     """Adjoint of :func:`epan_features` with respect to the event weights."""
     for b in nb.prange(t.shape[0]):
-        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], centres.shape[0], block)
+        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], centres.shape[0], block)
         gp = np.zeros((t.shape[1] + 1, 3, grad_w.shape[2]))
-        k = np.empty((3, 3))
+        bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
-            _query_scatter(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, order, k,
-                           grad_out[b, j], gp)
+            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
+            for i in range(centres.shape[0]):
+                for p in range(counts[i]):
+                    for d in range(grad_w.shape[2]):
+                        g = grad_out[b, j, :, i, d]
+                        _piece_scatter(gp, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p], width * width, g[0],
+                                       g[1] if order else 0.0, g[2] if order else 0.0)
         _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
@@ -219,48 +200,55 @@ def epan_potential(t, w, q, centres, width, block, weight, out):
     coefficients (bias excluded) without materialising the features of all queries."""
     num, sources = centres.shape[0], w.shape[2]
     for b in nb.prange(t.shape[0]):
-        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], num, block)
+        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
         prefix = _prefix_moments(w[b], local)
-        k = np.empty((3, 3))
-        f = np.empty((3, num, sources))
+        bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
-            _query_features(t[b], bid, origin, prefix, ptr, sorted_queries, q[b, j], centres, width, block, 2, k, f)
+            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             for m in range(3):
                 for kk in range(weight.shape[1]):
-                    acc = 0.0
-                    for i in range(num):
-                        for d in range(sources):
-                            acc += weight[b, kk, i, d] * f[m, i, d]
-                    out[b, j, m, kk] = acc
+                    out[b, j, m, kk] = 0.0
+            for i in range(num):
+                for p in range(counts[i]):
+                    for d in range(sources):
+                        f0, f1, f2 = _piece_features(prefix, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p],
+                                                     width * width)
+                        for kk in range(weight.shape[1]):
+                            wk = weight[b, kk, i, d]
+                            out[b, j, 0, kk] += wk * f0
+                            out[b, j, 1, kk] += wk * f1
+                            out[b, j, 2, kk] += wk * f2
 
 
 @nb.njit(parallel=True, **OPTS)
 def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, grad_w, grad_weight):
     """Adjoint of :func:`epan_potential` with respect to the event weights and the filter weights."""
-    num, sources = centres.shape[0], w.shape[2]
+    num, sources, k_marks = centres.shape[0], w.shape[2], weight.shape[1]
     for b in nb.prange(t.shape[0]):
-        bid, local, origin, ptr, sorted_queries = _sequence(t[b], q[b], num, block)
+        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
         prefix = _prefix_moments(w[b], local)
         gp = np.zeros((t.shape[1] + 1, 3, sources))
-        k = np.empty((3, 3))
-        f = np.empty((3, num, sources))
-        g = np.empty((3, num, sources))
-        for kk in range(weight.shape[1]):
-            for i in range(num):
-                for d in range(sources):
-                    grad_weight[b, kk, i, d] = 0.0
+        gweight = np.zeros((k_marks, num, sources))
+        bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
-            _query_features(t[b], bid, origin, prefix, ptr, sorted_queries, q[b, j], centres, width, block, 2, k, f)
-            for m in range(3):
-                for i in range(num):
+            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
+            for i in range(num):
+                for p in range(counts[i]):
+                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
                     for d in range(sources):
-                        acc = 0.0
-                        for kk in range(weight.shape[1]):
-                            c = grad_out[b, j, m, kk]
-                            grad_weight[b, kk, i, d] += c * f[m, i, d]
-                            acc += weight[b, kk, i, d] * c
-                        g[m, i, d] = acc
-            _query_scatter(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, 2, k, g, gp)
+                        f0, f1, f2 = _piece_features(prefix, start, stop, d, a, width * width)
+                        g0 = 0.0
+                        g1 = 0.0
+                        g2 = 0.0
+                        for kk in range(k_marks):
+                            c0, c1, c2 = grad_out[b, j, 0, kk], grad_out[b, j, 1, kk], grad_out[b, j, 2, kk]
+                            gweight[kk, i, d] += c0 * f0 + c1 * f1 + c2 * f2
+                            wk = weight[b, kk, i, d]
+                            g0 += wk * c0
+                            g1 += wk * c1
+                            g2 += wk * c2
+                        _piece_scatter(gp, start, stop, d, a, width * width, g0, g1, g2)
+        grad_weight[b] = gweight
         _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
