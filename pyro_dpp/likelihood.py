@@ -81,6 +81,13 @@ def evaluate(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, q
     return torch.cat(parts, -2)
 
 
+def gauss_legendre(nodes: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``nodes``-point Gauss-Legendre rule on ``[-1, 1]``: nodes and weights with ``like``'s
+    dtype and device (numba twin: ``_gauss_tables`` in :mod:`pyro_dpp.intensity._glm_numba`)."""
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    return like.new_tensor(x), like.new_tensor(w)
+
+
 def quadrature_compensator(
     intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor,
     nodes: int = DEFAULT_QUADRATURE_NODES,
@@ -102,9 +109,7 @@ def quadrature_compensator(
         inside = int((points < end).sum(-1).max()) + 1  # the rest are zero-length intervals at the end
         points = torch.cat([points[..., :inside], end], -1)
     left, right = points[..., :-1], points[..., 1:]
-    x, w = np.polynomial.legendre.leggauss(nodes)
-    x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
-    w = torch.as_tensor(w, dtype=times.dtype, device=times.device)
+    x, w = gauss_legendre(nodes, times)
     half = (right - left) / 2
     centre = (left + right) / 2
     # sort the history once (the chunks below would each sort it otherwise)

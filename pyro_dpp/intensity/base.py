@@ -22,6 +22,13 @@ quadrature is used), :meth:`breakpoints` (times where the intensity is not smoot
 quadrature nodes), :meth:`max_rate` (a constant bound on the summed rates, used when ``bound`` is
 omitted) and :meth:`local_bound` (for Ogata-style exact sampling without a global bound). Parameter
 batch dimensions must broadcast against the data's batch dimensions from the right.
+
+**Speed.** The samplers run an intensity's scan through one engine (:mod:`pyro_dpp.scan`) when
+:meth:`Intensity.scan_filter` hands it a :class:`~pyro_dpp.scan.ScanFilter`: the history filter
+(how an event's weights enter the state, how the state drives the rates, and the reverse of both
+for the backward pass). The stock intensities return theirs; a subclass keeps its parent's filter
+(and numba kernel) unless it overrides one of :data:`MATH_METHODS`, or an instance attribute shadows
+one, since the stock filter would then compute something else (see :func:`keeps_math`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,18 @@ from typing import Any
 import torch
 
 State = tuple[torch.Tensor, ...]
+
+#: The methods that define an intensity's values: a subclass overriding one loses the stock filter.
+MATH_METHODS = ("rates", "log_rates", "update", "initial_state", "forward", "log_forward")
+
+
+def keeps_math(obj: object, stock: type, names: tuple[str, ...] = MATH_METHODS) -> bool:
+    """Whether ``obj`` (an instance of ``stock`` or of a subclass) computes with ``stock``'s own
+    ``names``: no subclass between them overrides one and no instance attribute shadows one (a test
+    spy, a monkeypatch)."""
+    if any(name in vars(obj) for name in names):
+        return False
+    return all(getattr(type(obj), name) is getattr(stock, name) for name in names)
 
 
 class Intensity(torch.nn.Module):
@@ -77,6 +96,17 @@ class Intensity(torch.nn.Module):
         """``log rates(state, time)``; override where a stable log-space form exists (an intensity
         whose rates underflow to zero in float32 would otherwise give -inf log-likelihoods)."""
         return safe_log(self.rates(state, time))
+
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> Any:
+        """The history filter of this intensity on a time line, for the scan engine, or None.
+
+        :param keys: ``B x S`` nondecreasing step times (``B`` the flattened batch, no gradient).
+        :param batch: the unflattened batch shape.
+        :returns: a :class:`pyro_dpp.scan.ScanFilter` (see :mod:`pyro_dpp.scan.filter` for the
+            protocol), or None (the default): the sampler then runs the reference loop over
+            :meth:`log_rates` and :meth:`update`.
+        """
+        return None
 
     # ---- parallel --------------------------------------------------------------------------
     def log_forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
