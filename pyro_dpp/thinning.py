@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from . import fastscan
 from .events import LOG_WEIGHTS_ATTR, pad_realization
-from .intensity.base import Intensity, safe_log
+from .intensity.base import Intensity
+from .scan.generic import generic_scan, thinning_step
 
 # Relative slack on the bound check: rounding in the summed rates is not a violation.
 _BOUND_RTOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-10}
@@ -142,11 +143,15 @@ def fast_paths(enabled: bool) -> Iterator[None]:
 
 
 def _use_fast(fast: bool | None, intensity: Intensity, *tensors: torch.Tensor | None) -> bool:
-    if not (FAST_PATHS if fast is None else fast):
+    if not _fast_on(fast):
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False  # gradients with respect to the context or the bound: the reference handles them
+        return False  # gradients with respect to the context or the bound: the generic scan handles them
     return fastscan.supports(intensity)
+
+
+def _fast_on(fast: bool | None) -> bool:
+    return FAST_PATHS if fast is None else fast
 
 
 def _check_window(intensity: Intensity, times: torch.Tensor, history: torch.Tensor) -> None:
@@ -192,7 +197,8 @@ def _scan(
     ``log_weights``, the candidate ``times`` and ``mask``.
 
     ``fast`` (default: :data:`FAST_PATHS`) selects :func:`pyro_dpp.fastscan.scan` for the stock
-    intensities; ``False`` runs the reference loop below. Both consume the same random numbers."""
+    intensities and :func:`pyro_dpp.scan.generic.generic_scan` (checkpointed, no per-step graph) for
+    every other; ``False`` runs the reference loop below. All consume the same random numbers."""
     k = intensity.num_marks
     cand_times, cand_mask = draw_candidates(bound, duration, max_events)
     times, is_cand, is_ctx, ctx_w, cand_step = merge_timeline(
@@ -202,8 +208,10 @@ def _scan(
     log_bound = torch.log(bound).unsqueeze(-1)
     gumbel = -torch.log(-torch.log(torch.rand(batch + (steps, k + 1), dtype=times.dtype, device=times.device)
                                    .clamp(min=torch.finfo(times.dtype).tiny)))
-    if _use_fast(fast, intensity, context, bound):
-        marks, logs, history, total = fastscan.scan(
+    if _fast_on(fast):
+        # the stock intensities' hand-written engines, else the generic checkpointed scan
+        scan = fastscan.scan if _use_fast(fast, intensity, context, bound) else generic_scan
+        marks, logs, history, total = scan(
             intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through
         )
         ratio = torch.where(is_cand, total / bound.detach().unsqueeze(-1), torch.zeros_like(total))
@@ -220,23 +228,11 @@ def _scan(
     ctx_f = is_ctx.to(times.dtype).unsqueeze(-1)
     for s in range(steps):
         t = times[..., s]
-        log_rates = intensity.log_rates(state, t)  # batch x K
-        rates = log_rates.exp()
-        total = rates.sum(-1)
+        y, log_y, total = thinning_step(intensity.log_rates(state, t), log_bound, bound, gumbel[..., s, :],
+                                        temperature, straight_through)
         ratio = torch.where(is_cand[..., s], total / bound, torch.zeros_like(total)).detach()
         worst_at = torch.where(ratio > worst, t, worst_at)
         worst = torch.maximum(worst, ratio)
-        rest = torch.clamp(1 - total / bound, min=0)
-        log_pi = torch.cat([log_rates - log_bound, safe_log(rest).unsqueeze(-1)], -1)
-        if temperature > 0:
-            log_y = torch.log_softmax((log_pi + gumbel[..., s, :]) / temperature, -1)
-            y = log_y.exp()
-            if straight_through:
-                hard = F.one_hot(y.argmax(-1), k + 1).to(y)
-                y = hard + y - y.detach()
-        else:
-            log_y = log_pi  # unused for exact draws
-            y = F.one_hot((log_pi + gumbel[..., s, :]).argmax(-1), k + 1).to(times.dtype)
         event = y[..., :k] * cand_f[..., s, :]
         weights = torch.cat([event, ctx_w[..., s, :] * ctx_f[..., s, :]], -1)
         state = intensity.update(state, t, weights)
