@@ -38,10 +38,16 @@ class Intensity(torch.nn.Module):
 
     :ivar int num_marks: ``K``, the marks this intensity models.
     :ivar int num_context_marks: ``C``, marks that only enter the history.
+    :ivar bool parallel_scoring: score (``log_prob``) through the parallel :meth:`forward` rather
+        than as a linear-time scan over the events (:mod:`pyro_dpp.scan.generic_scoring`). False by
+        default, since a parallel evaluation written by hand is often pairwise (O(events^2)); the
+        stock intensities, whose parallel paths are chunked and linear, set it True. Set it on a
+        class or an instance to force either way.
     """
 
     num_marks: int
     num_context_marks: int = 0
+    parallel_scoring: bool = False
 
     @property
     def num_history_marks(self) -> int:
