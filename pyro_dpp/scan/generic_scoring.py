@@ -201,6 +201,19 @@ class _ScanScore(torch.autograd.Function):
         return (None, *carry[: plan.num_state], *grad_params, grad_times, grad_weights)
 
 
+def _tie_groups(keys: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor | None:
+    """``batch x R``: which sorted rows start a group of equal times, or None if no row shares its
+    time with an earlier row of nonzero weight (padding rows at the duration, say, change no state,
+    so the scan needs no group states for them)."""
+    same = torch.cat([torch.zeros_like(keys[..., :1], dtype=torch.bool), keys[..., 1:] == keys[..., :-1]], -1)
+    index = torch.arange(keys.shape[-1], device=keys.device).expand(keys.shape)
+    start = torch.cummax(torch.where(same, torch.zeros_like(index), index), -1).values  # the group's first row
+    before = torch.cumsum(weighted.long(), -1) - weighted.long()  # weighted rows before each row
+    if not bool((same & (before > before.gather(-1, start))).any()):
+        return None
+    return ~same
+
+
 def scan_score(
     intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor,
     nodes: torch.Tensor | None, checkpoint_every: int | None = None, stats: dict | None = None,
@@ -233,10 +246,7 @@ def scan_score(
     weights_sorted = weights.gather(-2, order.unsqueeze(-1).expand(order.shape + weights.shape[-1:]))
     keys = times_sorted.detach()
     ends = torch.cat([torch.minimum(keys.clamp(min=0), duration.unsqueeze(-1)), duration.unsqueeze(-1)], -1)
-    same = keys[..., 1:] == keys[..., :-1]
-    new_group = None
-    if bool(same.any()):
-        new_group = torch.cat([torch.ones_like(same[..., :1]), ~same], -1)
+    new_group = _tie_groups(keys, (weights_sorted.detach() != 0).any(-1))
     total = times_sorted.shape[-1]
     every = default_checkpoint_every(total) if checkpoint_every is None else int(checkpoint_every)
     if every < 1:
