@@ -359,10 +359,12 @@ def test_parallel_scoring_attribute_forces_the_parallel_path():
     assert forward.calls > 0
 
 
+@pytest.mark.parametrize("wrt_weights", [True, False], ids=["params-and-weights", "params-only"])
 @pytest.mark.parametrize("name", NAMES)
-def test_scan_score_gradcheck(name):
+def test_scan_score_gradcheck(name, wrt_weights):
     """The scoring function in float64 with respect to the intensity's tensors and the history
-    weights, with ties and several segments."""
+    weights, with ties and several segments; with constant weights (exact data) the states need no
+    gradient and only the evaluation on them is differentiated."""
     intensity, params, _, build = make(name)
     value = _score_value(intensity, 8.0, False)
     times, weights = history(value, intensity.num_marks, context(), intensity.num_context_marks)
@@ -370,10 +372,14 @@ def test_scan_score_gradcheck(name):
     duration = torch.full(times.shape[:-1], DURATION, dtype=DT)
 
     def score(*inputs):
-        *leaves, w = inputs
-        return scan_score(build(*leaves), times, w, duration, nodes, checkpoint_every=3)
+        leaves, w = (inputs[:-1], inputs[-1]) if wrt_weights else (inputs, weights)
+        stats = {}
+        out = scan_score(build(*leaves), times, w, duration, nodes, checkpoint_every=3, stats=stats)
+        assert stats["checkpoints"] == math.ceil(times.shape[-1] / 3)
+        assert stats["constant_states"] != wrt_weights
+        return out
 
-    inputs = params + [weights.clone().requires_grad_()]
+    inputs = params + ([weights.clone().requires_grad_()] if wrt_weights else [])
     assert torch.autograd.gradcheck(score, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 

@@ -58,6 +58,7 @@ class _Plan:
     ends: torch.Tensor  # batch x (R + 1): interval j is [ends[j-1], ends[j]] (ends[-1] := 0)
     nodes: torch.Tensor | None  # Legendre nodes and weights (2 x n), None: no compensator
     every: int
+    constant_states: bool  # the states need no gradient (only the evaluation on them does)
     stats: dict = field(default_factory=dict)
 
 
@@ -73,13 +74,12 @@ def _lead(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, 0)
 
 
-def _segment(plan: _Plan, state: State, group: State | None, lo: int, hi: int, times: torch.Tensor,
-             weights: torch.Tensor, last: bool) -> tuple[State, State | None, torch.Tensor, torch.Tensor | None]:
-    """Rows ``lo .. hi-1`` (``times`` batch x m, ``weights`` batch x m x D are the segment's) from the
-    state before row ``lo`` (and the group state of row ``lo - 1``). Returns the state after the
-    segment, the group state of its last row, the log-rates at its rows (``batch x m x K``) and its
-    part of the compensator (``batch``; with the final interval if ``last``)."""
-    intensity = plan.intensity
+def _fold(plan: _Plan, state: State, group: State | None, lo: int, hi: int, times: torch.Tensor,
+          weights: torch.Tensor) -> tuple[State, State | None, list[State], list[State]]:
+    """Fold rows ``lo .. hi-1`` (``times`` batch x m, ``weights`` batch x m x D are the segment's) into
+    ``state`` (the state before row ``lo``; ``group``: the group state of row ``lo - 1``). Returns the
+    state after the segment, the group state of its last row, and per row the state before it and the
+    state its log-rates read (before its group of equal times; empty if there are no ties)."""
     before, at = [], []
     for i in range(hi - lo):
         if plan.new_group is not None:
@@ -92,14 +92,22 @@ def _segment(plan: _Plan, state: State, group: State | None, lo: int, hi: int, t
                     for s, g in zip(pytree.tree_leaves(state), pytree.tree_leaves(group))], plan.spec)
             at.append(group)
         before.append(state)
-        state = intensity.update(state, times[..., i], weights[..., i, :])
+        state = plan.intensity.update(state, times[..., i], weights[..., i, :])
+    return state, group, before, at
+
+
+def _evaluate(plan: _Plan, before: list[State], at: list[State], end: State, lo: int, times: torch.Tensor,
+              last: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The log-rates at a segment's rows (``batch x m x K``) and its part of the compensator
+    (``batch``; with the final interval if ``last``), each in one call on the stacked states."""
+    intensity = plan.intensity
     if before:
         log_rates = intensity.log_rates(_stack(at or before), _lead(times)).movedim(0, -2)
     else:
         log_rates = times.new_zeros(times.shape + (intensity.num_marks,))
     comp = None
     if plan.nodes is not None:
-        intervals = before + [state] if last else before
+        intervals = before + [end] if last else before
         stacked = _stack(intervals)
         j = torch.arange(lo, lo + len(intervals), device=times.device)
         right = plan.ends[..., j]
@@ -110,9 +118,16 @@ def _segment(plan: _Plan, state: State, group: State | None, lo: int, hi: int, t
         for x, w in plan.nodes.t():
             node = centre + half * x
             rates = intensity.rates(stacked, node) if own_rates else intensity.log_rates(stacked, node).exp()
-            rates = rates.sum(-1)  # m x batch
-            comp = comp + (rates * half * w).sum(0)
-    return state, group, log_rates, comp
+            comp = comp + (rates.sum(-1) * half * w).sum(0)
+    return log_rates, comp
+
+
+def _segment(plan: _Plan, state: State, group: State | None, lo: int, hi: int, times: torch.Tensor,
+             weights: torch.Tensor, last: bool) -> tuple[State, State | None, torch.Tensor, torch.Tensor | None]:
+    """:func:`_fold` then :func:`_evaluate`: the state after the segment, the group state of its last
+    row, the log-rates at its rows and its part of the compensator."""
+    end, group, before, at = _fold(plan, state, group, lo, hi, times, weights)
+    return (end, group, *_evaluate(plan, before, at, end, lo, times, last))
 
 
 def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, weights: torch.Tensor,
@@ -143,7 +158,8 @@ class _ScanScore(torch.autograd.Function):
         times, weights = inputs[plan.num_state + plan.num_params:]
         checkpoints: list = []
         log_rates, comp = _forward(plan, list(inputs[: plan.num_state]), times, weights, checkpoints)
-        plan.stats.update(rows=times.shape[-1], every=plan.every, checkpoints=len(checkpoints))
+        plan.stats.update(rows=times.shape[-1], every=plan.every, checkpoints=len(checkpoints),
+                          constant_states=plan.constant_states)
         ctx.plan, ctx.checkpoints = plan, checkpoints
         ctx.save_for_backward(times, weights)
         return log_rates, comp
@@ -163,6 +179,27 @@ class _ScanScore(torch.autograd.Function):
             lo = index * plan.every
             hi = min(rows, lo + plan.every)
             saved, saved_group = checkpoints[index]
+            if plan.constant_states:
+                # the states depend on nothing that requires grad: fold without a graph, then
+                # differentiate only the evaluation on the stacked states
+                state = pytree.tree_unflatten(list(saved), plan.spec)
+                group = None if saved_group is None else pytree.tree_unflatten(list(saved_group), plan.spec)
+                end, _, before, at = _fold(plan, state, group, lo, hi, times[..., lo:hi], weights[..., lo:hi, :])
+                with torch.enable_grad():
+                    lr, comp = _evaluate(plan, before, at, end, lo, times[..., lo:hi], last=hi == rows)
+                    pairs = []
+                    if grad_log_rates is not None and lr.requires_grad:
+                        pairs.append((lr, grad_log_rates[..., lo:hi, :]))
+                    if grad_comp is not None and comp is not None and comp.requires_grad:
+                        pairs.append((comp, grad_comp))
+                    if index == len(checkpoints) - 1:
+                        check_captured([o for o, _ in pairs], plan.params)
+                    grads = (torch.autograd.grad([o for o, _ in pairs], plan.params, [g for _, g in pairs],
+                                                 allow_unused=True) if pairs and plan.params else [])
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+                continue
             with torch.enable_grad():
                 leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in saved]
                 group_leaves = None if saved_group is None else [
@@ -198,7 +235,8 @@ class _ScanScore(torch.autograd.Function):
             if need_weights and grads[0] is not None:
                 grad_weights[..., lo:hi, :] += grads[0]
         plan.stats.update(recomputed_segments=len(checkpoints))
-        return (None, *carry[: plan.num_state], *grad_params, grad_times, grad_weights)
+        carry = carry[: plan.num_state] if carry else [None] * plan.num_state
+        return (None, *carry, *grad_params, grad_times, grad_weights)
 
 
 def _tie_groups(keys: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor | None:
@@ -254,9 +292,15 @@ def scan_score(
     leaves, spec = _leaves(intensity.initial_state(batch, times_sorted, total))
     grad = torch.is_grad_enabled()
     params = intensity_tensors(intensity) if grad else []
-    plan = _Plan(intensity, spec, len(leaves), len(params), params, new_group, ends, nodes, every,
-                 {} if stats is None else stats)
     inputs = [*leaves, *params, times_sorted, weights_sorted]
+    constant = grad and not any(x.requires_grad for x in [*leaves, times_sorted, weights_sorted])
+    if constant and total:  # does the update itself use a tensor that requires grad?
+        with torch.enable_grad():
+            probe = intensity.update(pytree.tree_unflatten(list(leaves), spec), times_sorted[..., 0].detach(),
+                                     weights_sorted[..., 0, :].detach())
+        constant = not any(x.requires_grad for x in pytree.tree_leaves(probe))
+    plan = _Plan(intensity, spec, len(leaves), len(params), params, new_group, ends, nodes, every, constant,
+                 {} if stats is None else stats)
     if grad and any(x.requires_grad for x in inputs):
         log_rates, comp = _ScanScore.apply(plan, *inputs)
     else:
