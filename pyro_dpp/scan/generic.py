@@ -160,14 +160,15 @@ def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w
     history weights."""
     intensity, k = plan.intensity, plan.intensity.num_marks
     log_bound = torch.log(bound).unsqueeze(-1)
-    cand = plan.cand[..., lo:hi, :]
-    ctx_hist = ctx_w * plan.ctx[..., lo:hi, :]
+    # per-step views in one call each (indexing inside the loop costs a dispatch per step and tensor)
+    cands = plan.cand[..., lo:hi, :].unbind(-2)
+    ctx_hists = (ctx_w * plan.ctx[..., lo:hi, :]).unbind(-2)
+    noises = plan.gumbel[..., lo:hi, :].unbind(-2)
     ys, logs, totals, hists = [], [], [], []
-    for i in range(hi - lo):
-        t = times[..., i]
-        y, log_y, total = thinning_step(intensity.log_rates(state, t), log_bound, bound, plan.gumbel[..., lo + i, :],
+    for t, cand, ctx_hist, noise in zip(times.unbind(-1), cands, ctx_hists, noises):
+        y, log_y, total = thinning_step(intensity.log_rates(state, t), log_bound, bound, noise,
                                         plan.temperature, plan.straight_through)
-        weights = torch.cat([y[..., :k] * cand[..., i, :], ctx_hist[..., i, :]], -1)
+        weights = torch.cat([y[..., :k] * cand, ctx_hist], -1)
         state = intensity.update(state, t, weights)
         ys.append(y)
         logs.append(log_y)
@@ -180,24 +181,28 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w
              bound: torch.Tensor, checkpoints: list | None) -> tuple[torch.Tensor, ...]:
     """The whole scan without autograd; appends the state leaves at each segment start to
     ``checkpoints`` when given."""
-    k = plan.intensity.num_marks
+    k, d = plan.intensity.num_marks, plan.intensity.num_history_marks
     batch, steps = times.shape[:-1], times.shape[-1]
     state = pytree.tree_unflatten(list(leaves), plan.spec)
-    ys, logs, totals, hists = [], [], [], []
+    # preallocated outputs, filled a segment at a time: lists of per-step tensors over the whole
+    # time line would cost a tensor object per step and output (hundreds of bytes each)
+    # (dtypes from the first segment: the intensity's, which may differ from the time line's)
+    if not steps:
+        empty = times.new_zeros(batch + (0, k + 1))
+        return empty, empty, times.new_zeros(batch + (0, d)), times.new_zeros(batch + (0,))
+    out = None
     for lo in range(0, steps, plan.every):
         hi = min(steps, lo + plan.every)
         if checkpoints is not None:
             checkpoints.append([x.clone() for x in pytree.tree_leaves(state)])  # an update may work in place
-        state, y, lg, tot, h = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound)
-        ys += y
-        logs += lg
-        totals += tot
-        hists += h
-    if not steps:
-        empty = times.new_zeros(batch + (0, k + 1))
-        hists = times.new_zeros(batch + (0, plan.intensity.num_history_marks))
-        return empty, empty, hists, times.new_zeros(batch + (0,))
-    return torch.stack(ys, -2), torch.stack(logs, -2), torch.stack(hists, -2), torch.stack(totals, -1)
+        state, *parts = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound)
+        parts = [torch.stack(part, -1 if i == 2 else -2) for i, part in enumerate(parts)]
+        if out is None:
+            out = [p.new_empty(p.shape[:len(batch)] + (steps,) + p.shape[len(batch) + 1:]) for p in parts]
+        for o, p in zip(out, parts):
+            o[(..., slice(lo, hi)) + (slice(None),) * (p.dim() - len(batch) - 1)] = p
+    marks, logs, totals, hists = out
+    return marks, logs, hists, totals
 
 
 class _GenericScan(torch.autograd.Function):

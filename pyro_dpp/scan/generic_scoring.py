@@ -81,7 +81,7 @@ def _fold(plan: _Plan, state: State, group: State | None, lo: int, hi: int, time
     state after the segment, the group state of its last row, and per row the state before it and the
     state its log-rates read (before its group of equal times; empty if there are no ties)."""
     before, at = [], []
-    for i in range(hi - lo):
+    for i, (t, w) in enumerate(zip(times.unbind(-1), weights.unbind(-2))):
         if plan.new_group is not None:
             if group is None:
                 group = state
@@ -92,7 +92,7 @@ def _fold(plan: _Plan, state: State, group: State | None, lo: int, hi: int, time
                     for s, g in zip(pytree.tree_leaves(state), pytree.tree_leaves(group))], plan.spec)
             at.append(group)
         before.append(state)
-        state = plan.intensity.update(state, times[..., i], weights[..., i, :])
+        state = plan.intensity.update(state, t, w)
     return state, group, before, at
 
 
