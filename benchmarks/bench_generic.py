@@ -10,9 +10,10 @@ scoring (``fast_paths(False)``); "generic" is :mod:`pyro_dpp.scan.generic` (samp
 ``--repeats`` runs after a warm-up (CPU time: a busy shared machine disturbs it less than wall time).
 
 1. relaxed ``rsample`` + ``log_prob`` (DPP density) + backward at batch 256;
-2. ``log_prob`` + backward of one exact sequence of 5,000 / 10,000 / 20,000 events (generic), the
-   reference at the sizes where its pairwise memory fits (``--ref-events``), extrapolated to the
-   largest size by its measured growth exponent (marked ``extrapolated``);
+2. ``log_prob`` + backward of one exact sequence of 5,000 / 10,000 / 20,000 events (generic, one
+   run each), the reference at the sizes where its pairwise memory fits (``--ref-events``; generic
+   there too), extrapolated to the largest size by its measured growth exponent (marked
+   ``extrapolated``);
 3. exact sampling at batch 256;
 4. peak memory (VmHWM of a fresh process) of relaxed ``rsample`` + backward with 2e5 candidates
    (generic), and the reference at 2e4 for scale.
@@ -140,8 +141,9 @@ def make(name: str) -> tuple[Intensity, list[torch.Tensor], float]:
     return intensity, list(intensity.parameters()), 6.0
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()
+def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     cpus = []
     for _ in range(repeats):
         c0 = time.process_time()
@@ -198,8 +200,8 @@ def bench_scoring(sizes: list[int], ref_sizes: list[int], repeats: int) -> dict:
                 process = PointProcess(intensity, duration, max_events=events)
                 torch.autograd.grad(process.log_prob(value).sum(), params)
 
-            with fast_paths(fast):
-                row["generic_cpu_s" if fast else "reference_cpu_s"][events] = timed(run, repeats)
+            with fast_paths(fast):  # long sequences: no warm-up (a first small size warmed the path up)
+                row["generic_cpu_s" if fast else "reference_cpu_s"][events] = timed(run, repeats, events < 4000)
         if ref_sizes and sizes:
             # agreement of the two paths at the smallest common size
             n = min(ref_sizes)
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", default=["relaxed", "scoring", "exact", "memory"])
     parser.add_argument("--ref-events", type=int, nargs="+", default=None,
                         help="sequence lengths for the reference scoring (pairwise memory; default 1000 2000)")
+    parser.add_argument("--memory-candidates", type=float, default=None, help="default 2e5 (quick 2e4)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "generic.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -296,10 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     sections = {
         "relaxed": lambda: bench_relaxed(32 if quick else 256, 5.0 if quick else 20.0, repeats),
         "scoring": lambda: bench_scoring([500, 1000, 2000] if quick else [5000, 10000, 20000],
-                                         args.ref_events or ([250, 500] if quick else [1000, 2000]), repeats),
+                                         args.ref_events or ([250, 500] if quick else [1000, 2000]),
+                                         args.repeats or 1),
         "exact": lambda: bench_exact(32 if quick else 256, 5.0 if quick else 20.0, repeats),
-        "memory": lambda: bench_memory([(2e3, "reference"), (2e4, "generic")] if quick
-                                       else [(2e4, "reference"), (2e4, "generic"), (2e5, "generic")]),
+        "memory": lambda: bench_memory([(2e3, "reference"), (args.memory_candidates or 2e4, "generic")] if quick
+                                       else [(2e4, "reference"), (2e4, "generic"),
+                                             (args.memory_candidates or 2e5, "generic")]),
     }
     results = {}
     for name in args.sections:

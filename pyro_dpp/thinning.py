@@ -120,8 +120,10 @@ def _check_bound(worst: torch.Tensor, bound: torch.Tensor, at: torch.Tensor) -> 
         )
 
 
-#: Use the fast scans of :mod:`pyro_dpp.fastscan` (and the Hawkes cluster sampler) where they apply.
-#: ``False`` restores the reference implementation everywhere (see :func:`fast_paths`).
+#: Use the fast scans of :mod:`pyro_dpp.fastscan` (and the Hawkes cluster sampler) where they apply,
+#: the generic checkpointed scan (:mod:`pyro_dpp.scan.generic`) for every other intensity, and scan
+#: scoring (:mod:`pyro_dpp.scan.generic_scoring`) where the intensity does not ask for parallel
+#: scoring. ``False`` restores the reference implementation everywhere (see :func:`fast_paths`).
 FAST_PATHS = True
 
 
