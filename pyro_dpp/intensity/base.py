@@ -22,6 +22,14 @@ quadrature is used), :meth:`breakpoints` (times where the intensity is not smoot
 quadrature nodes), :meth:`max_rate` (a constant bound on the summed rates, used when ``bound`` is
 omitted) and :meth:`local_bound` (for Ogata-style exact sampling without a global bound). Parameter
 batch dimensions must broadcast against the data's batch dimensions from the right.
+
+With fast paths on, such an intensity samples through the generic checkpointed scan
+(:mod:`pyro_dpp.scan.generic`) and scores (``log_prob``) by a scan over the events
+(:mod:`pyro_dpp.scan.generic_scoring`), which stacks states along a new leading batch dimension: the
+scan methods must accept any leading batch shape, keep the state a (nested) tuple of tensors, and
+not modify a state in place. Tensors that require grad must be held by the intensity (attributes,
+submodules, lists or dicts of them), so the generic paths can pass them their gradients. Set
+:attr:`Intensity.parallel_scoring` to score through :meth:`forward` instead.
 """
 
 from __future__ import annotations
