@@ -25,6 +25,8 @@ import torch
 from .events import event_mask
 from .intensity.base import Intensity, safe_log
 from .relaxed import carried_log_weights, plain
+from .scan.backend import get_backend
+from .scan.generic_scoring import scan_score, scores_by_scan
 from .thinning import bound_tolerance
 
 #: Gauss-Legendre nodes per interval between breakpoints used by default.
@@ -38,6 +40,17 @@ def _rows_in_use(value: torch.Tensor) -> int:
     if torch.jit.is_tracing() or not value.numel():
         return value.shape[-2]
     return int(event_mask(value).sum(-1).max())
+
+
+def use_scan(intensity: Intensity, *tensors: torch.Tensor | None) -> bool:
+    """Whether scoring runs as a scan over the events (:mod:`pyro_dpp.scan.generic_scoring`) rather
+    than through the intensity's parallel ``forward``: for an intensity that has a scan and does not
+    ask for parallel scoring (:attr:`~pyro_dpp.intensity.base.Intensity.parallel_scoring`), under
+    every backend but ``"reference"``, unless a gradient with respect to the duration is needed (the
+    scan's intervals carry none)."""
+    if get_backend() == "reference" or not scores_by_scan(intensity):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def trim_padding(value: torch.Tensor | None) -> torch.Tensor | None:
@@ -148,12 +161,20 @@ def exact_log_likelihood(
     k = intensity.num_marks
     value, context = trim_padding(value), trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
-    log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x E x K
+    if use_scan(intensity, duration):
+        closed = intensity.compensator(times, weights, duration)
+        grid = None if closed is not None else torch.stack(gauss_legendre(nodes, times))
+        log_rates, comp = scan_score(intensity, times, weights, duration, grid)
+        log_rates = log_rates[..., : value.shape[-2], :]  # batch x E x K
+        comp = closed if closed is not None else comp
+    else:
+        log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x E x K
+        comp = compensator(intensity, times, weights, duration, nodes)
     marks = value[..., 1 : 1 + k]
     chosen = marks > 0
     log_rates = torch.where(chosen, log_rates, torch.zeros_like(log_rates))
     events = (marks * log_rates).sum((-1, -2))
-    return events - compensator(intensity, times, weights, duration, nodes)
+    return events - comp
 
 
 def concrete_log_density(log_y: torch.Tensor, log_pi: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -235,7 +256,10 @@ def dpp_log_density(
     rows = _rows_in_use(value)
     value, context = value[..., :rows, :], trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
-    log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K
+    if use_scan(intensity):
+        log_rates = scan_score(intensity, times, weights, duration, None)[0][..., : value.shape[-2], :]
+    else:
+        log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K
     real = event_mask(value)
     total = log_rates.exp().sum(-1)
     ratio = torch.where(real, total / bound.unsqueeze(-1), torch.zeros_like(total))

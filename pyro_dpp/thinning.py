@@ -25,6 +25,7 @@ from .intensity.base import Intensity
 from .relaxed import with_log_weights
 from .scan import engine
 from .scan.backend import get_backend
+from .scan.generic import generic_scan
 from .scan.ogata import accelerated_ogata
 from .scan.step import log_probs, step_marks
 
@@ -149,6 +150,22 @@ def _check_window(intensity: Intensity, times: torch.Tensor, history: torch.Tens
         )
 
 
+def _fast_scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ctx: torch.Tensor,
+               ctx_w: torch.Tensor, gumbel: torch.Tensor, bound: torch.Tensor, context: torch.Tensor | None,
+               temperature: float, straight_through: bool) -> tuple[torch.Tensor, ...] | None:
+    """The scan's dispatcher (see :func:`_scan`): None under backend ``"reference"`` (the caller runs
+    the eager loop); else the engine's outputs where it applies (a scan filter, and no gradient with
+    respect to the context or the bound), the generic checkpointed scan's otherwise."""
+    if get_backend() == "reference":
+        return None
+    args = (intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (context, bound))):
+        out = engine.scan(*args)
+        if out is not None:
+            return out
+    return generic_scan(*args)
+
+
 def _scan(
     intensity: Intensity,
     bound: torch.Tensor,
@@ -162,9 +179,13 @@ def _scan(
     ``temperature == 0`` else soft (straight-through: hard forward, soft backward), their
     ``log_weights``, the candidate ``times`` and ``mask``.
 
-    Unless the backend is ``"reference"`` (or a gradient with respect to the context or the bound
-    is asked for), the engine :func:`pyro_dpp.scan.engine.scan` runs the scan; where it declines (the
-    intensity has no scan filter) the reference loop below runs. Both consume the same random numbers."""
+    Which scan runs (the one decision, :func:`_fast_scan`): under backend ``"reference"`` the eager
+    loop below, the oracle. Under every other backend the engine :func:`pyro_dpp.scan.engine.scan`
+    (stock filters) where it applies, else the generic checkpointed scan
+    :func:`pyro_dpp.scan.generic.generic_scan`: when the intensity has no scan filter, or when a
+    gradient with respect to the context or the bound is asked for (the engine's adjoint carries
+    gradients to the intensity's parameters only). All consume the same random numbers, so for the
+    same seed they return the same draw up to float rounding."""
     k = intensity.num_marks
     cand_times, cand_mask = draw_candidates(bound, duration, max_events)
     times, is_cand, is_ctx, ctx_w, cand_step = merge_timeline(
@@ -174,11 +195,7 @@ def _scan(
     log_bound = torch.log(bound).unsqueeze(-1)
     gumbel = -torch.log(-torch.log(torch.rand(batch + (steps, k + 1), dtype=times.dtype, device=times.device)
                                    .clamp(min=torch.finfo(times.dtype).tiny)))
-    out = None
-    if get_backend() != "reference" and not (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (context, bound))
-    ):  # gradients with respect to the context or the bound: the reference handles them
-        out = engine.scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through)
+    out = _fast_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, context, temperature, straight_through)
     if out is not None:
         marks, logs, history, total = out
         ratio = torch.where(is_cand, total / bound.detach().unsqueeze(-1), torch.zeros_like(total))

@@ -72,6 +72,8 @@ class GLM(Intensity):
         ``window``, else the whole history); an event leaving it while still in the support raises.
     """
 
+    parallel_scoring = True  # chunked, linear-cost parallel paths
+
     def __init__(self, bias: Any, weight: Any, basis: Basis, activation: str = "sigmoid", amplitude: Any = 1.0,
                  window: int | None = None, future: Any = None, future_weight: Any = None) -> None:
         super().__init__()

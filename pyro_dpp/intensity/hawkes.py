@@ -43,6 +43,8 @@ class ExpHawkes(Intensity):
     :param decay: positive decays :math:`\beta`, a scalar or broadcastable to ``adjacency``.
     """
 
+    parallel_scoring = True  # chunked, linear-cost parallel paths
+
     def __init__(self, baseline: Any, adjacency: Any, decay: Any) -> None:
         super().__init__()
         baseline = as_param(baseline)

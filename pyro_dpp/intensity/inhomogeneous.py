@@ -45,6 +45,8 @@ class PiecewisePoisson(Intensity):
     :param int num_context_marks: width of context histories this intensity accepts (ignored).
     """
 
+    parallel_scoring = True  # no history: the rates at all queries in one call
+
     def __init__(self, edges: Any, rates: Any, num_context_marks: int = 0) -> None:
         super().__init__()
         rates = as_param(rates)
@@ -195,6 +197,8 @@ class InhomogeneousPoisson(Intensity):
     :param int pieces: equal pieces of ``[0, T]`` for the compensator's quadrature.
     :param int nodes: Gauss-Legendre nodes per piece.
     """
+
+    parallel_scoring = True  # no history: rate_fn at all queries in one call
 
     def __init__(self, rate_fn: Callable[[torch.Tensor], torch.Tensor], bound: Any = None,
                  num_marks: int | None = None, num_context_marks: int = 0, knots: Any = None, pieces: int = 16,

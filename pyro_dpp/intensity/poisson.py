@@ -19,6 +19,8 @@ class Poisson(Intensity):
     :param int num_context_marks: width of context histories this intensity accepts (ignored).
     """
 
+    parallel_scoring = True  # chunked, linear-cost parallel paths
+
     def __init__(self, rates: Any, num_context_marks: int = 0) -> None:
         super().__init__()
         rates = as_param(rates)

@@ -9,10 +9,15 @@ name             what runs
 ``"torch"``      the torch engine everywhere (any device), torch implementations of the scoring kernels
 ``"numba"``      as ``"auto"``, but setting it raises if numba is not installed
 ``"reference"``  the eager loop over the intensity's own ``log_rates`` / ``update`` under autograd (the
-                 oracle the other backends are tested against) and the torch scoring implementations
+                 oracle the other backends are tested against), the torch scoring implementations,
+                 and scoring through the parallel ``forward`` for every intensity
 ===============  ======================================================================================
 
-Intensities without a scan filter run the reference loop under every backend.
+Intensities without a scan filter (and scans that need gradients with respect to the context or
+the bound, which the engine does not carry) run the generic checkpointed scan
+(:mod:`pyro_dpp.scan.generic`) under every backend but ``"reference"``; intensities whose
+``parallel_scoring`` is False score by a scan over the events (:mod:`pyro_dpp.scan.generic_scoring`)
+under the same backends.
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ def scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ct
     :returns: ``marks`` and ``log_weights`` on the time line (``batch x S x (K+1)``, as the reference
         scan computes them before selecting candidate rows), the time line's history weights
         (``batch x S x (K+C)``, for the window check) and the summed rates (``batch x S``, for the
-        bound check); None if the intensity offers no filter (the caller runs the reference loop).
+        bound check); None if the intensity offers no filter (the caller runs the generic scan,
+        :func:`pyro_dpp.scan.generic.generic_scan`).
     """
     batch, steps = times.shape[:-1], times.shape[-1]
     k = intensity.num_marks
@@ -141,11 +142,9 @@ def scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ct
     keys = torch.cummax(keys, -1).values.contiguous()  # padding rows (at the end) take the last time
     filt = intensity.scan_filter(keys, batch)
     if filt is None:
-        # ---- no scan filter: THE place where the generic path plugs in ---------------------------
-        # An intensity without a filter (a user's own, or a stock subclass that overrides its math)
-        # gets the reference loop from the caller. The generic checkpointed path
+        # no scan filter (a user's own intensity, or a stock subclass that overrides its math): the
+        # caller (pyro_dpp.thinning._fast_scan) runs the generic checkpointed path instead
         # (pyro_dpp.scan.generic, built from the intensity's initial_state / log_rates / update)
-        # is to be called here instead of returning None.
         return None
     free = filt.history_free_log_rates(times.detach())
     if free is not None:
