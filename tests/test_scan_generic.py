@@ -315,6 +315,26 @@ def test_generic_scan_finds_hidden_tensors():
         marks.sum().backward()
 
 
+def test_generic_scan_probes_hidden_tensors_before_a_graphless_run():
+    """When the only tensor requiring grad is one the intensity does not hold, the scan would run
+    without a graph and drop its gradient silently: it raises up front; the reference loop, which
+    runs under autograd, carries that gradient."""
+    intensity, params, bound, _ = make("user-exphawkes")
+    for p in params:
+        p.requires_grad_(False)
+    intensity = make("user-exphawkes")[3](*params)  # parameters without gradients
+    hidden = torch.tensor(0.2, dtype=DT, requires_grad=True)
+    inner = intensity.rates
+    intensity.rates = lambda state, time: inner(state, time) + hidden
+    process = PointProcess(intensity, DURATION, bound=bound, temperature=0.5, context=context())
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="does not hold"):
+        process.rsample()
+    with backend("reference"):
+        value = process.rsample()
+    assert torch.autograd.grad(value[..., 1:-1].sum(), hidden)[0].abs() > 0  # the soft marks
+
+
 # ---- scoring ---------------------------------------------------------------------------------------------
 def _score_value(intensity, bound, relaxed):
     if relaxed:

@@ -2,9 +2,10 @@
 
 An intensity that offers no filter to the engine still has the documented scan interface
 (:meth:`~pyro_dpp.intensity.base.Intensity.initial_state`, ``log_rates`` / ``rates``, ``update``).
-The reference scan (:func:`pyro_dpp.thinning._scan` under backend ``"reference"``) calls it under autograd, so
-every step leaves a graph (the intensity's own operations, the thinning step, a state copy) alive
-until the backward pass: memory O(S) graphs for S steps, and the graph bookkeeping per step.
+The reference scan (:func:`pyro_dpp.thinning._scan` under backend ``"reference"``) calls it under
+autograd, so every step leaves a graph (the intensity's own operations, the thinning step, a state
+copy) alive until the backward pass: memory O(S) graphs for S steps, and the graph bookkeeping per
+step.
 
 :func:`generic_scan` runs the same steps with the same random numbers under ``torch.no_grad()``,
 keeping the state only every ``k`` steps (default ``ceil(sqrt(S))``). Its backward pass
@@ -20,7 +21,9 @@ submodules, and lists, tuples and dicts of tensors; non-leaf tensors such as
 ``softplus(pyro.param(...))`` included) and passed as inputs of the autograd function, as are the
 initial state, the context weights, the time line and the bound. A tensor the intensity uses but
 does not hold (a closure over a global, say) would lose its gradient silently; the backward pass
-walks one segment's graph and raises :class:`ValueError` if it finds such a tensor.
+walks one segment's graph and raises :class:`ValueError` if it finds such a tensor, and when no
+tensor the scan sees requires grad, the first step is probed under autograd (and raises the same
+way) before the scan runs without a graph.
 
 The thinning step itself (exact, relaxed, straight-through) is :mod:`pyro_dpp.scan.step`'s
 :func:`~pyro_dpp.scan.step.log_probs` and :func:`~pyro_dpp.scan.step.step_marks`, the functions the
@@ -70,6 +73,14 @@ def intensity_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
     return found
 
 
+def _hidden_tensor(what: str) -> ValueError:
+    return ValueError(
+        f"the intensity's computation depends on a tensor requiring grad{what} that the intensity does not "
+        "hold, so the generic scan cannot pass it its gradient; store it as an attribute of the intensity (or "
+        "of a submodule, list or dict it holds), or run the reference scan (pyro_dpp.set_backend('reference'))"
+    )
+
+
 def check_captured(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> None:
     """Raise if the graph of ``outputs`` reaches a tensor requiring grad other than through ``inputs``
     (its gradient would be lost)."""
@@ -85,12 +96,7 @@ def check_captured(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> N
         variable = getattr(node, "variable", None)
         if variable is not None:
             if id(variable) not in inside:
-                raise ValueError(
-                    f"the intensity's computation depends on a tensor requiring grad (shape "
-                    f"{tuple(variable.shape)}) that the intensity does not hold, so the generic scan cannot "
-                    "pass it its gradient; store it as an attribute of the intensity (or of a submodule, "
-                    "list or dict it holds), or run the reference scan (pyro_dpp.set_backend('reference'))"
-                )
+                raise _hidden_tensor(f" (shape {tuple(variable.shape)})")
             continue
         stack.extend(n for n, _ in node.next_functions)
 
@@ -286,6 +292,12 @@ def generic_scan(
     if grad and any(x.requires_grad for x in inputs):
         marks, logs, hists, ratios = _GenericScan.apply(plan, *inputs)
     else:
+        if grad and steps:
+            # nothing the scan can see requires grad: a parameter the intensity closes over without
+            # holding it would lose its gradient silently here, so probe the first step with autograd
+            with torch.enable_grad():
+                if intensity.log_rates(pytree.tree_unflatten(list(leaves), spec), times[..., 0]).requires_grad:
+                    raise _hidden_tensor("")
         with torch.no_grad():
             marks, logs, hists, ratios = _forward(plan, leaves, times, ctx_w, bound, None)
         plan.stats.update(steps=steps, every=every, checkpoints=0)
