@@ -101,6 +101,38 @@ def check_captured(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> N
         stack.extend(n for n, _ in node.next_functions)
 
 
+def segment_vjp(pairs: list[tuple[torch.Tensor, torch.Tensor]], wanted: list[torch.Tensor],
+                check: bool) -> list:
+    """One vector-Jacobian product through a recomputed segment: the gradients of ``wanted`` given
+    ``(output, cotangent)`` ``pairs`` (None where unused); with ``check``, first
+    :func:`check_captured` (the graph of one segment, the last, is walked)."""
+    if check:
+        check_captured([o for o, _ in pairs], wanted)
+    if not (pairs and wanted):
+        return [None] * len(wanted)
+    return list(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+
+
+def add_segment_grads(grads: list, starts: list[torch.Tensor], grad_params: list,
+                      targets: tuple[tuple[bool, torch.Tensor | None, Any], ...] = ()) -> list:
+    """Distribute one segment's gradients, in the order :func:`segment_vjp` got them for ``wanted =
+    [start leaves requiring grad] + params + [one per needed target]``: returns the cotangents of the
+    start leaves (the carry into the segment before), adds the parameters' into ``grad_params`` and
+    each needed target's into ``accumulator[where]`` for ``(need, accumulator, where)`` in ``targets``."""
+    grads = list(grads)
+    carry = [grads.pop(0) if x.requires_grad else None for x in starts]
+    for i in range(len(grad_params)):
+        g = grads.pop(0)
+        if g is not None:
+            grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+    for need, accumulator, where in targets:
+        if need:
+            g = grads.pop(0)
+            if g is not None:
+                accumulator[where] += g
+    return carry
+
+
 def _leaves(state: State) -> tuple[list[torch.Tensor], Any]:
     leaves, spec = pytree.tree_flatten(state)
     if not all(isinstance(x, torch.Tensor) for x in leaves):
@@ -232,25 +264,13 @@ class _GenericScan(torch.autograd.Function):
                 wanted = [x for x in leaves if x.requires_grad] + plan.params
                 wanted += [x for x, need in ((seg_times, need_times), (seg_ctx, need_ctx), (seg_bound, need_bound))
                            if need]
-                if index == len(checkpoints) - 1:
-                    check_captured([o for o, _ in pairs], wanted)
-                grads = (torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
-                         if pairs and wanted else [None] * len(wanted))
+                grads = segment_vjp(pairs, wanted, check=index == len(checkpoints) - 1)
             recomputed.append(hi - lo)
-            grads = list(grads)
-            carry = [grads.pop(0) if x.requires_grad else None for x in leaves]
-            for i in range(plan.num_params):
-                g = grads.pop(0)
-                if g is not None:
-                    grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
-            if need_times and grads[0] is not None:
-                grad_times[..., lo:hi] += grads[0]
-            grads = grads[need_times:]
-            if need_ctx and grads[0] is not None:
-                grad_ctx[..., lo:hi, :] += grads[0]
-            grads = grads[need_ctx:]
-            if need_bound and grads[0] is not None:
-                grad_bound += grads[0]
+            carry = add_segment_grads(grads, leaves, grad_params, (
+                (need_times, grad_times, (..., slice(lo, hi))),
+                (need_ctx, grad_ctx, (..., slice(lo, hi), slice(None))),
+                (need_bound, grad_bound, ...),
+            ))
         plan.stats.update(recomputed_segments=len(recomputed), longest_segment=max(recomputed, default=0),
                           recomputed_steps=sum(recomputed))
         return (None, *carry, *grad_params, grad_times, grad_ctx, grad_bound)

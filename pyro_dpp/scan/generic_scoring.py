@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
-from .generic import _leaves, check_captured, default_checkpoint_every, intensity_tensors
+from .generic import _leaves, add_segment_grads, default_checkpoint_every, intensity_tensors, segment_vjp
 
 
 def has_scan(intensity: Intensity) -> bool:
@@ -192,13 +192,8 @@ class _ScanScore(torch.autograd.Function):
                         pairs.append((lr, grad_log_rates[..., lo:hi, :]))
                     if grad_comp is not None and comp is not None and comp.requires_grad:
                         pairs.append((comp, grad_comp))
-                    if index == len(checkpoints) - 1:
-                        check_captured([o for o, _ in pairs], plan.params)
-                    grads = (torch.autograd.grad([o for o, _ in pairs], plan.params, [g for _, g in pairs],
-                                                 allow_unused=True) if pairs and plan.params else [])
-                for i, g in enumerate(grads):
-                    if g is not None:
-                        grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+                    grads = segment_vjp(pairs, plan.params, check=index == len(checkpoints) - 1)
+                add_segment_grads(grads, [], grad_params)
                 continue
             with torch.enable_grad():
                 leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in saved]
@@ -220,20 +215,11 @@ class _ScanScore(torch.autograd.Function):
                 starts = leaves + ([] if group_leaves is None else group_leaves)
                 wanted = [x for x in starts if x.requires_grad] + plan.params
                 wanted += [x for x, need in ((seg_times, need_times), (seg_weights, need_weights)) if need]
-                if index == len(checkpoints) - 1:
-                    check_captured([o for o, _ in pairs], wanted)
-                grads = list(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
-                                                 allow_unused=True) if pairs and wanted else [None] * len(wanted))
-            carry = [grads.pop(0) if x.requires_grad else None for x in starts]
-            for i in range(plan.num_params):
-                g = grads.pop(0)
-                if g is not None:
-                    grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
-            if need_times and grads[0] is not None:
-                grad_times[..., lo:hi] += grads[0]
-            grads = grads[need_times:]
-            if need_weights and grads[0] is not None:
-                grad_weights[..., lo:hi, :] += grads[0]
+                grads = segment_vjp(pairs, wanted, check=index == len(checkpoints) - 1)
+            carry = add_segment_grads(grads, starts, grad_params, (
+                (need_times, grad_times, (..., slice(lo, hi))),
+                (need_weights, grad_weights, (..., slice(lo, hi), slice(None))),
+            ))
         plan.stats.update(recomputed_segments=len(checkpoints))
         carry = carry[: plan.num_state] if carry else [None] * plan.num_state
         return (None, *carry, *grad_params, grad_times, grad_weights)
