@@ -13,6 +13,7 @@ Usage::
     python benchmarks/bench_core.py            # full run, under ~2 minutes on 2 CPU cores
     python benchmarks/bench_core.py --quick    # a few seconds (smoke test)
     python benchmarks/bench_core.py --threads 2 --batch 128 --out results/core.json
+    python benchmarks/bench_core.py --backend torch    # the torch engine instead of the numba kernels
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from pathlib import Path
 
 import torch
 
+import pyro_dpp
 from pyro_dpp import PointProcess, event_mask
 from pyro_dpp.intensity import GLM, ExpHawkes, ExponentialBasis
+from pyro_dpp.scan import BACKENDS
 
 HERE = Path(__file__).resolve().parent
 DTYPE = torch.float64
@@ -162,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", nargs="+", default=list(PROCESSES), choices=list(PROCESSES))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="pyro_dpp.set_backend (default auto: numba kernels on CPU)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "core.json")
     args = parser.parse_args(argv)
+    pyro_dpp.set_backend(args.backend)
     batch = args.batch or (8 if args.quick else 64)
     duration = args.duration or (5.0 if args.quick else 20.0)
     repeats = args.repeats or (2 if args.quick else 5)
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = {
         "quick": args.quick, "threads": args.threads, "batch": batch, "duration": duration,
-        "temperature": args.temperature, "repeats": repeats, "warmup": args.warmup, "seed": args.seed,
+        "temperature": args.temperature, "backend": args.backend, "repeats": repeats, "warmup": args.warmup,
+        "seed": args.seed,
         "dtype": str(DTYPE), "torch": torch.__version__, "python": sys.version.split()[0],
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "elapsed_s": elapsed,
     }

@@ -43,9 +43,11 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_dpp import PointProcess, event_mask, fastscan, thinning
+import pyro_dpp
+from pyro_dpp import PointProcess, event_mask
 from pyro_dpp.events import LOG_WEIGHTS_ATTR
-from pyro_dpp.intensity import ExpHawkes, _kernels
+from pyro_dpp.intensity import ExpHawkes
+from pyro_dpp.scan.backend import numba_available
 from pyro_dpp.snn import SNN, gradient_draws, snn_guide, snn_model
 
 HERE = Path(__file__).resolve().parent
@@ -65,20 +67,9 @@ def timed(fn: Callable[[], float | int | None], repeats: int, warmup: int = 1) -
             "walls": walls, "cpus": cpus}
 
 
-class Mode:
-    """Fast paths on (numba kernels where installed) or the reference implementation."""
-
-    def __init__(self, fast: bool) -> None:
-        self.fast = fast
-
-    def __enter__(self):
-        self.prev = (thinning.set_fast_paths(self.fast), _kernels.ENABLED, fastscan.BACKEND)
-        _kernels.ENABLED = self.fast
-        return self
-
-    def __exit__(self, *exc):
-        thinning.set_fast_paths(self.prev[0])
-        _kernels.ENABLED, fastscan.BACKEND = self.prev[1], self.prev[2]
+def Mode(fast: bool):  # noqa: N802 - reads as the context it returns
+    """The default backend (numba kernels where installed) or the reference implementation."""
+    return pyro_dpp.backend("auto" if fast else "reference")
 
 
 def paper_snn(seed: int = 0, dtype=torch.float32) -> SNN:
@@ -299,7 +290,7 @@ def bench_memory(candidates: float) -> dict:
                               env=env, check=True)
         count, peak_mb = proc.stdout.split()
         runs.append((int(count), float(peak_mb)))
-    baseline = subprocess.run([sys.executable, "-c", _PEAK + "import torch, pyro, pyro_dpp, pyro_dpp.fastscan\n"
+    baseline = subprocess.run([sys.executable, "-c", _PEAK + "import torch, pyro, pyro_dpp, pyro_dpp.scan\n"
                                "print(peak_mb())"],
                               capture_output=True, text=True, env=env, check=True)
     return {"candidates": runs[1][0], "peak_rss_mb": runs[1][1], "baseline_rss_mb": float(baseline.stdout)}
@@ -340,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report({key: results[key]}), flush=True)
     elapsed = time.perf_counter() - start
     config = {"quick": quick, "threads": args.threads, "repeats": repeats, "torch": torch.__version__,
-              "numba": getattr(fastscan._nb, "nb", None) is not None and __import__("numba").__version__,
+              "numba": numba_available() and __import__("numba").__version__,
               "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "elapsed_s": elapsed}
     payload = {"config": config, "results": results}

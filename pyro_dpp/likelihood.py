@@ -25,6 +25,8 @@ import torch
 from .events import event_mask
 from .intensity.base import Intensity, safe_log
 from .relaxed import carried_log_weights, plain
+from .scan.backend import get_backend
+from .scan.generic_scoring import scan_score, scores_by_scan
 from .thinning import bound_tolerance
 
 #: Gauss-Legendre nodes per interval between breakpoints used by default.
@@ -38,6 +40,17 @@ def _rows_in_use(value: torch.Tensor) -> int:
     if torch.jit.is_tracing() or not value.numel():
         return value.shape[-2]
     return int(event_mask(value).sum(-1).max())
+
+
+def use_scan(intensity: Intensity, *tensors: torch.Tensor | None) -> bool:
+    """Whether scoring runs as a scan over the events (:mod:`pyro_dpp.scan.generic_scoring`) rather
+    than through the intensity's parallel ``forward``: for an intensity that has a scan and does not
+    ask for parallel scoring (:attr:`~pyro_dpp.intensity.base.Intensity.parallel_scoring`), under
+    every backend but ``"reference"``, unless a gradient with respect to the duration is needed (the
+    scan's intervals carry none)."""
+    if get_backend() == "reference" or not scores_by_scan(intensity):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def trim_padding(value: torch.Tensor | None) -> torch.Tensor | None:
@@ -81,6 +94,13 @@ def evaluate(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, q
     return torch.cat(parts, -2)
 
 
+def gauss_legendre(nodes: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``nodes``-point Gauss-Legendre rule on ``[-1, 1]``: nodes and weights with ``like``'s
+    dtype and device (numba twin: ``_gauss_tables`` in :mod:`pyro_dpp.intensity._glm_numba`)."""
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    return like.new_tensor(x), like.new_tensor(w)
+
+
 def quadrature_compensator(
     intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor,
     nodes: int = DEFAULT_QUADRATURE_NODES,
@@ -102,9 +122,7 @@ def quadrature_compensator(
         inside = int((points < end).sum(-1).max()) + 1  # the rest are zero-length intervals at the end
         points = torch.cat([points[..., :inside], end], -1)
     left, right = points[..., :-1], points[..., 1:]
-    x, w = np.polynomial.legendre.leggauss(nodes)
-    x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
-    w = torch.as_tensor(w, dtype=times.dtype, device=times.device)
+    x, w = gauss_legendre(nodes, times)
     half = (right - left) / 2
     centre = (left + right) / 2
     # sort the history once (the chunks below would each sort it otherwise)
@@ -143,12 +161,20 @@ def exact_log_likelihood(
     k = intensity.num_marks
     value, context = trim_padding(value), trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
-    log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x E x K
+    if use_scan(intensity, duration):
+        closed = intensity.compensator(times, weights, duration)
+        grid = None if closed is not None else torch.stack(gauss_legendre(nodes, times))
+        log_rates, comp = scan_score(intensity, times, weights, duration, grid)
+        log_rates = log_rates[..., : value.shape[-2], :]  # batch x E x K
+        comp = closed if closed is not None else comp
+    else:
+        log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x E x K
+        comp = compensator(intensity, times, weights, duration, nodes)
     marks = value[..., 1 : 1 + k]
     chosen = marks > 0
     log_rates = torch.where(chosen, log_rates, torch.zeros_like(log_rates))
     events = (marks * log_rates).sum((-1, -2))
-    return events - compensator(intensity, times, weights, duration, nodes)
+    return events - comp
 
 
 def concrete_log_density(log_y: torch.Tensor, log_pi: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -230,7 +256,10 @@ def dpp_log_density(
     rows = _rows_in_use(value)
     value, context = value[..., :rows, :], trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
-    log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K
+    if use_scan(intensity):
+        log_rates = scan_score(intensity, times, weights, duration, None)[0][..., : value.shape[-2], :]
+    else:
+        log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K
     real = event_mask(value)
     total = log_rates.exp().sum(-1)
     ratio = torch.where(real, total / bound.unsqueeze(-1), torch.zeros_like(total))

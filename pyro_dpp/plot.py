@@ -97,12 +97,11 @@ def rescaled_intervals(intensity: Any, trains: SpikeTrains, context: SpikeTrains
     """Time-rescaled inter-event intervals: by the time-rescaling theorem they are iid Exp(1) if
     the events were drawn from ``intensity``. Computed per sequence and mark by integrating each
     mark's intensity between its consecutive events (Gauss-Legendre between history events)."""
-    from .likelihood import history
+    from .likelihood import gauss_legendre, history
 
     value = _flat(trains)
     ctx = None if context is None else _flat(context).to(value)
     duration = trains.duration.reshape(-1).to(value)
-    x, w = np.polynomial.legendre.leggauss(nodes)
     out = []
     with torch.no_grad():
         for s in range(value.shape[0]):
@@ -115,9 +114,10 @@ def rescaled_intervals(intensity: Any, trains: SpikeTrains, context: SpikeTrains
             breaks = breaks.sort().values
             left, right = breaks[:-1], breaks[1:]
             half = (right - left) / 2
-            query = ((left + right) / 2).unsqueeze(-1) + half.unsqueeze(-1) * v.new_tensor(x)
+            x, w = gauss_legendre(nodes, v)
+            query = ((left + right) / 2).unsqueeze(-1) + half.unsqueeze(-1) * x
             rates = intensity(times, weights, query.reshape(1, -1))[0].reshape(*query.shape, -1)
-            pieces = (rates * (half.unsqueeze(-1) * v.new_tensor(w)).unsqueeze(-1)).sum(1)
+            pieces = (rates * (half.unsqueeze(-1) * w).unsqueeze(-1)).sum(1)
             cumulative = torch.cat([v.new_zeros(1, pieces.shape[-1]), pieces.cumsum(0)])
             for k in range(intensity.num_marks):
                 ev = v[0, real & (v[0, :, 1 + k] > 0.5), 0]

@@ -15,17 +15,19 @@ so a step is a candidate, a context event or padding. All sequences of the batch
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from . import fastscan
 from .events import pad_realization
-from .intensity.base import Intensity, safe_log
+from .intensity.base import Intensity
 from .relaxed import with_log_weights
+from .scan import engine
+from .scan.backend import get_backend
+from .scan.generic import generic_scan
+from .scan.ogata import accelerated_ogata
+from .scan.step import log_probs, step_marks
 
 # Relative slack on the bound check: rounding in the summed rates is not a violation.
 _BOUND_RTOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-10}
@@ -120,36 +122,6 @@ def _check_bound(worst: torch.Tensor, bound: torch.Tensor, at: torch.Tensor) -> 
         )
 
 
-#: Use the fast scans of :mod:`pyro_dpp.fastscan` (and the Hawkes cluster sampler) where they apply.
-#: ``False`` restores the reference implementation everywhere (see :func:`fast_paths`).
-FAST_PATHS = True
-
-
-def set_fast_paths(enabled: bool) -> bool:
-    """Switch the fast samplers on or off globally; returns the previous setting."""
-    global FAST_PATHS
-    previous, FAST_PATHS = FAST_PATHS, bool(enabled)
-    return previous
-
-
-@contextlib.contextmanager
-def fast_paths(enabled: bool) -> Iterator[None]:
-    """Context manager: ``with fast_paths(False): ...`` runs the reference (eager) scans."""
-    previous = set_fast_paths(enabled)
-    try:
-        yield
-    finally:
-        set_fast_paths(previous)
-
-
-def _use_fast(fast: bool | None, intensity: Intensity, *tensors: torch.Tensor | None) -> bool:
-    if not (FAST_PATHS if fast is None else fast):
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False  # gradients with respect to the context or the bound: the reference handles them
-    return fastscan.supports(intensity)
-
-
 def _check_window(intensity: Intensity, times: torch.Tensor, history: torch.Tensor) -> None:
     """The reference scan's finite-support window check, after the fact: with an explicit window of
     ``W`` events, an incoming event (nonzero weights) must not push out one that is still inside
@@ -178,6 +150,22 @@ def _check_window(intensity: Intensity, times: torch.Tensor, history: torch.Tens
         )
 
 
+def _fast_scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ctx: torch.Tensor,
+               ctx_w: torch.Tensor, gumbel: torch.Tensor, bound: torch.Tensor, context: torch.Tensor | None,
+               temperature: float, straight_through: bool) -> tuple[torch.Tensor, ...] | None:
+    """The scan's dispatcher (see :func:`_scan`): None under backend ``"reference"`` (the caller runs
+    the eager loop); else the engine's outputs where it applies (a scan filter, and no gradient with
+    respect to the context or the bound), the generic checkpointed scan's otherwise."""
+    if get_backend() == "reference":
+        return None
+    args = (intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (context, bound))):
+        out = engine.scan(*args)
+        if out is not None:
+            return out
+    return generic_scan(*args)
+
+
 def _scan(
     intensity: Intensity,
     bound: torch.Tensor,
@@ -186,14 +174,18 @@ def _scan(
     max_events: int,
     temperature: float,
     straight_through: bool,
-    fast: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thinning scan. Returns per-candidate ``marks`` (batch x N x (K+1)): one-hot if
     ``temperature == 0`` else soft (straight-through: hard forward, soft backward), their
     ``log_weights``, the candidate ``times`` and ``mask``.
 
-    ``fast`` (default: :data:`FAST_PATHS`) selects :func:`pyro_dpp.fastscan.scan` for the stock
-    intensities; ``False`` runs the reference loop below. Both consume the same random numbers."""
+    Which scan runs (the one decision, :func:`_fast_scan`): under backend ``"reference"`` the eager
+    loop below, the oracle. Under every other backend the engine :func:`pyro_dpp.scan.engine.scan`
+    (stock filters) where it applies, else the generic checkpointed scan
+    :func:`pyro_dpp.scan.generic.generic_scan`: when the intensity has no scan filter, or when a
+    gradient with respect to the context or the bound is asked for (the engine's adjoint carries
+    gradients to the intensity's parameters only). All consume the same random numbers, so for the
+    same seed they return the same draw up to float rounding."""
     k = intensity.num_marks
     cand_times, cand_mask = draw_candidates(bound, duration, max_events)
     times, is_cand, is_ctx, ctx_w, cand_step = merge_timeline(
@@ -203,10 +195,9 @@ def _scan(
     log_bound = torch.log(bound).unsqueeze(-1)
     gumbel = -torch.log(-torch.log(torch.rand(batch + (steps, k + 1), dtype=times.dtype, device=times.device)
                                    .clamp(min=torch.finfo(times.dtype).tiny)))
-    if _use_fast(fast, intensity, context, bound):
-        marks, logs, history, total = fastscan.scan(
-            intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through
-        )
+    out = _fast_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, context, temperature, straight_through)
+    if out is not None:
+        marks, logs, history, total = out
         ratio = torch.where(is_cand, total / bound.detach().unsqueeze(-1), torch.zeros_like(total))
         worst, at = ratio.max(-1) if steps else (ratio.new_zeros(batch), None)
         _check_bound(worst, bound, times.detach().gather(-1, at.unsqueeze(-1)).squeeze(-1))
@@ -219,25 +210,14 @@ def _scan(
     marks, logs = [], []
     cand_f = is_cand.to(times.dtype).unsqueeze(-1)
     ctx_f = is_ctx.to(times.dtype).unsqueeze(-1)
+    inv_t = 1.0 / temperature if temperature > 0 else 1.0
     for s in range(steps):
         t = times[..., s]
-        log_rates = intensity.log_rates(state, t)  # batch x K
-        rates = log_rates.exp()
-        total = rates.sum(-1)
-        ratio = torch.where(is_cand[..., s], total / bound, torch.zeros_like(total)).detach()
+        log_pi, ratio = log_probs(intensity.log_rates(state, t), log_bound)  # batch x (K+1), batch
+        ratio = torch.where(is_cand[..., s], ratio, torch.zeros_like(ratio)).detach()
         worst_at = torch.where(ratio > worst, t, worst_at)
         worst = torch.maximum(worst, ratio)
-        rest = torch.clamp(1 - total / bound, min=0)
-        log_pi = torch.cat([log_rates - log_bound, safe_log(rest).unsqueeze(-1)], -1)
-        if temperature > 0:
-            log_y = torch.log_softmax((log_pi + gumbel[..., s, :]) / temperature, -1)
-            y = log_y.exp()
-            if straight_through:
-                hard = F.one_hot(y.argmax(-1), k + 1).to(y)
-                y = hard + y - y.detach()
-        else:
-            log_y = log_pi  # unused for exact draws
-            y = F.one_hot((log_pi + gumbel[..., s, :]).argmax(-1), k + 1).to(times.dtype)
+        y, log_y = step_marks(log_pi, gumbel[..., s, :] * inv_t, inv_t, temperature > 0, straight_through)
         event = y[..., :k] * cand_f[..., s, :]
         weights = torch.cat([event, ctx_w[..., s, :] * ctx_f[..., s, :]], -1)
         state = intensity.update(state, t, weights)
@@ -323,12 +303,14 @@ def sample_ogata(
     the batch: propose the next time from the current local bound, stop at the bound's horizon or
     the next context event, accept with probability ``sum(lambda) / bound``.
 
-    For a stock :class:`~pyro_dpp.intensity.ExpHawkes` on CPU with numba installed (and fast paths
-    on) the same algorithm runs per sequence in :func:`pyro_dpp._numba_scan.hawkes_ogata`, seeded
-    from torch's generator (so ``torch.manual_seed`` makes it reproducible; the random stream
-    differs from the reference loop, the distribution does not)."""
-    if FAST_PATHS and fastscan.ogata_supported(intensity, duration):
-        return fastscan.hawkes_ogata(intensity, duration, context, max_events)
+    Where the intensity's filter has an Ogata accelerator (:mod:`pyro_dpp.scan.ogata`; for
+    :class:`~pyro_dpp.intensity.ExpHawkes` on CPU, backend ``"auto"`` or ``"numba"``) the same
+    algorithm runs per sequence in numba, seeded from torch's generator (so ``torch.manual_seed``
+    makes it reproducible; the random stream differs from the reference loop, the distribution
+    does not)."""
+    fast = accelerated_ogata(intensity, duration, context, max_events)
+    if fast is not None:
+        return fast
     like = intensity.like()
     batch = duration.shape
     k, c = intensity.num_marks, intensity.num_context_marks

@@ -339,9 +339,9 @@ def _map(fn: Any, tasks: list[Any], workers: int, progress: bool, desc: str) -> 
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from .. import fastscan, thinning
+        from ..scan.backend import get_backend
 
-        state = (thinning.FAST_PATHS, fastscan.BACKEND, torch.get_default_dtype())
+        state = (get_backend(), torch.get_default_dtype())
         # spawn, not fork: a forked child of a process that has run torch's thread pool can deadlock.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=state)
@@ -357,12 +357,11 @@ def _map(fn: Any, tasks: list[Any], workers: int, progress: bool, desc: str) -> 
     return results
 
 
-def _worker_init(fast_paths: bool, backend: str, dtype: torch.dtype) -> None:
-    from .. import fastscan, thinning
+def _worker_init(backend: str, dtype: torch.dtype) -> None:
+    from ..scan.backend import set_backend
 
     torch.set_num_threads(1)
-    thinning.set_fast_paths(fast_paths)
-    fastscan.BACKEND = backend
+    set_backend(backend)
     torch.set_default_dtype(dtype)
 
 

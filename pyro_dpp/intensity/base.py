@@ -22,6 +22,23 @@ quadrature is used), :meth:`breakpoints` (times where the intensity is not smoot
 quadrature nodes), :meth:`max_rate` (a constant bound on the summed rates, used when ``bound`` is
 omitted) and :meth:`local_bound` (for Ogata-style exact sampling without a global bound). Parameter
 batch dimensions must broadcast against the data's batch dimensions from the right.
+
+**Speed.** The samplers run an intensity's scan through one engine (:mod:`pyro_dpp.scan`) when
+:meth:`Intensity.scan_filter` hands it a :class:`~pyro_dpp.scan.ScanFilter`: the history filter
+(how an event's weights enter the state, how the state drives the rates, and the reverse of both
+for the backward pass). The stock intensities return theirs; a subclass keeps its parent's filter
+(and numba kernel) unless it overrides one of :data:`MATH_METHODS`, or an instance attribute shadows
+one, since the stock filter would then compute something else (see :func:`keeps_math`).
+
+An intensity without a filter (a user's own, or a stock subclass that overrides its math) samples
+through the generic checkpointed scan (:mod:`pyro_dpp.scan.generic`) under every backend but
+``"reference"`` (the eager loop, the oracle). Under those backends an intensity whose
+:attr:`Intensity.parallel_scoring` is False (the default) also scores (``log_prob``) by a scan over
+the events (:mod:`pyro_dpp.scan.generic_scoring`), which stacks states along a new leading batch
+dimension: the scan methods must accept any leading batch shape, keep the state a (nested) tuple of
+tensors, and not modify a state in place. Tensors that require grad must be held by the intensity
+(attributes, submodules, lists or dicts of them), so the generic paths can pass them their
+gradients. Set :attr:`Intensity.parallel_scoring` to score through :meth:`forward` instead.
 """
 
 from __future__ import annotations
@@ -32,16 +49,34 @@ import torch
 
 State = tuple[torch.Tensor, ...]
 
+#: The methods that define an intensity's values: a subclass overriding one loses the stock filter.
+MATH_METHODS = ("rates", "log_rates", "update", "initial_state", "forward", "log_forward")
+
+
+def keeps_math(obj: object, stock: type, names: tuple[str, ...] = MATH_METHODS) -> bool:
+    """Whether ``obj`` (an instance of ``stock`` or of a subclass) computes with ``stock``'s own
+    ``names``: no subclass between them overrides one and no instance attribute shadows one (a test
+    spy, a monkeypatch)."""
+    if any(name in vars(obj) for name in names):
+        return False
+    return all(getattr(type(obj), name) is getattr(stock, name) for name in names)
+
 
 class Intensity(torch.nn.Module):
     """Base class of conditional intensities (see the module docstring for the contract).
 
     :ivar int num_marks: ``K``, the marks this intensity models.
     :ivar int num_context_marks: ``C``, marks that only enter the history.
+    :ivar bool parallel_scoring: score (``log_prob``) through the parallel :meth:`forward` rather
+        than as a linear-time scan over the events (:mod:`pyro_dpp.scan.generic_scoring`). False by
+        default, since a parallel evaluation written by hand is often pairwise (O(events^2)); the
+        stock intensities, whose parallel paths are chunked and linear, set it True. Set it on a
+        class or an instance to force either way.
     """
 
     num_marks: int
     num_context_marks: int = 0
+    parallel_scoring: bool = False
 
     @property
     def num_history_marks(self) -> int:
@@ -54,9 +89,14 @@ class Intensity(torch.nn.Module):
         raise NotImplementedError
 
     def like(self) -> torch.Tensor:
-        """A tensor with the dtype and device computations should use."""
+        """A tensor with the dtype and device computations should use: the first parameter or buffer,
+        else the first floating tensor the intensity holds as a plain attribute (as a user's own
+        intensity may hold ``softplus(pyro.param(...))``), else a default-dtype scalar."""
         for t in list(self.parameters()) + list(self.buffers()):
             return t
+        for t in vars(self).values():
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                return t
         return torch.zeros(())
 
     # ---- scan ------------------------------------------------------------------------------
@@ -77,6 +117,18 @@ class Intensity(torch.nn.Module):
         """``log rates(state, time)``; override where a stable log-space form exists (an intensity
         whose rates underflow to zero in float32 would otherwise give -inf log-likelihoods)."""
         return safe_log(self.rates(state, time))
+
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> Any:
+        """The history filter of this intensity on a time line, for the scan engine, or None.
+
+        :param keys: ``B x S`` nondecreasing step times (``B`` the flattened batch, no gradient).
+        :param batch: the unflattened batch shape.
+        :returns: a :class:`pyro_dpp.scan.ScanFilter` (see :mod:`pyro_dpp.scan.filter` for the
+            protocol), or None (the default): the thinning sampler then runs the generic
+            checkpointed scan (:mod:`pyro_dpp.scan.generic`) over :meth:`log_rates` and
+            :meth:`update` (the eager reference loop under backend ``"reference"``).
+        """
+        return None
 
     # ---- parallel --------------------------------------------------------------------------
     def log_forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,10 @@ the per-source history features ``F_lj(t) = sum_{n: t_n < t} w_nj phi_l(t - t_n)
 - finite-support bases (:class:`EpanechnikovBasis`, :class:`RaisedCosineBasis`) keep a rolling
   window of recent events; an event that would leave the window while still inside the support
   raises, never truncating the history silently.
+
+Each basis hands the scan engine its filter (:meth:`Basis.scan_filter`, the filters live in
+:mod:`pyro_dpp.intensity.basis_filters`); a subclass keeps its parent's filter unless it overrides
+one of :data:`BASIS_MATH`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from typing import Any
 
 import torch
 
-from . import _kernels
+from ..scan.backend import numba_usable
 from ._decay import decayed_sums
-from .base import State, as_param
+from .base import State, as_param, keeps_math
+
+#: The methods that define a basis's values on a scan: a subclass overriding one loses the stock filter.
+BASIS_MATH = ("forward", "initial_state", "state_features", "update")
 
 
 class Basis(torch.nn.Module):
@@ -34,6 +41,17 @@ class Basis(torch.nn.Module):
 
     def kinks(self) -> torch.Tensor | None:
         """Lags where some ``phi_l`` is not smooth (quadrature nodes avoid straddling them)."""
+        return None
+
+    def scan_filter(self, glm: Any, keys: torch.Tensor, batch: torch.Size) -> Any:
+        """The scan filter of a GLM with this basis (see :meth:`pyro_dpp.intensity.Intensity.scan_filter`),
+        or None. Any finite-support basis that keeps the generic window state gets the band filter,
+        which evaluates its :meth:`forward` at the lags."""
+        from .basis_filters import BandFilter
+
+        if keeps_math(self, Basis, BASIS_MATH[1:]) and math.isfinite(self.support) and "forward" not in vars(self):
+            if type(self).forward is not Basis.forward:
+                return BandFilter(glm, keys, batch)
         return None
 
     # ---- parallel --------------------------------------------------------------------------
@@ -159,6 +177,27 @@ class ExponentialBasis(Basis):
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return self.state_features(state, time) + weights.unsqueeze(-2), time
 
+    def scan_filter(self, glm: Any, keys: torch.Tensor, batch: torch.Size) -> Any:
+        from .basis_filters import ExponentialFilter
+
+        return ExponentialFilter(glm, keys, batch) if keeps_math(self, ExponentialBasis, BASIS_MATH) else None
+
+
+def epanechnikov_moments(a: torch.Tensor, width: float, order: int = 2) -> torch.Tensor:
+    r"""``... x (order + 1) x 3``: the Epanechnikov bump summed over events from their moments.
+
+    With events at ``d_n`` (relative to a reference point) and weights ``w_n`` inside a bump's
+    support, ``sum_n w_n 0.75 (1 - ((a + s - d_n) / h)^2)`` is a quadratic in the offset ``s``;
+    entry ``[m, j]`` is the coefficient of the moment ``S_j = sum_n w_n d_n^j`` in its ``s^m``
+    coefficient (``a``: the query minus the bump's centre minus the reference point).
+    numba twin: ``_epan_matrix`` in :mod:`pyro_dpp.intensity._basis_numba`."""
+    h2 = width * width
+    zero = torch.zeros_like(a)
+    rows = [torch.stack([0.75 * (1 - a * a / h2), 1.5 * a / h2, zero - 0.75 / h2], -1),
+            torch.stack([-1.5 * a / h2, zero + 1.5 / h2, zero], -1),
+            torch.stack([zero - 0.75 / h2, zero, zero], -1)]
+    return torch.stack(rows[:order + 1], -2)
+
 
 class EpanechnikovBasis(Basis):
     r"""The paper's inducing-point bumps
@@ -194,6 +233,13 @@ class EpanechnikovBasis(Basis):
     def kinks(self) -> torch.Tensor:
         return torch.cat([self.centres - self.width, self.centres + self.width])
 
+    def scan_filter(self, glm: Any, keys: torch.Tensor, batch: torch.Size) -> Any:
+        from .basis_filters import EpanechnikovFilter
+
+        if keeps_math(self, EpanechnikovBasis, BASIS_MATH):
+            return EpanechnikovFilter(glm, keys, batch)
+        return super().scan_filter(glm, keys, batch)
+
     def features(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Linear-cost evaluation: on its support each bump is a quadratic in the event time, so
         the sum over the events inside it follows from prefix sums of ``w``, ``w t`` and ``w t^2`` at
@@ -215,7 +261,7 @@ class EpanechnikovBasis(Basis):
         """:meth:`polynomial_features` stacked, ``batch x Q x 3 x L x D`` (float64 on the kernel path,
         where no copies are made)."""
         batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1])
-        if times.shape[-1] and _kernels.usable(times, weights, query):
+        if times.shape[-1] and numba_usable(times, weights, query):
             out_shape = batch + (query.shape[-1], self.num_basis, weights.shape[-1])
             return self._polynomial_kernel(times, weights, query, 2, batch, out_shape, stacked=True)
         return torch.stack(self._polynomial(times, weights, query, 2), -3)
@@ -225,14 +271,16 @@ class EpanechnikovBasis(Basis):
         """``batch x Q x 3 x K``: ``einsum(polynomial_coefficients, weight)`` (filter weights
         ``batch x L x K x D``) fused in one kernel pass (float64), or None off the kernel path."""
         batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1], weight.shape[:-3])
-        if times.shape[-1] == 0 or not _kernels.usable(times, weights, query, weight):
+        if times.shape[-1] == 0 or not numba_usable(times, weights, query, weight):
             return None
         wide = torch.float64
         w, t, q = _kernel_inputs(times, weights, query, batch)
         rows = t.shape[0]
         filt = weight.to(wide).expand(batch + weight.shape[-3:]).reshape((rows,) + weight.shape[-3:])
         filt = filt.permute(0, 2, 1, 3).contiguous()  # rows x K x L x D
-        out = _kernels.EpanechnikovPotential.apply(w, filt, t, q, self.centres.detach().to(wide).contiguous(),
+        from ._basis_numba import EpanechnikovPotential
+
+        out = EpanechnikovPotential.apply(w, filt, t, q, self.centres.detach().to(wide).contiguous(),
                                                    self.width, 2.5 * self.width)
         return out.reshape(batch + out.shape[1:])
 
@@ -244,7 +292,7 @@ class EpanechnikovBasis(Basis):
         if n == 0:
             zero = weights.new_zeros(out_shape)
             return (zero,) * (order + 1)
-        if _kernels.usable(times, weights, query):
+        if numba_usable(times, weights, query):
             return self._polynomial_kernel(times, weights, query, order, batch, out_shape)
         wide = torch.float64
         flat = times.expand(batch + (n,)).reshape(-1, n)
@@ -256,7 +304,7 @@ class EpanechnikovBasis(Basis):
         w = w.gather(-2, order_.unsqueeze(-1).expand(rows, n, d)).to(wide)
         q = query.expand(batch + (q_len,)).reshape(rows, q_len).to(wide)
         q_det = q.detach()
-        block, h2 = 2.5 * self.width, self.width**2
+        block = 2.5 * self.width
         origin = t_sorted[:, :1]
         block_id = torch.floor((t_sorted - origin) / block).long().contiguous()
         local = t - (origin + (block_id + 0.5) * block)  # |local| <= block / 2
@@ -276,16 +324,13 @@ class EpanechnikovBasis(Basis):
             mid = torch.minimum(torch.maximum(mid, lo), hi)
             index = (torch.stack([lo, mid, hi], -1) + base).reshape(-1)
             sums = prefix.index_select(0, index).view(rows, q_len, 3, 3, d)
-            terms = [0.0] * (order + 1)
+            terms = 0.0
             for piece, bid in ((sums[:, :, 1] - sums[:, :, 0], first), (sums[:, :, 2] - sums[:, :, 1], first + 1)):
-                shift = (a - (origin + (bid.to(wide) + 0.5) * block)).unsqueeze(-1)  # a relative to the block
-                s0, s1, s2 = piece.unbind(-2)
-                terms[0] = terms[0] + 0.75 * (s0 - (shift * shift * s0 - 2 * shift * s1 + s2) / h2)
-                if order:
-                    terms[1] = terms[1] - 1.5 * (shift * s0 - s1) / h2
-                    terms[2] = terms[2] - 0.75 * s0 / h2
+                shift = a - (origin + (bid.to(wide) + 0.5) * block)  # a relative to the block
+                matrix = epanechnikov_moments(shift, self.width, order)  # rows x Q x (order+1) x 3
+                terms = terms + torch.einsum("...mj,...jd->...md", matrix, piece)
             for k in range(order + 1):
-                out[k].append(terms[k])
+                out[k].append(terms[..., k, :])
         return tuple(torch.stack(o, -2).to(times.dtype).reshape(out_shape) for o in out)
 
     def _polynomial_kernel(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int,
@@ -294,11 +339,13 @@ class EpanechnikovBasis(Basis):
         """:meth:`_polynomial` by the numba kernels (CPU): same block-relative prefix sums, one fused
         pass per sequence, gradients with respect to the weights by the adjoint kernel. Event and
         query times are constants here (no gradient), as everywhere in the package: candidate times
-        carry no gradient and observed times are data (``_kernels.ENABLED = False`` restores the
+        carry no gradient and observed times are data (backend ``"torch"`` restores the
         torch path, which also differentiates the times)."""
         wide = torch.float64
         w, t, q = _kernel_inputs(times, weights, query, batch)
-        out = _kernels.EpanechnikovFeatures.apply(w, t, q, self.centres.detach().to(wide).contiguous(),
+        from ._basis_numba import EpanechnikovFeatures
+
+        out = EpanechnikovFeatures.apply(w, t, q, self.centres.detach().to(wide).contiguous(),
                                                   self.width, 2.5 * self.width, order)
         if stacked:
             return out.reshape(batch + out.shape[1:])
@@ -351,3 +398,10 @@ class RaisedCosineBasis(Basis):
         # Gauss-Legendre down on intervals much longer than their distance to it (errors ~1e-2 at 8 nodes).
         grade = self.offset * (2.0 ** torch.arange(1, 64, dtype=edges.dtype, device=edges.device) - 1)
         return torch.cat([(torch.exp(edges) - self.offset).clamp(min=0), grade[grade < self.support]])
+
+    def scan_filter(self, glm: Any, keys: torch.Tensor, batch: torch.Size) -> Any:
+        from .basis_filters import RaisedCosineFilter
+
+        if keeps_math(self, RaisedCosineBasis, BASIS_MATH):
+            return RaisedCosineFilter(glm, keys, batch)
+        return super().scan_filter(glm, keys, batch)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _kernels
-from .base import Intensity, State, as_param, check_finite, safe_log
+from ..scan.backend import numba_usable
+from .base import Intensity, State, as_param, check_finite, keeps_math, safe_log
 from .basis import Basis
 
 ACTIVATIONS = ("sigmoid", "hardtanh", "softplus", "exp")
@@ -72,6 +71,8 @@ class GLM(Intensity):
     :param int window: events the scan keeps for a finite-support basis (default: the basis's
         ``window``, else the whole history); an event leaving it while still in the support raises.
     """
+
+    parallel_scoring = True  # chunked, linear-cost parallel paths
 
     def __init__(self, bias: Any, weight: Any, basis: Basis, activation: str = "sigmoid", amplitude: Any = 1.0,
                  window: int | None = None, future: Any = None, future_weight: Any = None) -> None:
@@ -143,7 +144,7 @@ class GLM(Intensity):
         """Between breakpoints the potential of a basis with polynomial pieces (Epanechnikov) is a
         quadratic in time: evaluate the history once per interval, then the Gauss-Legendre nodes
         (fused in one kernel on CPU, where sigmoid intensities use the fewest nodes whose
-        analytic error bound stays below :data:`pyro_dpp.intensity._kernels.ADAPTIVE_TOL`)."""
+        analytic error bound stays below :data:`pyro_dpp.intensity._glm_numba.ADAPTIVE_TOL`)."""
         poly = getattr(self.basis, "polynomial_coefficients", None)
         if poly is None or self.future is not None:
             return None
@@ -156,23 +157,29 @@ class GLM(Intensity):
         first[0] = 1
         coef = coef + (first * self.bias.to(coef.dtype).unsqueeze(-2)).unsqueeze(-3)  # the bias: constant term
         batch = torch.broadcast_shapes(coef.shape[:-3], half.shape[:-1], self.amplitude.shape)
-        if _kernels.usable(times, weights, centre) and not half.requires_grad:
+        if numba_usable(times, weights, centre) and not half.requires_grad:
+            from ._glm_numba import IntervalIntegrals
+
             wide = torch.float64
             coef = coef.expand(batch + coef.shape[-3:])
             coef = coef.reshape((-1,) + coef.shape[-3:]).to(wide).contiguous()
             amp = self.amplitude.expand(batch).reshape(-1).to(wide).contiguous()
             h = half.detach().expand(batch + half.shape[-1:]).reshape(coef.shape[0], -1).to(wide).contiguous()
-            total = _kernels.IntervalIntegrals.apply(coef, h, amp, self.activation, nodes)
+            total = IntervalIntegrals.apply(coef, h, amp, self.activation, nodes)
             return total.reshape(batch).to(times.dtype)
-        x, w = np.polynomial.legendre.leggauss(nodes)
-        x = torch.as_tensor(x, dtype=times.dtype, device=times.device)
-        w = torch.as_tensor(w, dtype=times.dtype, device=times.device)
+        from ..likelihood import gauss_legendre
+
+        x, w = gauss_legendre(nodes, times)
         coef = coef.to(times.dtype)
         s = (half.unsqueeze(-1) * x).unsqueeze(-1)  # batch x P x M x 1
         c0, c1, c2 = (c.unsqueeze(-2) for c in coef.unbind(-2))
         potential = c0 + s * (c1 + s * c2)
         rates = activate(self.activation, potential, self.amplitude[..., None, None, None]).sum(-1)
         return (rates * half.unsqueeze(-1) * w).sum((-1, -2))
+
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> Any:
+        """The basis's filter (:meth:`Basis.scan_filter`), unless this class overrides the GLM's math."""
+        return self.basis.scan_filter(self, keys, batch) if keeps_math(self, GLM) else None
 
     def initial_state(self, batch_shape: torch.Size, like: torch.Tensor, num_steps: int) -> State:
         return self.basis.initial_state(batch_shape, self.num_history_marks, like, num_steps, self.window)

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
+from ..scan.accelerators import register_accelerator
+from ..scan.filter import ScanFilter, batch_last
 from ._decay import decayed_sums
-from .base import Intensity, State, as_param, check_finite, pairwise_lags
+from .base import Intensity, State, as_param, check_finite, keeps_math, pairwise_lags, safe_log
 
 #: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
 #: cost) instead of the pairwise lag matrix.
@@ -40,6 +42,8 @@ class ExpHawkes(Intensity):
     :param adjacency: ``batch x K x (K + C)`` nonnegative branching ratios :math:`\alpha`.
     :param decay: positive decays :math:`\beta`, a scalar or broadcastable to ``adjacency``.
     """
+
+    parallel_scoring = True  # chunked, linear-cost parallel paths
 
     def __init__(self, baseline: Any, adjacency: Any, decay: Any) -> None:
         super().__init__()
@@ -98,6 +102,9 @@ class ExpHawkes(Intensity):
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return self._decayed(state, time) + weights.unsqueeze(-2), time
 
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> ExpHawkesFilter | None:
+        return ExpHawkesFilter(self, keys, batch) if keeps_math(self, ExpHawkes) else None
+
     # ---- parallel --------------------------------------------------------------------------
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         if times.shape[-1] > _PAIRWISE_MAX and query.shape[-1] > _PAIRWISE_MAX:
@@ -151,3 +158,100 @@ class ExpHawkes(Intensity):
         mean = stationary.sum(-1) * duration
         # Hawkes counts are overdispersed by about 1 / (1 - radius)^2 (cluster sizes).
         return mean, mean.sqrt() / (1 - radius)
+
+
+class ExpHawkesFilter(ScanFilter):
+    """The scan filter of :class:`ExpHawkes`: the drive is the rate itself,
+    ``u_s = mu + sum_j alpha_ij beta_ij X_ij(t_s)``, with one exponential trace ``X`` per source
+    (scalar decay) or per (target, source), decayed step to step and incremented by the pushed
+    weights. The adjoint is the same recursion run backwards. With a decay that requires a gradient,
+    the forward pass also keeps the lag-weighted traces ``Y = -dX / d(decay)`` for :meth:`surrogate`.
+    numba twin: :mod:`pyro_dpp.intensity._hawkes_numba`."""
+
+    def _setup(self) -> None:
+        intensity, batch, dtype = self.intensity, self.batch, self.keys.dtype
+        decay = intensity.decay.detach().to(dtype)
+        adjacency = intensity.adjacency.detach().to(dtype)
+        self.base = batch_last(intensity.baseline.detach().to(dtype), batch, 1)  # K x B
+        self.uniform = decay.numel() == 1
+        self.gain = batch_last(adjacency * decay, batch, 2)  # K x D x B
+        self.step_gaps = self.gaps()  # S x B
+        if self.uniform:
+            self.decay_steps = torch.exp(-decay.reshape(()) * self.step_gaps)  # S x B
+        else:
+            self.beta = batch_last(decay.expand(torch.broadcast_shapes(decay.shape, adjacency.shape)), batch, 2)
+        self.rows = 1 if self.uniform else self.K
+
+    def _dec(self, s: int) -> torch.Tensor:
+        if self.uniform:
+            return self.decay_steps[s]
+        return torch.exp(-self.beta * self.step_gaps[s])
+
+    def log_rates(self, u: torch.Tensor) -> torch.Tensor:
+        return safe_log(u)
+
+    def log_rates_step(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.log(u)
+
+    def start(self, store: bool) -> None:
+        self._setup()
+        self.x = self.keys.new_zeros((self.D, self.B) if self.uniform else (self.K, self.D, self.B))
+        self.lagged = store and self.intensity.decay.requires_grad
+        self.traces = None
+        if store:
+            self.traces = self.keys.new_empty((self.S, 1 + self.lagged, self.rows, self.D, self.B))
+            if self.lagged:
+                self.y = torch.zeros_like(self.x)
+
+    def drive(self, s: int) -> torch.Tensor:
+        q = self._dec(s)
+        if self.lagged:
+            self.y.add_(self.x * self.step_gaps[s]).mul_(q)
+        x = self.x.mul_(q)
+        if self.traces is not None:
+            self.traces[s, 0] = x
+            if self.lagged:
+                self.traces[s, 1] = self.y
+        return self.base + (self.gain * x).sum(1)
+
+    def push(self, s: int, h: torch.Tensor) -> None:
+        self.x.add_(h if self.uniform else h.unsqueeze(0))
+
+    def start_reverse(self) -> None:
+        self.r = self.keys.new_zeros((self.K, self.B) if self.uniform else (self.K, self.D, self.B))
+
+    def pull(self, s: int) -> torch.Tensor:
+        if s + 1 < self.S:
+            self.r.mul_(self._dec(s + 1))
+        if self.uniform:
+            return (self.gain * self.r.unsqueeze(1)).sum(0)
+        return (self.gain * self.r).sum(0)
+
+    def push_reverse(self, s: int, g: torch.Tensor) -> None:
+        self.r.add_(g if self.uniform else g.unsqueeze(1))
+
+    def stored(self) -> torch.Tensor | None:
+        """``B x S x (1 or 2) x R x D``: the traces ``X`` (and ``Y``), ``R`` = 1 for a scalar decay, else ``K``."""
+        return None if self.traces is None else self.traces.permute(4, 0, 1, 2, 3)
+
+    def surrogate(self, stored: torch.Tensor | None, times: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Log-rates from the stored traces ``X``; with the lag-weighted traces ``Y``,
+        ``X - (decay - decay_0) Y`` carries the decay's gradient (first order, exact at the scan's decay)."""
+        if stored is None:
+            return super().surrogate(stored, times, history)
+        intensity = self.intensity
+        traces = stored[..., 0, :, :]
+        if stored.shape[-3] == 2 and intensity.decay.requires_grad:
+            if intensity._uniform_decay:
+                shift = (intensity.decay - intensity.decay.detach()).reshape(())
+            else:
+                decay = intensity._decay_matrix()
+                shift = (decay - decay.detach()).unsqueeze(-3)
+            traces = traces - shift * stored[..., 1, :, :]
+        gain = intensity.adjacency * intensity.decay
+        excitation = (traces * gain.unsqueeze(-3)).sum(-1)
+        return safe_log(intensity.baseline.unsqueeze(-2) + excitation)
+
+
+register_accelerator(ExpHawkesFilter, "pyro_dpp.intensity._hawkes_numba:HawkesKernels")
+register_accelerator(ExpHawkesFilter, "pyro_dpp.intensity._hawkes_numba:sample_ogata", kind="ogata")

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Intensity, State, as_param, check_finite
+from ..scan.filter import ScanFilter
+from .base import Intensity, State, as_param, check_finite, keeps_math
 
 
 class PiecewisePoisson(Intensity):
@@ -44,6 +45,8 @@ class PiecewisePoisson(Intensity):
     :param rates: ``batch x B x K`` nonnegative rates, one per bin and mark.
     :param int num_context_marks: width of context histories this intensity accepts (ignored).
     """
+
+    parallel_scoring = True  # no history: the rates at all queries in one call
 
     def __init__(self, edges: Any, rates: Any, num_context_marks: int = 0) -> None:
         super().__init__()
@@ -112,6 +115,9 @@ class PiecewisePoisson(Intensity):
 
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return state
+
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> HistoryFreeFilter | None:
+        return HistoryFreeFilter(self, keys, batch) if keeps_math(self, PiecewisePoisson) else None
 
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         return self._gather(self._bin(query))
@@ -195,6 +201,8 @@ class InhomogeneousPoisson(Intensity):
     :param int pieces: equal pieces of ``[0, T]`` for the compensator's quadrature.
     :param int nodes: Gauss-Legendre nodes per piece.
     """
+
+    parallel_scoring = True  # no history: rate_fn at all queries in one call
 
     def __init__(self, rate_fn: Callable[[torch.Tensor], torch.Tensor], bound: Any = None,
                  num_marks: int | None = None, num_context_marks: int = 0, knots: Any = None, pieces: int = 16,
@@ -292,6 +300,11 @@ class InhomogeneousPoisson(Intensity):
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return state
 
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> HistoryFreeFilter | None:
+        # the engine's history-free path evaluates rate_fn under autograd, so parameters that
+        # rate_fn closes over (which the intensity does not hold) keep their gradients
+        return HistoryFreeFilter(self, keys, batch) if keeps_math(self, InhomogeneousPoisson) else None
+
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         return self._evaluate(query)
 
@@ -324,3 +337,12 @@ class InhomogeneousPoisson(Intensity):
     def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bound = self.bound.to(time).expand(torch.broadcast_shapes(self.bound.shape, time.shape))
         return bound, torch.full_like(bound, torch.inf)
+
+
+class HistoryFreeFilter(ScanFilter):
+    """Rates that depend on the time alone: the engine takes the log-rates of every step at once (no
+    loop), from the intensity's parallel evaluation at the step times with an empty history."""
+
+    def history_free_log_rates(self, times: torch.Tensor) -> torch.Tensor:
+        empty = times[..., :0]
+        return self.intensity.log_forward(empty, empty.unsqueeze(-1).expand(empty.shape + (self.D,)), times)

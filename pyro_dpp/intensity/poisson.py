@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from .base import Intensity, State, as_param, check_finite
+from ..scan.filter import ScanFilter
+from .base import Intensity, State, as_param, check_finite, keeps_math, safe_log
 
 
 class Poisson(Intensity):
@@ -17,6 +18,8 @@ class Poisson(Intensity):
     :param rates: ``batch x K`` nonnegative rates, one per mark.
     :param int num_context_marks: width of context histories this intensity accepts (ignored).
     """
+
+    parallel_scoring = True  # chunked, linear-cost parallel paths
 
     def __init__(self, rates: Any, num_context_marks: int = 0) -> None:
         super().__init__()
@@ -46,6 +49,9 @@ class Poisson(Intensity):
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return state
 
+    def scan_filter(self, keys: torch.Tensor, batch: torch.Size) -> PoissonFilter | None:
+        return PoissonFilter(self, keys, batch) if keeps_math(self, Poisson) else None
+
     def forward(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         shape = torch.broadcast_shapes(query.shape[:-1], self.batch_shape)
         return self.rates_param.unsqueeze(-2).expand(shape + (query.shape[-1], self.num_marks))
@@ -63,3 +69,10 @@ class Poisson(Intensity):
     def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.rates_param.sum(-1) * duration
         return mean, mean.sqrt()
+
+
+class PoissonFilter(ScanFilter):
+    """History-free: the engine takes the log-rates of every step at once (no loop)."""
+
+    def history_free_log_rates(self, times: torch.Tensor) -> torch.Tensor:
+        return safe_log(self.intensity.rates_param).unsqueeze(-2)

@@ -76,6 +76,10 @@ class PowerLawHawkes(Intensity):
     :param int window: events the scan keeps (default: every event of the scan).
     """
 
+    # the parallel path is banded (one support length before each query) and chunked; with infinite
+    # support it is quadratic, but so is the scan (its window then holds every event), and slower
+    parallel_scoring = True
+
     def __init__(self, baseline: Any, multiplier: Any, cutoff: Any, exponent: Any, support: float = math.inf,
                  window: int | None = None) -> None:
         super().__init__()

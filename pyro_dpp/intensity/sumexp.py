@@ -55,6 +55,8 @@ class SumExpHawkes(Intensity):
         the usual unbatched case).
     """
 
+    parallel_scoring = True  # chunked exponential recursion, linear in events; closed-form compensator
+
     def __init__(self, baseline: Any, adjacency: Any, decays: Any) -> None:
         super().__init__()
         baseline = as_param(baseline)

@@ -1,0 +1,327 @@
+"""The generic checkpointed paths (issue 10, item 2) against the reference backend, in one run.
+
+The intensities are written here as a user would (no stock class, no filter): a 2-mark power-law
+Hawkes process (kernel ``alpha (delta + t)^(-beta)`` cut off at a support; the scan keeps a window of
+the last ``W`` events, the parallel ``forward`` is pairwise over events) and a 3-mark neural
+intensity (an MLP over exponential traces; pairwise parallel ``forward`` over events and decays).
+"Reference" is the eager loop for sampling (a graph per step) and the parallel ``forward`` for
+scoring (``pyro_dpp.backend("reference")``); "generic" is :mod:`pyro_dpp.scan.generic` (sampling)
+and :mod:`pyro_dpp.scan.generic_scoring` (scoring), which run under the default backend ``"auto"``.
+Every timing is the median process CPU time of ``--repeats`` runs after a warm-up (CPU time: a busy
+shared machine disturbs it less than wall time).
+
+1. relaxed ``rsample`` + ``log_prob`` (DPP density) + backward at batch 256;
+2. ``log_prob`` + backward of one exact sequence of 5,000 / 10,000 / 20,000 events (generic, one
+   run each), the reference at the sizes where its pairwise memory fits (``--ref-events``; generic
+   there too), extrapolated to the largest size by its measured growth exponent (marked
+   ``extrapolated``);
+3. exact sampling at batch 256;
+4. peak memory (VmHWM of a fresh process) of relaxed ``rsample`` + backward with 2e5 candidates
+   (generic), and the reference at 2e4 for scale.
+
+Usage::
+
+    python benchmarks/bench_generic.py            # ~3 minutes on 2 busy cores
+    python benchmarks/bench_generic.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pyro_dpp import PointProcess, backend
+from pyro_dpp.events import pad_realization
+from pyro_dpp.intensity.base import Intensity, pairwise_lags
+
+HERE = Path(__file__).resolve().parent
+
+
+class PowerLawHawkes(Intensity):
+    """``lambda_i(t) = mu_i + sum_j alpha_ij sum_{t - support < t_n < t} w_nj (delta + t - t_n)^(-beta)``."""
+
+    def __init__(self, baseline, adjacency, delta=1.0, beta=1.5, support=5.0, window=64):
+        super().__init__()
+        self.baseline, self.adjacency = baseline, adjacency
+        self.delta, self.beta, self.support, self.window = delta, beta, support, window
+        self.num_marks = baseline.shape[-1]
+        self.num_context_marks = adjacency.shape[-1] - self.num_marks
+
+    @property
+    def batch_shape(self):
+        return self.baseline.shape[:-1]
+
+    def _kernel(self, lag, before):
+        inside = before & (lag < self.support)
+        return torch.where(inside, (self.delta + lag) ** (-self.beta), torch.zeros_like(lag))
+
+    def initial_state(self, batch_shape, like, num_steps):
+        w = min(self.window, max(1, num_steps))
+        return like.new_full(batch_shape + (w,), -1e9), like.new_zeros(batch_shape + (w, self.num_history_marks))
+
+    def rates(self, state, time):
+        times, weights = state
+        lag = time.unsqueeze(-1) - times
+        drive = (self._kernel(lag, lag > 0).unsqueeze(-1) * weights).sum(-2)
+        return self.baseline + (self.adjacency * drive.unsqueeze(-2)).sum(-1)
+
+    def update(self, state, time, weights):
+        times, history = state
+        return (torch.cat([times[..., 1:], time.unsqueeze(-1)], -1),
+                torch.cat([history[..., 1:, :], weights.unsqueeze(-2)], -2))
+
+    def forward(self, times, weights, query):
+        lag, before = pairwise_lags(times, query)
+        return self.baseline.unsqueeze(-2) + (self._kernel(lag, before) @ weights) @ self.adjacency.transpose(-1, -2)
+
+    def breakpoints(self, times, weights):
+        return times + self.support
+
+
+class NeuralIntensity(Intensity):
+    """``lambda = a * sigmoid(MLP(exponential traces of the history))`` (bound ``a K``)."""
+
+    def __init__(self, num_marks=3, decays=(0.5, 2.0), hidden=16, amplitude=2.0, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.num_marks, self.num_context_marks = num_marks, 0
+        self.decays, self.amplitude = torch.tensor(decays), amplitude
+        self.hidden = torch.nn.Linear(len(decays) * num_marks, hidden)
+        self.out = torch.nn.Linear(hidden, num_marks)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
+
+    @property
+    def batch_shape(self):
+        return torch.Size()
+
+    def _from_traces(self, traces):
+        return self.amplitude * torch.sigmoid(self.out(torch.tanh(self.hidden(traces.flatten(-2)))))
+
+    def _decayed(self, state, time):
+        traces, last = state
+        return traces * torch.exp(-(time - last).unsqueeze(-1) * self.decays).unsqueeze(-1)
+
+    def initial_state(self, batch_shape, like, num_steps):
+        return like.new_zeros(batch_shape + (len(self.decays), self.num_marks)), like.new_zeros(batch_shape)
+
+    def rates(self, state, time):
+        return self._from_traces(self._decayed(state, time))
+
+    def update(self, state, time, weights):
+        return self._decayed(state, time) + weights.unsqueeze(-2), time
+
+    def forward(self, times, weights, query):
+        lag, before = pairwise_lags(times, query)
+        kernel = torch.where(before.unsqueeze(-1), torch.exp(-lag.unsqueeze(-1) * self.decays), lag.new_zeros(()))
+        return self._from_traces(torch.einsum("...qeu,...ed->...qud", kernel, weights))
+
+    def max_rate(self):
+        return torch.tensor(self.amplitude * self.num_marks)
+
+
+def make(name: str) -> tuple[Intensity, list[torch.Tensor], float]:
+    if name == "powerlaw":
+        mu = torch.tensor([0.4, 0.3]).requires_grad_()
+        alpha = torch.tensor([[0.15, 0.05], [0.05, 0.1]]).requires_grad_()
+        return PowerLawHawkes(torch.nn.functional.softplus(mu), alpha), [mu, alpha], 6.0
+    intensity = NeuralIntensity()
+    return intensity, list(intensity.parameters()), 6.0
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
+    cpus = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        fn()
+        cpus.append(time.process_time() - c0)
+    return statistics.median(cpus)
+
+
+def paths(fast: bool) -> str:
+    """The backend that runs the generic paths (``fast``) or the reference ones."""
+    return "auto" if fast else "reference"
+
+
+def both(fn: Callable[[], object], repeats: int) -> dict:
+    out = {}
+    for label, fast in (("reference_cpu_s", False), ("generic_cpu_s", True)):
+        with backend(paths(fast)):
+            out[label] = timed(fn, repeats)
+    out["speedup"] = out["reference_cpu_s"] / out["generic_cpu_s"]
+    return out
+
+
+# ---- 1. relaxed ---------------------------------------------------------------------------------------------------
+def bench_relaxed(batch: int, duration: float, repeats: int) -> dict:
+    out = {}
+    for name in ("powerlaw", "neural"):
+        def run(name=name):
+            intensity, params, bound = make(name)
+            process = PointProcess(intensity, duration, bound=bound, temperature=0.3)
+            torch.manual_seed(0)
+            value = process.rsample((batch,))
+            torch.autograd.grad(process.log_prob(value).sum(), params)
+        out[name] = both(run, repeats)
+        out[name]["candidates_per_sequence"] = make(name)[2] * duration
+    out["config"] = {"batch": batch, "duration": duration, "temperature": 0.3, "log_prob": "dpp"}
+    return out
+
+
+# ---- 2. scoring one long sequence -------------------------------------------------------------------------------
+def sequence(events: int, marks: int, rate: float = 2.0) -> tuple[torch.Tensor, float]:
+    """One exact realization: ``events`` uniform times at ``rate`` per unit time, random marks."""
+    gen = torch.Generator().manual_seed(events)
+    duration = events / rate
+    times = (torch.rand(1, events, generator=gen) * duration).sort(-1).values
+    weights = torch.nn.functional.one_hot(torch.randint(marks, (1, events), generator=gen), marks).float()
+    return pad_realization(times, weights, torch.zeros(1, events), torch.tensor([duration])), duration
+
+
+def bench_scoring(sizes: list[int], ref_sizes: list[int], repeats: int) -> dict:
+    out = {}
+    for name in ("powerlaw", "neural"):
+        row: dict = {"generic_cpu_s": {}, "reference_cpu_s": {}}
+        runs = [(n, True) for n in sorted(set(sizes) | set(ref_sizes[-1:]))] + [(n, False) for n in ref_sizes]
+        for events, fast in runs:
+            value, duration = sequence(events, make(name)[0].num_marks)
+
+            def run(value=value, duration=duration, events=events, name=name):
+                intensity, params, _ = make(name)
+                process = PointProcess(intensity, duration, max_events=events)
+                torch.autograd.grad(process.log_prob(value).sum(), params)
+
+            with backend(paths(fast)):  # long sequences: no warm-up (a first small size warmed the path up)
+                row["generic_cpu_s" if fast else "reference_cpu_s"][events] = timed(run, repeats, events < 4000)
+        if ref_sizes and sizes:
+            # agreement of the two paths at the smallest common size
+            n = min(ref_sizes)
+            intensity, _, _ = make(name)
+            value, duration = sequence(n, intensity.num_marks)
+            with torch.no_grad():
+                with backend(paths(True)):
+                    a = PointProcess(intensity, duration, max_events=n).log_prob(value)
+                with backend(paths(False)):
+                    b = PointProcess(intensity, duration, max_events=n).log_prob(value)
+            row["max_rel_difference"] = float(((a - b).abs() / b.abs()).max())
+        gen = row["generic_cpu_s"]
+        big, small = max(sizes), min(sizes)  # the growth over the requested sizes only
+        row["generic_growth_exponent"] = math.log(gen[big] / gen[small]) / math.log(big / small)
+        if len(ref_sizes) >= 2:
+            ref = row["reference_cpu_s"]
+            lo, hi = min(ref_sizes), max(ref_sizes)
+            exponent = math.log(ref[hi] / ref[lo]) / math.log(hi / lo)
+            row["reference_growth_exponent"] = exponent
+            row["speedup_at_common_size"] = {n: ref[n] / gen[n] for n in ref_sizes if n in gen}
+            if big not in ref:
+                row["reference_extrapolated_cpu_s"] = {big: ref[hi] * (big / hi) ** exponent}
+                row["speedup_extrapolated"] = {big: ref[hi] * (big / hi) ** exponent / gen[big]}
+            else:
+                row["speedup"] = {big: ref[big] / gen[big]}
+        out[name] = row
+    out["config"] = {"rate_per_unit_time": 2.0, "quadrature_nodes": 8}
+    return out
+
+
+# ---- 3. exact sampling --------------------------------------------------------------------------------------------
+def bench_exact(batch: int, duration: float, repeats: int) -> dict:
+    out = {}
+    for name in ("powerlaw", "neural"):
+        intensity, _, bound = make(name)
+        process = PointProcess(intensity, duration, bound=bound)
+
+        def run(process=process):
+            torch.manual_seed(0)
+            process.sample((batch,))
+
+        out[name] = both(run, repeats)
+    out["config"] = {"batch": batch, "duration": duration}
+    return out
+
+
+# ---- 4. memory ----------------------------------------------------------------------------------------------------
+_CHILD = """
+import sys, torch
+sys.path.insert(0, {here!r})
+torch.set_num_threads(1)
+from bench_generic import NeuralIntensity
+from pyro_dpp import PointProcess, backend
+def peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+candidates, fast = float(sys.argv[1]), sys.argv[2] == "generic"
+intensity = NeuralIntensity()
+if candidates:
+    torch.manual_seed(0)
+    with backend("auto" if fast else "reference"):
+        sample = PointProcess(intensity, candidates / 6.0, bound=6.0, temperature=0.3,
+                              max_events=int(candidates * 1.1)).rsample()
+        torch.autograd.grad(sample[..., 1:-1].sum(), list(intensity.parameters()))
+print(peak_mb())
+"""
+
+
+def bench_memory(sizes: list[tuple[float, str]]) -> dict:
+    out = {}
+    code = _CHILD.format(here=str(HERE))
+    for candidates, path in [(0.0, "generic")] + sizes:
+        proc = subprocess.run([sys.executable, "-c", code, str(candidates), path], capture_output=True, text=True,
+                              check=True, env=dict(os.environ))
+        key = "baseline_imports" if candidates == 0 else f"{path}_{int(candidates)}"
+        out[key] = {"peak_rss_mb": float(proc.stdout.split()[-1])}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--sections", nargs="+", default=["relaxed", "scoring", "exact", "memory"])
+    parser.add_argument("--ref-events", type=int, nargs="+", default=None,
+                        help="sequence lengths for the reference scoring (pairwise memory; default 1000 2000)")
+    parser.add_argument("--memory-candidates", type=float, default=None, help="default 2e5 (quick 2e4)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "generic.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    quick = args.quick
+    repeats = args.repeats or (1 if quick else 3)
+    start = time.perf_counter()
+    sections = {
+        "relaxed": lambda: bench_relaxed(32 if quick else 256, 5.0 if quick else 20.0, repeats),
+        "scoring": lambda: bench_scoring([500, 1000, 2000] if quick else [5000, 10000, 20000],
+                                         args.ref_events or ([250, 500] if quick else [1000, 2000]),
+                                         args.repeats or 1),
+        "exact": lambda: bench_exact(32 if quick else 256, 5.0 if quick else 20.0, repeats),
+        "memory": lambda: bench_memory([(2e3, "reference"), (args.memory_candidates or 2e4, "generic")] if quick
+                                       else [(2e4, "reference"), (2e4, "generic"),
+                                             (args.memory_candidates or 2e5, "generic")]),
+    }
+    results = {}
+    for name in args.sections:
+        results[name] = sections[name]()
+        print(name, json.dumps(results[name], indent=1, default=float), flush=True)
+    config = {"quick": quick, "repeats": repeats, "threads": 1, "torch": torch.__version__,
+              "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
+              "load_average": os.getloadavg(), "elapsed_s": time.perf_counter() - start}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"config": config, "results": results}, indent=2, default=float))
+    print(f"total {config['elapsed_s']:.0f} s; load average {os.getloadavg()[0]:.1f}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

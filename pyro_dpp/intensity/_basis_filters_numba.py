@@ -1,0 +1,290 @@
+"""numba twins of the basis filters (:mod:`pyro_dpp.intensity.basis_filters`), CPU: the GLM scan
+forward and reverse in one fused loop per sequence, parallel over the batch, registered as
+accelerators of :class:`ExponentialFilter`, :class:`EpanechnikovFilter` and :class:`RaisedCosineFilter`.
+
+Conventions match the torch filters and the reference scan: the history weights of step ``s`` enter
+the drive of later steps only; finite-support filters sum the events whose lag lies in
+``(low_i, high_i)`` (exclusive), exponential traces every earlier step (as the reference state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+import torch
+
+from ..scan._numba_step import OPTS, adjoint, step
+from ._glm_numba import CODES, dlog_act, log_act
+
+# basis codes
+EXPONENTIAL, EPANECHNIKOV, RAISED_COSINE = 0, 1, 2
+
+
+@nb.njit(inline="always", **OPTS)
+def _phi(kind, lag, c, width, scale, offset):
+    """Basis value at a lag; ``c`` the bump's centre (Epanechnikov) or peak (raised cosine)."""
+    if lag <= 0:
+        return 0.0
+    if kind == EPANECHNIKOV:
+        z = (lag - c) / width
+        if z * z < 1:
+            return 0.75 * (1 - z * z)
+        return 0.0
+    arg = scale * math.log(lag + offset) - c
+    if abs(arg) < math.pi:
+        return 0.5 * (1 + math.cos(arg))
+    return 0.0
+
+
+#: Steps between recomputations of the Epanechnikov window sums from scratch (bounds the float
+#: error that adding and removing events accumulates).
+_REBASE = 32
+
+
+@nb.njit(inline="always", **OPTS)
+def _add_moments(sums, q, u, w, sign):
+    """``sums[q] += sign * (w, w u, w u^2)`` (the window moments of one event)."""
+    for d in range(w.shape[0]):
+        x = sign * w[d]
+        sums[q, 0, d] += x
+        sums[q, 1, d] += x * u
+        sums[q, 2, d] += x * u * u
+
+
+@nb.njit(inline="always", **OPTS)
+def _recentre(sums, ref, q, t, s, keys, lo, hi, weights):
+    """Move window ``q``'s moments to the origin ``t`` where that is cheap or due: an empty window
+    gets exact zeros; every ``_REBASE`` steps the moments of events ``lo .. hi - 1`` (``weights``:
+    steps x sources) are recomputed from scratch, so that adding and removing events does not
+    accumulate float error. The reverse pass starts with an empty window, so both passes start
+    centred on their first time."""
+    if lo == hi:
+        ref[q] = t
+        sums[q] = 0.0
+    elif s % _REBASE == 0:
+        ref[q] = t
+        sums[q] = 0.0
+        for n in range(lo, hi):
+            _add_moments(sums, q, keys[n] - t, weights[n], 1.0)
+
+
+@nb.njit(inline="always", **OPTS)
+def _epan_from_moments(sums, q, v, width, d):
+    """``sum_n w_n 0.75 (1 - ((v - u_n) / width)^2)`` from the window moments of ``u_n``."""
+    s0, s1, s2 = sums[q, 0, d], sums[q, 1, d], sums[q, 2, d]
+    return 0.75 * (s0 - (v * v * s0 - 2.0 * v * s1 + s2) / (width * width))
+
+
+@nb.njit(parallel=True, **OPTS)
+def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const, weight, log_amp, amp, act,
+                kind, decay, centres, width, scale, offset, low, high,
+                log_pi, log_y, marks, ratio, drive, feats, store):
+    bsz, steps = keys.shape
+    k_marks = noise.shape[2] - 1
+    num, sources = weight.shape[2], weight.shape[3]
+    for b in nb.prange(bsz):
+        lo = np.zeros(num, np.int64)
+        hi = np.zeros(num, np.int64)
+        f = np.zeros((num, sources), keys.dtype)
+        z = np.empty(k_marks + 1, keys.dtype)
+        # Epanechnikov: moments of the window's events about ref, in float64 (O(1) per step)
+        sums = np.zeros((num, 3, sources), np.float64)
+        ref = np.zeros(num, np.float64)
+        la, a = log_amp[b], amp[b]
+        for s in range(steps):
+            t = keys[b, s]
+            if kind == EXPONENTIAL:
+                for q in range(num):
+                    g = decay[b, s, q]
+                    for d in range(sources):
+                        if s > 0:
+                            f[q, d] += hist[b, s - 1, d]
+                        f[q, d] *= g
+            elif kind == EPANECHNIKOV:
+                for q in range(num):
+                    while hi[q] < s and keys[b, hi[q]] < t - low[q]:
+                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], hist[b, hi[q]], 1.0)
+                        hi[q] += 1
+                    while lo[q] < hi[q] and keys[b, lo[q]] <= t - high[q]:
+                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], hist[b, lo[q]], -1.0)
+                        lo[q] += 1
+                    _recentre(sums, ref, q, t, s, keys[b], lo[q], hi[q], hist[b])
+                    v = t - centres[q] - ref[q]
+                    for d in range(sources):
+                        f[q, d] = _epan_from_moments(sums, q, v, width, d)
+            else:
+                for q in range(num):
+                    while hi[q] < s and keys[b, hi[q]] < t - low[q]:
+                        hi[q] += 1
+                    while lo[q] < hi[q] and keys[b, lo[q]] <= t - high[q]:
+                        lo[q] += 1
+                    for d in range(sources):
+                        f[q, d] = 0.0
+                    for n in range(lo[q], hi[q]):
+                        ph = _phi(kind, t - keys[b, n], centres[q], width, scale, offset)
+                        if ph != 0.0:
+                            for d in range(sources):
+                                f[q, d] += ph * hist[b, n, d]
+            if store:
+                for q in range(num):
+                    for d in range(sources):
+                        feats[b, s, q, d] = f[q, d]
+            for k in range(k_marks):
+                u = const[b, s, k]
+                for q in range(num):
+                    for d in range(sources):
+                        u += weight[b, k, q, d] * f[q, d]
+                if store:
+                    drive[b, s, k] = u
+                log_pi[b, s, k] = log_act(u, act, la, a) - log_bound[b]
+            step(b, s, k_marks, log_pi, log_y, marks, noise, inv_t, relaxed, hard, cand, hist, ratio, z)
+
+
+@nb.njit(parallel=True, **OPTS)
+def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, weight, act,
+                log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
+    """Adjoint scan; writes the log-rate cotangents ``glr`` (``B x S x K``)."""
+    bsz, steps = keys.shape
+    k_marks = drive.shape[2]
+    num, sources = weight.shape[2], weight.shape[3]
+    for b in nb.prange(bsz):
+        lo = np.full(num, steps, np.int64)
+        hi = np.full(num, steps, np.int64)
+        back = np.zeros((num, steps if kind != EXPONENTIAL else 1, sources), keys.dtype)
+        sums = np.zeros((num, 3, sources), np.float64)
+        ref = np.zeros(num, np.float64)
+        r = np.zeros((num, sources), keys.dtype)
+        gw = np.empty(sources, keys.dtype)
+        g = np.empty(k_marks, keys.dtype)
+        ys = np.empty(k_marks + 1, keys.dtype)
+        for s in range(steps - 1, -1, -1):
+            t = keys[b, s]
+            for d in range(sources):
+                gw[d] = 0.0
+            if kind == EXPONENTIAL:
+                if s + 1 < steps:
+                    for q in range(num):
+                        dq = decay[b, s + 1, q]
+                        for d in range(sources):
+                            r[q, d] *= dq
+                for q in range(num):
+                    for d in range(sources):
+                        gw[d] += r[q, d]
+            elif kind == EPANECHNIKOV:
+                for q in range(num):
+                    # add the events that enter at the near end before removing those that leave
+                    # at the far end: after a long gap one event can do both in this step
+                    while lo[q] > s + 1 and keys[b, lo[q] - 1] > t + low[q]:
+                        lo[q] -= 1
+                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], back[q, lo[q]], 1.0)
+                    while hi[q] > lo[q] and keys[b, hi[q] - 1] >= t + high[q]:
+                        hi[q] -= 1
+                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], back[q, hi[q]], -1.0)
+                    _recentre(sums, ref, q, t, s, keys[b], lo[q], hi[q], back[q])
+                    v = t + centres[q] - ref[q]
+                    for d in range(sources):
+                        gw[d] += _epan_from_moments(sums, q, v, width, d)
+            else:
+                for q in range(num):
+                    while hi[q] > s + 1 and keys[b, hi[q] - 1] >= t + high[q]:
+                        hi[q] -= 1
+                    while lo[q] > s + 1 and keys[b, lo[q] - 1] > t + low[q]:
+                        lo[q] -= 1
+                    for n in range(lo[q], hi[q]):
+                        ph = _phi(kind, keys[b, n] - t, centres[q], width, scale, offset)
+                        if ph != 0.0:
+                            for d in range(sources):
+                                gw[d] += ph * back[q, n, d]
+            adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
+            for k in range(k_marks):
+                g[k] = glr[b, s, k] * dlog_act(drive[b, s, k], act)
+            for q in range(num):
+                for d in range(sources):
+                    v = 0.0
+                    for k in range(k_marks):
+                        v += weight[b, k, q, d] * g[k]
+                    if kind == EXPONENTIAL:
+                        r[q, d] += v
+                    else:
+                        back[q, s, d] = v
+
+
+def _np(x: torch.Tensor):
+    return x.detach().numpy()
+
+
+class _GLMKernels:
+    """Arguments of the numba GLM kernels (batch-major), from a basis filter; subclasses set the
+    basis code and its parameters (:meth:`_basis`)."""
+
+    kind: int
+
+    def __init__(self, filt) -> None:
+        intensity, keys, batch = filt.intensity, filt.keys, filt.batch
+        bsz, steps = keys.shape
+        self.K, self.D, self.L = intensity.num_marks, intensity.num_history_marks, intensity.basis.num_basis
+        dtype = keys.dtype
+        weight = intensity.weight.detach().to(dtype).expand(batch + intensity.weight.shape[-3:])
+        self.weight = weight.reshape(bsz, self.L, self.K, self.D).permute(0, 2, 1, 3).contiguous()
+        bias = intensity.bias.detach().to(dtype).expand(batch + (self.K,)).reshape(bsz, 1, self.K)
+        if intensity.future is not None:
+            with torch.no_grad():
+                ahead = intensity._anticausal(keys.reshape(batch + (steps,)))
+            self.const = (ahead.reshape(bsz, steps, self.K) + bias).contiguous()
+        else:
+            self.const = bias.expand(bsz, steps, self.K)
+        amplitude = intensity.amplitude.detach().to(dtype).expand(batch).reshape(bsz).contiguous()
+        self.amp, self.log_amp = amplitude, torch.log(amplitude)
+        self.act = CODES[intensity.activation]
+        dummy = keys.new_zeros(1)
+        self.decay = keys.new_zeros(1, 1, 1)
+        self.width = self.scale = self.offset = 0.0
+        self.centres, self.low, self.high = dummy, dummy, dummy
+        self._basis(intensity.basis, keys)
+        #: the features of every step (the layout of BasisFilter.stored)
+        self.store_shape = (self.L, self.D)
+
+    def _basis(self, basis, keys: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def forward(self, keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, out, stored, store):
+        glm_forward(_np(keys), _np(cand), _np(hist), _np(noise), _np(log_bound), inv_t, relaxed, hard,
+                    _np(self.const), _np(self.weight), _np(self.log_amp), _np(self.amp), self.act, self.kind,
+                    _np(self.decay), _np(self.centres), self.width, self.scale, self.offset, _np(self.low),
+                    _np(self.high), *[_np(x) for x in out], _np(stored), store)
+
+    def reverse(self, keys, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
+        glm_reverse(_np(keys), self.kind, _np(self.decay), _np(self.centres), self.width, self.scale,
+                    self.offset, _np(self.low), _np(self.high), _np(self.weight), self.act, _np(log_pi),
+                    _np(log_y), _np(cand), _np(drive), _np(grad_marks), _np(grad_logs), inv_t, _np(glr))
+
+
+class ExponentialKernels(_GLMKernels):
+    kind = EXPONENTIAL
+
+    def _basis(self, basis, keys: torch.Tensor) -> None:
+        tau = basis.time_constants.to(keys)
+        gaps = torch.diff(keys, dim=-1, prepend=keys.new_zeros(keys.shape[0], 1))
+        self.decay = torch.exp(-gaps.unsqueeze(-1) / tau).contiguous()  # B x S x L
+
+
+class EpanechnikovKernels(_GLMKernels):
+    kind = EPANECHNIKOV
+
+    def _basis(self, basis, keys: torch.Tensor) -> None:
+        self.centres = basis.centres.to(keys).contiguous()
+        self.width = basis.width
+        self.low = (self.centres - basis.width).clamp(min=0).contiguous()
+        self.high = (self.centres + basis.width).contiguous()
+
+
+class RaisedCosineKernels(_GLMKernels):
+    kind = RAISED_COSINE
+
+    def _basis(self, basis, keys: torch.Tensor) -> None:
+        self.centres = basis.peaks.to(keys).contiguous()
+        self.scale, self.offset = basis.scale, basis.offset
+        self.low = (torch.exp((self.centres - math.pi) / self.scale) - self.offset).clamp(min=0).contiguous()
+        self.high = (torch.exp((self.centres + math.pi) / self.scale) - self.offset).contiguous()

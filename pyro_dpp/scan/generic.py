@@ -1,0 +1,325 @@
+"""The generic checkpointed thinning scan: a fast path for every intensity (DESIGN §5).
+
+An intensity that offers no filter to the engine still has the documented scan interface
+(:meth:`~pyro_dpp.intensity.base.Intensity.initial_state`, ``log_rates`` / ``rates``, ``update``).
+The reference scan (:func:`pyro_dpp.thinning._scan` under backend ``"reference"``) calls it under
+autograd, so every step leaves a graph (the intensity's own operations, the thinning step, a state
+copy) alive until the backward pass: memory O(S) graphs for S steps, and the graph bookkeeping per
+step.
+
+:func:`generic_scan` runs the same steps with the same random numbers under ``torch.no_grad()``,
+keeping the state only every ``k`` steps (default ``ceil(sqrt(S))``). Its backward pass
+(:class:`_GenericScan`) recomputes one segment at a time from its checkpoint, last segment first,
+under autograd, and pulls the cotangents of that segment's marks and log-weights, plus the state
+cotangent handed back by the segment after it, through the user's own ``log_rates`` / ``update``
+with one :func:`torch.autograd.grad` call per segment. Memory: O(S / k) checkpointed states plus
+one segment's graph (O(k) steps), instead of S step graphs.
+
+Gradients reach every tensor the intensity's computation depends on that requires grad: the
+intensity's tensors are found by walking the module (its ``__dict__``, parameters, buffers,
+submodules, and lists, tuples and dicts of tensors; non-leaf tensors such as
+``softplus(pyro.param(...))`` included) and passed as inputs of the autograd function, as are the
+initial state, the context weights, the time line and the bound. A tensor the intensity uses but
+does not hold (a closure over a global, say) would lose its gradient silently; the backward pass
+walks one segment's graph and raises :class:`ValueError` if it finds such a tensor, and when no
+tensor the scan sees requires grad, the first step is probed under autograd (and raises the same
+way) before the scan runs without a graph.
+
+The thinning step itself (exact, relaxed, straight-through) is :mod:`pyro_dpp.scan.step`'s
+:func:`~pyro_dpp.scan.step.log_probs` and :func:`~pyro_dpp.scan.step.step_marks`, the functions the
+reference loop and the engine call, so that the paths cannot drift apart: for the same random
+numbers the draw equals the reference loop's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.utils import _pytree as pytree
+
+from ..intensity.base import Intensity, State
+from .step import log_probs, step_marks
+
+
+def default_checkpoint_every(steps: int) -> int:
+    """``ceil(sqrt(steps))``: O(sqrt(S)) checkpoints and O(sqrt(S)) steps per recomputed segment."""
+    return max(1, math.ceil(math.sqrt(max(steps, 1))))
+
+
+def intensity_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors requiring grad that ``module`` holds: its parameters and buffers, tensors in its
+    ``__dict__`` (leaf or not), in its submodules, and in lists, tuples and dicts of those, each once."""
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+    stack: list[Any] = [module]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if obj.requires_grad:
+                found.append(obj)
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(reversed(list(vars(obj).values())))
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+    return found
+
+
+def _hidden_tensor(what: str) -> ValueError:
+    return ValueError(
+        f"the intensity's computation depends on a tensor requiring grad{what} that the intensity does not "
+        "hold, so the generic scan cannot pass it its gradient; store it as an attribute of the intensity (or "
+        "of a submodule, list or dict it holds), or run the reference scan (pyro_dpp.set_backend('reference'))"
+    )
+
+
+def check_captured(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> None:
+    """Raise if the graph of ``outputs`` reaches a tensor requiring grad other than through ``inputs``
+    (its gradient would be lost)."""
+    inside = {id(t) for t in inputs}
+    stops = {t.grad_fn for t in inputs if t.grad_fn is not None}
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if id(variable) not in inside:
+                raise _hidden_tensor(f" (shape {tuple(variable.shape)})")
+            continue
+        stack.extend(n for n, _ in node.next_functions)
+
+
+def segment_vjp(pairs: list[tuple[torch.Tensor, torch.Tensor]], wanted: list[torch.Tensor],
+                check: bool) -> list:
+    """One vector-Jacobian product through a recomputed segment: the gradients of ``wanted`` given
+    ``(output, cotangent)`` ``pairs`` (None where unused); with ``check``, first
+    :func:`check_captured` (the graph of one segment, the last, is walked)."""
+    if check:
+        check_captured([o for o, _ in pairs], wanted)
+    if not (pairs and wanted):
+        return [None] * len(wanted)
+    return list(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+
+
+def add_segment_grads(grads: list, starts: list[torch.Tensor], grad_params: list,
+                      targets: tuple[tuple[bool, torch.Tensor | None, Any], ...] = ()) -> list:
+    """Distribute one segment's gradients, in the order :func:`segment_vjp` got them for ``wanted =
+    [start leaves requiring grad] + params + [one per needed target]``: returns the cotangents of the
+    start leaves (the carry into the segment before), adds the parameters' into ``grad_params`` and
+    each needed target's into ``accumulator[where]`` for ``(need, accumulator, where)`` in ``targets``."""
+    grads = list(grads)
+    carry = [grads.pop(0) if x.requires_grad else None for x in starts]
+    for i in range(len(grad_params)):
+        g = grads.pop(0)
+        if g is not None:
+            grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+    for need, accumulator, where in targets:
+        if need:
+            g = grads.pop(0)
+            if g is not None:
+                accumulator[where] += g
+    return carry
+
+
+def _leaves(state: State) -> tuple[list[torch.Tensor], Any]:
+    leaves, spec = pytree.tree_flatten(state)
+    if not all(isinstance(x, torch.Tensor) for x in leaves):
+        raise ValueError("an intensity's scan state must be a (nested) tuple of tensors")
+    return leaves, spec
+
+
+@dataclass
+class _Plan:
+    """What one scan needs besides its differentiable inputs."""
+
+    intensity: Intensity
+    spec: Any
+    num_state: int
+    num_params: int
+    params: list[torch.Tensor]
+    cand: torch.Tensor  # batch x S x 1 (float)
+    ctx: torch.Tensor  # batch x S x 1 (float)
+    noise: torch.Tensor  # batch x S x (K+1): the Gumbel noise over the temperature (as the reference scales it)
+    inv_t: float  # 1 / temperature (1 for exact draws)
+    relaxed: bool
+    straight_through: bool
+    every: int
+    stats: dict = field(default_factory=dict)
+
+
+def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w: torch.Tensor,
+         bound: torch.Tensor) -> tuple[State, list, list, list, list]:
+    """Steps ``lo .. hi-1`` from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x C) are the
+    segment's. Returns the state after the segment and per-step marks, log-weights, summed rates over
+    the bound and history weights."""
+    intensity, k = plan.intensity, plan.intensity.num_marks
+    log_bound = torch.log(bound).unsqueeze(-1)
+    # per-step views in one call each (indexing inside the loop costs a dispatch per step and tensor)
+    cands = plan.cand[..., lo:hi, :].unbind(-2)
+    ctx_hists = (ctx_w * plan.ctx[..., lo:hi, :]).unbind(-2)
+    noises = plan.noise[..., lo:hi, :].unbind(-2)
+    ys, logs, ratios, hists = [], [], [], []
+    for t, cand, ctx_hist, noise in zip(times.unbind(-1), cands, ctx_hists, noises):
+        log_pi, ratio = log_probs(intensity.log_rates(state, t), log_bound)  # batch x (K+1), batch
+        y, log_y = step_marks(log_pi, noise, plan.inv_t, plan.relaxed, plan.straight_through)
+        weights = torch.cat([y[..., :k] * cand, ctx_hist], -1)
+        state = intensity.update(state, t, weights)
+        ys.append(y)
+        logs.append(log_y)
+        ratios.append(ratio)
+        hists.append(weights)
+    return state, ys, logs, ratios, hists
+
+
+def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w: torch.Tensor,
+             bound: torch.Tensor, checkpoints: list | None) -> tuple[torch.Tensor, ...]:
+    """The whole scan without autograd; appends the state leaves at each segment start to
+    ``checkpoints`` when given."""
+    k, d = plan.intensity.num_marks, plan.intensity.num_history_marks
+    batch, steps = times.shape[:-1], times.shape[-1]
+    state = pytree.tree_unflatten(list(leaves), plan.spec)
+    # preallocated outputs, filled a segment at a time: lists of per-step tensors over the whole
+    # time line would cost a tensor object per step and output (hundreds of bytes each)
+    # (dtypes from the first segment: the intensity's, which may differ from the time line's)
+    if not steps:
+        empty = times.new_zeros(batch + (0, k + 1))
+        return empty, empty, times.new_zeros(batch + (0, d)), times.new_zeros(batch + (0,))
+    out = None
+    for lo in range(0, steps, plan.every):
+        hi = min(steps, lo + plan.every)
+        if checkpoints is not None:
+            checkpoints.append([x.clone() for x in pytree.tree_leaves(state)])  # an update may work in place
+        state, *parts = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound)
+        parts = [torch.stack(part, -1 if i == 2 else -2) for i, part in enumerate(parts)]
+        if out is None:
+            out = [p.new_empty(p.shape[:len(batch)] + (steps,) + p.shape[len(batch) + 1:]) for p in parts]
+        for o, p in zip(out, parts):
+            o[(..., slice(lo, hi)) + (slice(None),) * (p.dim() - len(batch) - 1)] = p
+    marks, logs, ratios, hists = out
+    return marks, logs, hists, ratios
+
+
+class _GenericScan(torch.autograd.Function):
+    """Inputs: the plan, then the initial state's leaves, the intensity's tensors, ``times``, ``ctx_w``
+    and ``bound``. Outputs: marks, log-weights (differentiable), history weights and summed rates over
+    the bound."""
+
+    @staticmethod
+    def forward(ctx, plan: _Plan, *inputs: torch.Tensor):  # noqa: D102
+        n = plan.num_state + plan.num_params
+        times, ctx_w, bound = inputs[n:]
+        checkpoints: list = []
+        marks, logs, hists, ratios = _forward(plan, list(inputs[: plan.num_state]), times, ctx_w, bound, checkpoints)
+        plan.stats.update(steps=times.shape[-1], every=plan.every, checkpoints=len(checkpoints))
+        ctx.plan, ctx.checkpoints = plan, checkpoints
+        ctx.save_for_backward(times, ctx_w, bound)
+        ctx.mark_non_differentiable(hists, ratios)
+        return marks, logs, hists, ratios
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_marks, grad_logs, _grad_hists, _grad_ratios):  # noqa: D102
+        plan, checkpoints = ctx.plan, ctx.checkpoints
+        times, ctx_w, bound = ctx.saved_tensors
+        need_times, need_ctx, need_bound = ctx.needs_input_grad[-3:]
+        steps = times.shape[-1]
+        grad_params: list = [None] * plan.num_params
+        grad_times = torch.zeros_like(times) if need_times else None
+        grad_ctx = torch.zeros_like(ctx_w) if need_ctx else None
+        grad_bound = torch.zeros_like(bound) if need_bound else None
+        carry: list = [None] * plan.num_state  # cotangents of the state leaves after the segment
+        recomputed = []
+        for index in reversed(range(len(checkpoints))):
+            lo = index * plan.every
+            hi = min(steps, lo + plan.every)
+            with torch.enable_grad():
+                leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in checkpoints[index]]
+                seg_times = times[..., lo:hi].detach().requires_grad_(need_times)
+                seg_ctx = ctx_w[..., lo:hi, :].detach().requires_grad_(need_ctx)
+                seg_bound = bound.detach().requires_grad_(need_bound)
+                state = pytree.tree_unflatten(list(leaves), plan.spec)
+                end, ys, logs, _, _ = _run(plan, state, lo, hi, seg_times, seg_ctx, seg_bound)
+                outs, cotangents = [], []
+                for parts, g in ((ys, grad_marks), (logs, grad_logs)):
+                    if g is not None:
+                        outs.append(torch.stack(parts, -2))
+                        cotangents.append(g[..., lo:hi, :])
+                for leaf, g in zip(pytree.tree_leaves(end), carry):
+                    if g is not None:
+                        outs.append(leaf)
+                        cotangents.append(g)
+                pairs = [(o, g) for o, g in zip(outs, cotangents) if o.requires_grad]
+                wanted = [x for x in leaves if x.requires_grad] + plan.params
+                wanted += [x for x, need in ((seg_times, need_times), (seg_ctx, need_ctx), (seg_bound, need_bound))
+                           if need]
+                grads = segment_vjp(pairs, wanted, check=index == len(checkpoints) - 1)
+            recomputed.append(hi - lo)
+            carry = add_segment_grads(grads, leaves, grad_params, (
+                (need_times, grad_times, (..., slice(lo, hi))),
+                (need_ctx, grad_ctx, (..., slice(lo, hi), slice(None))),
+                (need_bound, grad_bound, ...),
+            ))
+        plan.stats.update(recomputed_segments=len(recomputed), longest_segment=max(recomputed, default=0),
+                          recomputed_steps=sum(recomputed))
+        return (None, *carry, *grad_params, grad_times, grad_ctx, grad_bound)
+
+
+def generic_scan(
+    intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ctx: torch.Tensor, ctx_w: torch.Tensor,
+    gumbel: torch.Tensor, bound: torch.Tensor, temperature: float, straight_through: bool,
+    checkpoint_every: int | None = None, stats: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thinning scan of any intensity on a merged time line, without a per-step autograd graph
+    (the contract of :func:`pyro_dpp.scan.engine.scan`; see :func:`pyro_dpp.thinning._scan`).
+
+    :param times: ``batch x S`` the merged time line (candidates and context events).
+    :param is_cand: ``batch x S`` which steps are candidates.
+    :param is_ctx: ``batch x S`` which steps are context events.
+    :param ctx_w: ``batch x S x C`` context weights on the time line.
+    :param gumbel: ``batch x S x (K+1)`` the Gumbel noise of every step.
+    :param bound: ``batch`` the constant bound.
+    :param int checkpoint_every: steps per checkpointed segment (default ``ceil(sqrt(S))``).
+    :param dict stats: if given, filled with the checkpoint bookkeeping (``steps``, ``every``,
+        ``checkpoints``; after a backward pass ``recomputed_segments``, ``longest_segment``,
+        ``recomputed_steps``).
+    :returns: ``marks`` and ``log_weights`` on the time line (``batch x S x (K+1)``, before candidate
+        selection), the history weights (``batch x S x (K+C)``) and the summed rates (``batch x S``).
+    """
+    batch, steps = times.shape[:-1], times.shape[-1]
+    every = default_checkpoint_every(steps) if checkpoint_every is None else int(checkpoint_every)
+    if every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    leaves, spec = _leaves(intensity.initial_state(batch, times, steps))
+    grad = torch.is_grad_enabled()
+    params = intensity_tensors(intensity) if grad else []
+    inv_t = 1.0 / temperature if temperature > 0 else 1.0
+    plan = _Plan(intensity, spec, len(leaves), len(params), params, is_cand.to(times.dtype).unsqueeze(-1),
+                 is_ctx.to(times.dtype).unsqueeze(-1), gumbel.detach() * inv_t, inv_t, temperature > 0,
+                 bool(straight_through), every, {} if stats is None else stats)
+    inputs = [*leaves, *params, times, ctx_w, bound]
+    if grad and any(x.requires_grad for x in inputs):
+        marks, logs, hists, ratios = _GenericScan.apply(plan, *inputs)
+    else:
+        if grad and steps:
+            # nothing the scan can see requires grad: a parameter the intensity closes over without
+            # holding it would lose its gradient silently here, so probe the first step with autograd
+            with torch.enable_grad():
+                if intensity.log_rates(pytree.tree_unflatten(list(leaves), spec), times[..., 0]).requires_grad:
+                    raise _hidden_tensor("")
+        with torch.no_grad():
+            marks, logs, hists, ratios = _forward(plan, leaves, times, ctx_w, bound, None)
+        plan.stats.update(steps=steps, every=every, checkpoints=0)
+    # the summed rates, as the engine returns them (the caller's bound check divides by the bound)
+    return marks, logs, hists, ratios * bound.detach().unsqueeze(-1)

@@ -1,0 +1,467 @@
+"""The generic checkpointed paths (:mod:`pyro_dpp.scan.generic`, :mod:`pyro_dpp.scan.generic_scoring`)
+on intensities written here as a user would (no stock class, no filter): a power-law Hawkes kernel
+(full-history scan state, pairwise parallel forward), a small neural intensity (an MLP over
+exponential traces, ``nn.Linear`` parameters) and a subclass-free copy of ``ExpHawkes`` with context
+marks and non-leaf parameters. Against the reference (eager loop, parallel forward) in float64 with
+the same random numbers: draws, log-weights and gradients; the autograd functions by ``gradcheck``;
+the checkpoint bookkeeping; and that the ``PointProcess`` API and a Pyro SVI step take these paths."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import make_context
+
+from pyro_dpp import PointProcess, backend, event_mask, thinning
+from pyro_dpp.events import LOG_WEIGHTS_ATTR
+from pyro_dpp.intensity.base import Intensity, pairwise_lags
+from pyro_dpp.likelihood import gauss_legendre, history
+from pyro_dpp.scan import generic
+from pyro_dpp.scan.generic_scoring import scan_score, scores_by_scan
+from pyro_dpp.thinning import draw_candidates, merge_timeline
+
+DT = torch.float64
+DURATION = 5.0
+
+
+class PowerLawHawkes(Intensity):
+    """``lambda_i(t) = mu_i + sum_j alpha_ij sum_n w_nj (delta + t - t_n)^(-beta)``; the scan keeps
+    the whole history (a window of ``num_steps`` events)."""
+
+    def __init__(self, baseline, adjacency, delta, beta):
+        super().__init__()
+        self.baseline, self.adjacency, self.delta, self.beta = baseline, adjacency, delta, beta
+        self.num_marks = baseline.shape[-1]
+        self.num_context_marks = adjacency.shape[-1] - self.num_marks
+
+    @property
+    def batch_shape(self):
+        return self.baseline.shape[:-1]
+
+    def initial_state(self, batch_shape, like, num_steps):
+        n = max(1, num_steps)
+        return like.new_zeros(batch_shape + (n,)), like.new_zeros(batch_shape + (n, self.num_history_marks))
+
+    def rates(self, state, time):
+        times, weights = state
+        kernel = (self.delta + time.unsqueeze(-1) - times) ** (-self.beta)
+        drive = (kernel.unsqueeze(-1) * weights).sum(-2)  # batch x D
+        return self.baseline + (self.adjacency * drive.unsqueeze(-2)).sum(-1)
+
+    def update(self, state, time, weights):
+        times, history = state
+        return (torch.cat([times[..., 1:], time.unsqueeze(-1)], -1),
+                torch.cat([history[..., 1:, :], weights.unsqueeze(-2)], -2))
+
+    def forward(self, times, weights, query):
+        lag, before = pairwise_lags(times, query)
+        kernel = torch.where(before, (self.delta + lag) ** (-self.beta), torch.zeros_like(lag))
+        return self.baseline.unsqueeze(-2) + (kernel @ weights) @ self.adjacency.transpose(-1, -2)
+
+
+class NeuralIntensity(Intensity):
+    """``lambda = a * sigmoid(MLP(exponential traces of the history))``, bounded by ``a K``."""
+
+    def __init__(self, num_marks, decays, num_context_marks=0, hidden=6, amplitude=2.0, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.num_marks, self.num_context_marks = num_marks, num_context_marks
+        self.decays, self.amplitude = decays, amplitude
+        self.hidden = torch.nn.Linear(decays.shape[-1] * self.num_history_marks, hidden).double()
+        self.out = torch.nn.Linear(hidden, num_marks).double()
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.8)
+
+    @property
+    def batch_shape(self):
+        return torch.Size()
+
+    def _from_traces(self, traces):
+        return self.amplitude * torch.sigmoid(self.out(torch.tanh(self.hidden(traces.flatten(-2)))))
+
+    def _decayed(self, state, time):
+        traces, last = state
+        return traces * torch.exp(-(time - last).unsqueeze(-1) * self.decays).unsqueeze(-1)
+
+    def initial_state(self, batch_shape, like, num_steps):
+        u = self.decays.shape[-1]
+        return like.new_zeros(batch_shape + (u, self.num_history_marks)), like.new_zeros(batch_shape)
+
+    def rates(self, state, time):
+        return self._from_traces(self._decayed(state, time))
+
+    def update(self, state, time, weights):
+        return self._decayed(state, time) + weights.unsqueeze(-2), time
+
+    def forward(self, times, weights, query):
+        lag, before = pairwise_lags(times, query)
+        kernel = torch.where(before.unsqueeze(-1), torch.exp(-lag.unsqueeze(-1) * self.decays), lag.new_zeros(()))
+        return self._from_traces(torch.einsum("...qeu,...ed->...qud", kernel, weights))
+
+    def max_rate(self):
+        return torch.tensor(self.amplitude * self.num_marks, dtype=self.decays.dtype)
+
+
+class UserExpHawkes(Intensity):
+    """``ExpHawkes`` as a user would write it (scalar decay, closed-form compensator)."""
+
+    def __init__(self, baseline, adjacency, decay):
+        super().__init__()
+        self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
+        self.num_marks = baseline.shape[-1]
+        self.num_context_marks = adjacency.shape[-1] - self.num_marks
+
+    @property
+    def batch_shape(self):
+        return self.baseline.shape[:-1]
+
+    def _decayed(self, state, time):
+        traces, last = state
+        return traces * torch.exp(-self.decay * (time - last)).unsqueeze(-1)
+
+    def initial_state(self, batch_shape, like, num_steps):
+        return like.new_zeros(batch_shape + (self.num_history_marks,)), like.new_zeros(batch_shape)
+
+    def rates(self, state, time):
+        return self.baseline + (self._decayed(state, time).unsqueeze(-2) * self.adjacency * self.decay).sum(-1)
+
+    def update(self, state, time, weights):
+        return self._decayed(state, time) + weights, time
+
+    def forward(self, times, weights, query):
+        lag, before = pairwise_lags(times, query)
+        kernel = torch.where(before, torch.exp(-self.decay * lag), torch.zeros_like(lag))
+        return self.baseline.unsqueeze(-2) + (kernel @ weights) @ (self.adjacency * self.decay).transpose(-1, -2)
+
+    def compensator(self, times, weights, duration):
+        inside = -torch.expm1(-self.decay * (duration.unsqueeze(-1) - times).clamp(min=0))  # batch x E
+        triggered = ((inside.unsqueeze(-1) * weights).sum(-2) * self.adjacency.sum(-2)).sum(-1)
+        return self.baseline.sum(-1) * duration + triggered
+
+
+def make(name, device="cpu"):
+    """``(intensity, leaf parameters, bound, build)`` with ``build(*leaves)`` the intensity of given
+    leaves; parameters through non-leaf transforms where a user would write them so
+    (``softplus(pyro.param(...))``)."""
+    if name == "neural":
+        intensity = NeuralIntensity(2, torch.tensor([0.5, 2.0], dtype=DT), num_context_marks=1).to(device)
+        intensity.decays = intensity.decays.to(device)
+        return intensity, list(intensity.parameters()), 4.0, lambda *leaves: intensity
+    p = torch.tensor([0.3, 0.1], dtype=DT, device=device, requires_grad=True)
+    alpha = torch.tensor([[0.2, 0.1, 0.3], [0.05, 0.3, 0.1]], dtype=DT, device=device, requires_grad=True)
+    if name == "powerlaw":
+        beta = torch.tensor(1.5, dtype=DT, device=device, requires_grad=True)
+        delta = torch.tensor(1.0, dtype=DT, device=device)
+
+        def build(p, alpha, beta):
+            return PowerLawHawkes(F.softplus(p), alpha, delta, beta)
+
+        return build(p, alpha, beta), [p, alpha, beta], 12.0, build
+    log_decay = torch.tensor(0.3, dtype=DT, device=device, requires_grad=True)
+
+    def build(p, alpha, log_decay):
+        return UserExpHawkes(F.softplus(p), alpha, log_decay.exp())
+
+    return build(p, alpha, log_decay), [p, alpha, log_decay], 8.0, build
+
+
+NAMES = ["powerlaw", "neural", "user-exphawkes"]
+
+
+def context():
+    return make_context([[0.5, 1.0, 2.5, 2.5, 4.0], [1.2, 3.3]], [[0] * 5, [0, 0]], 1, DURATION)
+
+
+class Spy:
+    """Counts the calls of ``module.name`` (an instance attribute shadowing the method)."""
+
+    def __init__(self, module, name):
+        self.calls, self.inner = 0, getattr(module, name)
+        setattr(module, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+@pytest.fixture
+def generic_calls(monkeypatch):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return generic.generic_scan(*args, **kwargs)
+
+    monkeypatch.setattr(thinning, "generic_scan", spy)
+    return calls
+
+
+def _backend(fast: bool) -> str:
+    """The generic paths run under every backend but "reference" (the eager loop, parallel scoring)."""
+    return "auto" if fast else "reference"
+
+
+def draw(name, fast, mode, seed=3):
+    intensity, params, bound, _ = make(name)
+    temperature = 0.0 if mode == "exact" else 0.3
+    torch.manual_seed(seed)
+    with backend(_backend(fast)):
+        process = PointProcess(intensity, DURATION, bound=bound, temperature=temperature, context=context(),
+                               straight_through=mode == "straight-through")
+        if temperature == 0:
+            return process.sample(), None, None
+        value = process.rsample()
+        logs = getattr(value, LOG_WEIGHTS_ATTR)
+        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
+        loss = loss + 0.1 * logs.clamp(min=-30).sum()
+        grads = torch.autograd.grad(loss, params)
+    return value.detach(), logs.detach(), grads
+
+
+@pytest.mark.parametrize("mode", ["exact", "relaxed", "straight-through"])
+@pytest.mark.parametrize("name", NAMES)
+def test_generic_draw_matches_reference(name, mode, generic_calls):
+    ref = draw(name, False, mode)
+    assert not generic_calls
+    got = draw(name, True, mode)
+    assert generic_calls
+    assert int(event_mask(ref[0]).sum()) >= 5
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+    if mode != "exact":
+        real = event_mask(ref[0])
+        torch.testing.assert_close(got[1][real], ref[1][real], rtol=1e-12, atol=1e-12)
+        for g, r in zip(got[2], ref[2], strict=True):
+            assert r.abs().sum() > 0
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def _timeline(intensity, bound, batch=2, seed=0, duration=2.0):
+    """A small merged time line (candidates and a context) and its Gumbel noise."""
+    torch.manual_seed(seed)
+    bound = torch.full((batch,), bound, dtype=DT)
+    cand, mask = draw_candidates(bound, torch.full((batch,), duration, dtype=DT), 1000)
+    ctx = make_context([[0.3, 1.1], [0.7]], [[0, 0], [0]], intensity.num_context_marks, duration)
+    times, is_cand, is_ctx, ctx_w, _ = merge_timeline(cand, mask, ctx, intensity.num_context_marks)
+    gumbel = -torch.log(-torch.log(torch.rand(times.shape + (intensity.num_marks + 1,), dtype=DT)))
+    return times, is_cand, is_ctx, ctx_w, gumbel, bound
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generic_function_gradcheck(name):
+    """The custom autograd function in float64, with respect to the intensity's tensors, the context
+    weights and the bound, over several checkpointed segments."""
+    intensity, params, bound, build = make(name)
+    times, is_cand, is_ctx, ctx_w, gumbel, bound = _timeline(intensity, 5.0, duration=1.5)
+    assert 8 <= times.shape[-1] <= 16
+
+    def scan(*inputs):
+        *leaves, w, b = inputs
+        marks, logs, _, _ = generic.generic_scan(build(*leaves), times, is_cand, is_ctx, w, gumbel, b, 0.4, False,
+                                                 checkpoint_every=3)
+        return marks, logs.clamp(min=-40)
+
+    inputs = params + [ctx_w.clone().requires_grad_(), bound.clone().requires_grad_()]
+    assert torch.autograd.gradcheck(scan, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_checkpoint_bookkeeping_is_sqrt():
+    """O(S / k) checkpointed states, one O(k) segment recomputed at a time, every step recomputed
+    exactly once, and a single autograd node for the whole scan (no per-step graph)."""
+    intensity, params, _, build = make("user-exphawkes")
+    times, is_cand, is_ctx, ctx_w, gumbel, bound = _timeline(intensity, 40.0)
+    steps = times.shape[-1]
+    assert steps >= 50
+    for every in (None, 5):
+        intensity = build(*params)
+        updates = Spy(intensity, "update")
+        stats = {}
+        marks, logs, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5,
+                                                 False, checkpoint_every=every, stats=stats)
+        assert type(marks.grad_fn).__name__ == "_GenericScanBackward"
+        k = math.ceil(math.sqrt(steps)) if every is None else every
+        assert stats["every"] == k and stats["checkpoints"] == math.ceil(steps / k)
+        assert updates.calls == steps
+        torch.autograd.grad((marks.sum() + logs.sum()), params)
+        assert stats["recomputed_segments"] == stats["checkpoints"]
+        assert stats["longest_segment"] == k and stats["recomputed_steps"] == steps
+        assert updates.calls == 2 * steps
+
+
+def test_generic_bound_violation_raises():
+    intensity = make("powerlaw")[0]
+    torch.manual_seed(0)
+    for temperature in (0.0, 0.5):
+        process = PointProcess(intensity, DURATION, bound=0.35, temperature=temperature, context=context())
+        with pytest.raises(ValueError, match="bound"):
+            process.sample() if temperature == 0 else process.rsample()
+
+
+def test_generic_scan_finds_hidden_tensors():
+    """A tensor requiring grad that the intensity uses but does not hold would lose its gradient:
+    the backward pass says so."""
+    intensity, _, bound, _ = make("user-exphawkes")
+    hidden = torch.tensor(0.2, dtype=DT, requires_grad=True)
+    inner = intensity.rates
+    intensity.rates = lambda state, time: inner(state, time) + hidden
+    times, is_cand, is_ctx, ctx_w, gumbel, bound = _timeline(intensity, bound)
+    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False)
+    with pytest.raises(ValueError, match="does not hold"):
+        marks.sum().backward()
+
+
+def test_generic_scan_probes_hidden_tensors_before_a_graphless_run():
+    """When the only tensor requiring grad is one the intensity does not hold, the scan would run
+    without a graph and drop its gradient silently: it raises up front; the reference loop, which
+    runs under autograd, carries that gradient."""
+    intensity, params, bound, _ = make("user-exphawkes")
+    for p in params:
+        p.requires_grad_(False)
+    intensity = make("user-exphawkes")[3](*params)  # parameters without gradients
+    hidden = torch.tensor(0.2, dtype=DT, requires_grad=True)
+    inner = intensity.rates
+    intensity.rates = lambda state, time: inner(state, time) + hidden
+    process = PointProcess(intensity, DURATION, bound=bound, temperature=0.5, context=context())
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="does not hold"):
+        process.rsample()
+    with backend("reference"):
+        value = process.rsample()
+    assert torch.autograd.grad(value[..., 1:-1].sum(), hidden)[0].abs() > 0  # the soft marks
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------
+def _score_value(intensity, bound, relaxed):
+    if relaxed:
+        torch.manual_seed(1)
+        value = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context()).rsample()
+        return value.detach().requires_grad_()  # soft weights: a gradient with respect to the value too
+    # exact data with ties: within the value and with the context
+    return make_context([[0.5, 1.7, 1.7, 3.0, 4.2], [1.2, 2.0, 3.3]], [[0, 1, 0, 1, 1], [1, 0, 0]],
+                        intensity.num_marks, DURATION)
+
+
+@pytest.mark.parametrize("kind", ["exact", "dpp", "exact-formula-soft"])
+@pytest.mark.parametrize("name", NAMES)
+def test_scan_scoring_matches_parallel(name, kind):
+    intensity, params, bound, build = make(name)
+    assert scores_by_scan(intensity)
+    temperature = 0.0 if kind == "exact" else 0.3
+    value = _score_value(intensity, bound, temperature > 0)
+    process = PointProcess(intensity, DURATION, bound=bound, temperature=temperature, context=context(),
+                           relaxed_log_prob="dpp" if kind == "dpp" else "exact")
+    wrt = params + ([value] if value.requires_grad else [])
+    out = {}
+    for fast in (False, True):
+        process.intensity = intensity = build(*params)  # a fresh graph from the leaves
+        forward = Spy(intensity, "forward")
+        with backend(_backend(fast)):
+            log_prob = process.log_prob(value)
+            out[fast] = (log_prob, torch.autograd.grad(log_prob.sum(), wrt))
+        assert (forward.calls > 0) != fast  # the scan never calls the parallel forward
+        del intensity.forward
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-11, atol=1e-11)
+    for g, r in zip(out[True][1], out[False][1], strict=True):
+        assert r.abs().sum() > 0
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11)
+
+
+def test_parallel_scoring_attribute_forces_the_parallel_path():
+    intensity, _, bound, _ = make("neural")
+    value = _score_value(intensity, bound, False)
+    forward = Spy(intensity, "forward")
+    process = PointProcess(intensity, DURATION, bound=bound, context=context())
+    process.log_prob(value)
+    assert forward.calls == 0
+    intensity.parallel_scoring = True
+    assert not scores_by_scan(intensity)
+    process.log_prob(value)
+    assert forward.calls > 0
+
+
+@pytest.mark.parametrize("wrt_weights", [True, False], ids=["params-and-weights", "params-only"])
+@pytest.mark.parametrize("name", NAMES)
+def test_scan_score_gradcheck(name, wrt_weights):
+    """The scoring function in float64 with respect to the intensity's tensors and the history
+    weights, with ties and several segments; with constant weights (exact data) and an update that
+    uses no parameter, the states need no gradient and only the evaluation on them is differentiated."""
+    intensity, params, _, build = make(name)
+    value = _score_value(intensity, 8.0, False)
+    times, weights = history(value, intensity.num_marks, context(), intensity.num_context_marks)
+    nodes = torch.stack(gauss_legendre(4, times))
+    duration = torch.full(times.shape[:-1], DURATION, dtype=DT)
+
+    def score(*inputs):
+        leaves, w = (inputs[:-1], inputs[-1]) if wrt_weights else (inputs, weights)
+        stats = {}
+        out = scan_score(build(*leaves), times, w, duration, nodes, checkpoint_every=3, stats=stats)
+        assert stats["checkpoints"] == math.ceil(times.shape[-1] / 3)
+        # the user ExpHawkes decays its traces by a learned decay: its states need a gradient
+        assert stats["constant_states"] == (not wrt_weights and name != "user-exphawkes")
+        return out
+
+    inputs = params + ([weights.clone().requires_grad_()] if wrt_weights else [])
+    assert torch.autograd.gradcheck(score, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_svi_step_takes_the_generic_paths(generic_calls):
+    """A Pyro model with a relaxed latent site and an observed site on a user intensity: one
+    ``Trace_ELBO`` step samples through the generic scan, scores by the scan (the parallel forward
+    is never called) and moves every parameter."""
+    pyro.clear_param_store()
+    data = _score_value(make("user-exphawkes")[0], 8.0, False)
+    spies = []
+
+    def build(prefix):
+        p = pyro.param(f"{prefix}_p", torch.tensor([0.3, 0.1], dtype=DT))
+        alpha = pyro.param(f"{prefix}_alpha", torch.tensor([[0.2, 0.1, 0.3], [0.05, 0.3, 0.1]], dtype=DT),
+                           constraint=torch.distributions.constraints.positive)
+        intensity = UserExpHawkes(F.softplus(p), alpha, torch.tensor(1.3, dtype=DT))
+        spies.append(Spy(intensity, "forward"))
+        return intensity
+
+    def model():
+        with pyro.plate("sequences", 2):
+            hidden = pyro.sample("hidden", PointProcess(build("m"), DURATION, bound=8.0, temperature=0.5,
+                                                        context=context(), max_events=80))
+            assert hidden.requires_grad
+            pyro.sample("observed", PointProcess(build("o"), DURATION, context=context(), max_events=20), obs=data)
+
+    def guide():
+        with pyro.plate("sequences", 2):
+            pyro.sample("hidden", PointProcess(build("g"), DURATION, bound=8.0, temperature=0.5,
+                                               context=context(), max_events=80))
+
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
+    svi.step()
+    assert generic_calls and all(s.calls == 0 for s in spies)
+    store = pyro.get_param_store()
+    before = {key: store[key].detach().clone() for key in store.keys()}
+    assert set(before) == {"m_p", "g_p", "o_p", "m_alpha", "g_alpha", "o_alpha"}
+    svi.step()
+    for key, old in before.items():
+        assert not torch.equal(old, store[key].detach()), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", NAMES)
+def test_generic_paths_on_cuda(name):
+    """The generic scan and scoring run on CUDA and agree with the CPU (same candidates and noise)."""
+    out = {}
+    for device in ("cpu", "cuda"):
+        intensity, params, bound, _ = make(name, device)
+        times, is_cand, is_ctx, ctx_w, gumbel, b = (x.to(device) for x in _timeline(intensity, bound))
+        marks, logs, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, b, 0.4, False)
+        value = _score_value(intensity, bound, False).to(device)
+        h_t, h_w = history(value, intensity.num_marks, context().to(device), intensity.num_context_marks)
+        lr, comp = scan_score(intensity, h_t, h_w, torch.full(h_t.shape[:-1], DURATION, dtype=DT, device=device),
+                              torch.stack(gauss_legendre(8, h_t)))
+        loss = marks.sum() + logs.clamp(min=-30).sum() + lr.sum() - comp.sum()
+        out[device] = [x.detach().cpu() for x in (marks, logs, lr, comp, *torch.autograd.grad(loss, params))]
+    for g, r in zip(out["cuda"], out["cpu"], strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
