@@ -16,7 +16,7 @@ TUTORIALS = sorted((Path(__file__).resolve().parent.parent / "tutorials").glob("
 KERNEL = "python3"
 #: notebooks whose figures must come out inline (as PNG outputs)
 WITH_FIGURES = {"01_point_processes", "02_snn_hidden_neurons", "03_reproducing_the_paper",
-                "04_grasshopper_spike_trains", "05_writing_your_own_intensity"}
+                "04_grasshopper_spike_trains", "05_writing_your_own_intensity", "06_bayesian_hawkes"}
 TIMEOUT = 300  # seconds per cell; a small-size notebook runs in well under a minute
 
 
