@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ._decay import decayed_sums
-from .base import Intensity, State, as_param, check_finite, pairwise_lags
+from .base import Intensity, State, as_param, broadcast_shapes, check_finite, pairwise_lags, within
 
 #: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
 #: cost) instead of the pairwise lag matrix.
@@ -46,8 +46,12 @@ class ExpHawkes(Intensity):
         baseline = as_param(baseline)
         adjacency = as_param(adjacency, baseline)
         decay = as_param(decay, baseline)
-        for name, x in (("baseline", baseline), ("adjacency", adjacency), ("decay", decay)):
-            check_finite(name, x)
+        # one synchronising check for all parameters (an ExpHawkes is built at every model step);
+        # the detailed checks run only to say what is wrong
+        valid = within((baseline, adjacency), 0.0) and within((decay,), 0.0, strict=True)
+        if not valid:
+            for name, x in (("baseline", baseline), ("adjacency", adjacency), ("decay", decay)):
+                check_finite(name, x)
         if baseline.dim() < 1 or adjacency.dim() < 2:
             raise ValueError("baseline must have shape (..., K) and adjacency (..., K, K + C)")
         k = baseline.shape[-1]
@@ -55,12 +59,13 @@ class ExpHawkes(Intensity):
             raise ValueError(
                 f"adjacency must have shape (..., {k}, {k} + C) for {k} marks, got {tuple(adjacency.shape)}"
             )
-        if (baseline < 0).any() or (adjacency < 0).any():
-            raise ValueError("ExpHawkes baseline and adjacency must be nonnegative (a linear Hawkes process)")
-        if (decay <= 0).any():
-            raise ValueError("ExpHawkes decay must be positive")
+        if not valid:
+            if (baseline < 0).any() or (adjacency < 0).any():
+                raise ValueError("ExpHawkes baseline and adjacency must be nonnegative (a linear Hawkes process)")
+            if (decay <= 0).any():
+                raise ValueError("ExpHawkes decay must be positive")
         try:
-            torch.broadcast_shapes(decay.shape, adjacency.shape)
+            broadcast_shapes(decay.shape, adjacency.shape)
         except RuntimeError as err:
             raise ValueError(f"decay of shape {tuple(decay.shape)} does not broadcast to adjacency") from err
         self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
@@ -73,7 +78,7 @@ class ExpHawkes(Intensity):
 
     @property
     def batch_shape(self) -> torch.Size:
-        return torch.broadcast_shapes(
+        return broadcast_shapes(
             self.baseline.shape[:-1], self.adjacency.shape[:-2], self.decay.shape[:-2] if self.decay.dim() >= 2 else ()
         )
 
