@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,10 +46,14 @@ class ExpHawkes(Intensity):
         super().__init__()
         baseline = as_param(baseline)
         adjacency = as_param(adjacency, baseline)
-        decay = as_param(decay, baseline)
         # one synchronising check for all parameters (an ExpHawkes is built at every model step);
         # the detailed checks run only to say what is wrong
-        valid = within((baseline, adjacency), 0.0) and within((decay,), 0.0, strict=True)
+        if isinstance(decay, (int, float)) and not isinstance(decay, bool):
+            valid = 0 < decay < math.inf  # a number (the usual fixed decay): no tensor reduction
+        else:
+            valid = within((as_param(decay, baseline),), 0.0, strict=True)
+        decay = as_param(decay, baseline)
+        valid = valid and within((baseline, adjacency), 0.0)
         if not valid:
             for name, x in (("baseline", baseline), ("adjacency", adjacency), ("decay", decay)):
                 check_finite(name, x)
