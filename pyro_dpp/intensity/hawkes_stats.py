@@ -36,6 +36,9 @@ from .hawkes import ExpHawkes
 #: tensor was garbage-collected are dropped.
 CACHE_SIZE = 4
 
+#: Tensor types the hand-written gradient handles (subclasses go through plain torch operations).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
 
 class ExpHawkesStatistics:
     """The statistics ``G`` and ``H`` above for one data set and fixed decays.
@@ -98,6 +101,10 @@ class ExpHawkesStatistics:
         self._sequence = sequence[order]  # events: the flat batch index of each event, in that order
         # events of one (mark, sequence) pair are contiguous: their log-rates are summed by segments
         self._segments = torch.bincount(mark * batch.numel() + sequence, minlength=k * batch.numel())
+        # statistics of a tensor subclass (Pyro's provenance tracking in TraceGraph_ELBO) keep
+        # its semantics only through torch operations, not through a custom autograd Function
+        tensors = self._features_by_mark + [self.compensator_stats, self._sequence]
+        self._plain = all(type(t) in _PLAIN for t in tensors)
 
     def log_likelihood(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         """``batch`` exact log-likelihoods (differentiable in ``baseline`` ``K`` and ``adjacency``
@@ -109,7 +116,9 @@ class ExpHawkesStatistics:
                 f"{tuple(adjacency.shape)}"
             )
         if torch.is_grad_enabled() and (baseline.requires_grad or adjacency.requires_grad):
-            return _LogLikelihood.apply(baseline, adjacency, self)
+            if self._plain and type(baseline) in _PLAIN and type(adjacency) in _PLAIN:
+                return _LogLikelihood.apply(baseline, adjacency, self)
+            return self._log_likelihood(baseline, adjacency)
         return self._forward(baseline, adjacency)[0]
 
     def _rates(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
