@@ -73,10 +73,14 @@ class ExpHawkes(Intensity):
             broadcast_shapes(decay.shape, adjacency.shape)
         except RuntimeError as err:
             raise ValueError(f"decay of shape {tuple(decay.shape)} does not broadcast to adjacency") from err
-        self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
-        self.num_marks = k
-        self.num_context_marks = adjacency.shape[-1] - k
-        self._uniform_decay = decay.numel() == 1
+        attributes = {"num_marks": k, "num_context_marks": adjacency.shape[-1] - k,
+                      "_uniform_decay": decay.numel() == 1}
+        if all(type(x) is torch.Tensor for x in (baseline, adjacency, decay)):
+            # plain tensors are plain attributes: skip nn.Module.__setattr__ (per model step)
+            attributes.update(baseline=baseline, adjacency=adjacency, decay=decay)
+        else:  # Parameters (and other subclasses) are registered as nn.Module does
+            self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
+        vars(self).update(attributes)
 
     def like(self) -> torch.Tensor:
         return self.baseline
