@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small workload, few repeats")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="round-robin rounds (default 2000, quick 50)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "tick.json", help="JSON results ('' for none)")
+    parser.add_argument("--out", default=str(HERE / "results" / "tick.json"), help="JSON results ('' for none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     begin = time.perf_counter()
@@ -225,7 +225,7 @@ def main() -> None:
               f"ratio x{seconds / tick_seconds:.2f}; max |difference| of the estimates "
               f"{np.abs(x_ours - x_tick).max():.1e}")
 
-    if str(args.out):
+    if args.out:
         config = {
             "quick": args.quick, "threads": args.threads, "repeats": repeats, "marks": k,
             "realizations": realizations, "duration": duration, "events": events, "decay": DECAY,
@@ -235,8 +235,9 @@ def main() -> None:
         }
         results = {"config": config, "agreement": agreement, "precompute_ms": precompute_ms,
                    "loss_and_grad": timings, "lbfgsb_fit": fits}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        out_path = Path(args.out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.out}")
 
 
