@@ -12,7 +12,7 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from .events import SpikeTrains, num_marks_of, validate_realization
-from .intensity.base import Intensity
+from .intensity.base import Intensity, broadcast_shapes, within
 from .intensity.hawkes import ExpHawkes
 from .intensity.hawkes_stats import cached_statistics
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
@@ -182,7 +182,7 @@ class PointProcess(TorchDistribution):
         if self.context is not None:
             shapes.append(self.context.shape[:-2])
         try:
-            batch_shape = torch.broadcast_shapes(*shapes)
+            batch_shape = broadcast_shapes(*shapes)
         except RuntimeError as err:
             raise ValueError(
                 "the batch shapes of intensity, duration, bound and context do not broadcast: "
@@ -283,7 +283,7 @@ class PointProcess(TorchDistribution):
                 "check the number of neurons of the data against the process"
             )
         try:
-            torch.broadcast_shapes(value.shape[:-2], self.batch_shape)
+            broadcast_shapes(value.shape[:-2], self.batch_shape)
         except RuntimeError as err:
             raise ValueError(
                 f"value batch shape {tuple(value.shape[:-2])} does not broadcast with batch_shape "
@@ -377,8 +377,13 @@ def _check_draw_memory(shape: torch.Size, max_events: int, num_marks: int, like:
 
 
 def _positive(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if not torch.isfinite(value).all() or (value <= 0).any():
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        valid = 0 < value < math.inf  # a number: no tensor reduction (a distribution per model step)
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    else:
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        valid = within((value,), 0.0, strict=True)
+    if not valid:
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return value
 

@@ -124,3 +124,22 @@ def test_cache_drops_statistics_of_collected_data():
     other, _ = _data(1.3, None, seed=1)
     PointProcess(hawkes, duration).log_prob(other)
     assert len(hs._CACHE) == 1 and hs._CACHE[0].value() is other
+
+
+@pytest.mark.parametrize("decay", [1.3, MATRIX_DECAY], ids=["scalar-decay", "matrix-decay"])
+def test_hand_written_gradient_weights_sequences_and_skips_constants(decay):
+    # the custom backward scales each sequence by its own upstream gradient, and returns None for a
+    # parameter without gradient; compared with autograd through the general log-likelihood
+    context = _context()
+    value, duration = _data(decay, context)
+    stats = ExpHawkesStatistics(value, decay, duration, 2, context)
+    weights = torch.tensor([0.7, -1.9], dtype=DT)
+    for needs in ((True, True), (False, True), (True, False)):
+        params = [torch.tensor(BASELINE, dtype=DT).requires_grad_(needs[0]),
+                  torch.tensor(ADJACENCY, dtype=DT).requires_grad_(needs[1])]
+        inputs = [p for p in params if p.requires_grad]
+        got = torch.autograd.grad((stats.log_likelihood(*params) * weights).sum(), inputs)
+        general = exact_log_likelihood(ExpHawkes(*params, torch.tensor(decay, dtype=DT)), value, duration, context)
+        ref = torch.autograd.grad((general * weights).sum(), inputs)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-11, atol=1e-10)

@@ -43,6 +43,8 @@ gradients. Set :attr:`Intensity.parallel_scoring` to score through :meth:`forwar
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -188,6 +190,37 @@ def as_param(value: Any, like: torch.Tensor | None = None) -> torch.Tensor:
 def check_finite(name: str, value: torch.Tensor) -> None:
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or inf")
+
+
+def within(tensors: Sequence[torch.Tensor], lower: float, strict: bool = False) -> bool:
+    """Whether every entry of ``tensors`` is finite and ``>= lower`` (``> lower`` if ``strict``):
+    one reduction and one host synchronisation for all of them, the fast path of argument checks
+    that say, when it fails, what is wrong. False where it cannot tell (mixed devices)."""
+    flat = [t.detach().reshape(-1) for t in tensors if t.numel()]
+    if not flat:
+        return True
+    try:
+        lo, hi = torch.stack(torch.aminmax(flat[0] if len(flat) == 1 else torch.cat(flat))).tolist()
+    except RuntimeError:  # mixed devices, unsupported dtypes: leave it to the detailed checks
+        return False
+    return (lo > lower if strict else lo >= lower) and hi < math.inf  # False for NaN
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
+    """:func:`torch.broadcast_shapes` for plain shapes, without its per-call overhead (it runs on
+    every distribution built in a model); raises ``RuntimeError`` alike on shapes that do not
+    broadcast."""
+    first = shapes[0]
+    if all(s == first for s in shapes[1:]):
+        return torch.Size(first)
+    out = [1] * max(len(s) for s in shapes)
+    for shape in shapes:
+        for i, n in enumerate(shape, len(out) - len(shape)):
+            if n != 1 and out[i] != n:
+                if out[i] != 1:
+                    raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = n
+    return torch.Size(out)
 
 
 def safe_log(x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -9,7 +10,17 @@ import torch
 from ..scan.accelerators import register_accelerator
 from ..scan.filter import ScanFilter, batch_last
 from ._decay import decayed_sums
-from .base import Intensity, State, as_param, check_finite, keeps_math, pairwise_lags, safe_log
+from .base import (
+    Intensity,
+    State,
+    as_param,
+    broadcast_shapes,
+    check_finite,
+    keeps_math,
+    pairwise_lags,
+    safe_log,
+    within,
+)
 
 #: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
 #: cost) instead of the pairwise lag matrix.
@@ -49,9 +60,17 @@ class ExpHawkes(Intensity):
         super().__init__()
         baseline = as_param(baseline)
         adjacency = as_param(adjacency, baseline)
+        # one synchronising check for all parameters (an ExpHawkes is built at every model step);
+        # the detailed checks run only to say what is wrong
+        if isinstance(decay, (int, float)) and not isinstance(decay, bool):
+            valid = 0 < decay < math.inf  # a number (the usual fixed decay): no tensor reduction
+        else:
+            valid = within((as_param(decay, baseline),), 0.0, strict=True)
         decay = as_param(decay, baseline)
-        for name, x in (("baseline", baseline), ("adjacency", adjacency), ("decay", decay)):
-            check_finite(name, x)
+        valid = valid and within((baseline, adjacency), 0.0)
+        if not valid:
+            for name, x in (("baseline", baseline), ("adjacency", adjacency), ("decay", decay)):
+                check_finite(name, x)
         if baseline.dim() < 1 or adjacency.dim() < 2:
             raise ValueError("baseline must have shape (..., K) and adjacency (..., K, K + C)")
         k = baseline.shape[-1]
@@ -59,25 +78,30 @@ class ExpHawkes(Intensity):
             raise ValueError(
                 f"adjacency must have shape (..., {k}, {k} + C) for {k} marks, got {tuple(adjacency.shape)}"
             )
-        if (baseline < 0).any() or (adjacency < 0).any():
-            raise ValueError("ExpHawkes baseline and adjacency must be nonnegative (a linear Hawkes process)")
-        if (decay <= 0).any():
-            raise ValueError("ExpHawkes decay must be positive")
+        if not valid:
+            if (baseline < 0).any() or (adjacency < 0).any():
+                raise ValueError("ExpHawkes baseline and adjacency must be nonnegative (a linear Hawkes process)")
+            if (decay <= 0).any():
+                raise ValueError("ExpHawkes decay must be positive")
         try:
-            torch.broadcast_shapes(decay.shape, adjacency.shape)
+            broadcast_shapes(decay.shape, adjacency.shape)
         except RuntimeError as err:
             raise ValueError(f"decay of shape {tuple(decay.shape)} does not broadcast to adjacency") from err
-        self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
-        self.num_marks = k
-        self.num_context_marks = adjacency.shape[-1] - k
-        self._uniform_decay = decay.numel() == 1
+        attributes = {"num_marks": k, "num_context_marks": adjacency.shape[-1] - k,
+                      "_uniform_decay": decay.numel() == 1}
+        if all(type(x) is torch.Tensor for x in (baseline, adjacency, decay)):
+            # plain tensors are plain attributes: skip nn.Module.__setattr__ (per model step)
+            attributes.update(baseline=baseline, adjacency=adjacency, decay=decay)
+        else:  # Parameters (and other subclasses) are registered as nn.Module does
+            self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
+        vars(self).update(attributes)
 
     def like(self) -> torch.Tensor:
         return self.baseline
 
     @property
     def batch_shape(self) -> torch.Size:
-        return torch.broadcast_shapes(
+        return broadcast_shapes(
             self.baseline.shape[:-1], self.adjacency.shape[:-2], self.decay.shape[:-2] if self.decay.dim() >= 2 else ()
         )
 

@@ -36,6 +36,9 @@ from .hawkes import ExpHawkes
 #: tensor was garbage-collected are dropped.
 CACHE_SIZE = 4
 
+#: Tensor types the hand-written gradient handles (subclasses go through plain torch operations).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
 
 class ExpHawkesStatistics:
     """The statistics ``G`` and ``H`` above for one data set and fixed decays.
@@ -86,12 +89,22 @@ class ExpHawkesStatistics:
         self.batch_shape = batch
         self.num_marks, self.num_context_marks = k, c
         self.decay = decay
-        # the real events: features [1, G_e], marks and sequences
-        features = torch.cat([torch.ones_like(traces[..., :1]), traces], -1)  # batch x E x (1 + D)
-        self._features = features[real].contiguous()  # events x (1 + D)
-        self._marks = mark[real].unsqueeze(-1)  # events x 1
-        sequence = torch.arange(batch.numel(), device=value.device).reshape(batch + (1,)).expand(real.shape)
-        self._sequence = sequence[real]  # events: the flat batch index of each event
+        # the real events, grouped by mark (then sequence): per mark, features [1, G_e] as a
+        # (1 + D) x E_k matrix, so that the rates of its events are one vector-matrix product
+        features = torch.cat([torch.ones_like(traces[..., :1]), traces], -1)[real]  # events x (1 + D)
+        sequence = torch.arange(batch.numel(), device=value.device).reshape(batch + (1,)).expand(real.shape)[real]
+        mark = mark[real]
+        order = torch.argsort(mark * batch.numel() + sequence, stable=True)
+        counts = torch.bincount(mark, minlength=k).tolist()
+        self._features_by_mark = [f.t().contiguous() for f in features[order].split(counts)]  # K x [(1+D) x E_k]
+        self._counts = counts
+        self._sequence = sequence[order]  # events: the flat batch index of each event, in that order
+        # events of one (mark, sequence) pair are contiguous: their log-rates are summed by segments
+        self._segments = torch.bincount(mark * batch.numel() + sequence, minlength=k * batch.numel())
+        # statistics of a tensor subclass (Pyro's provenance tracking in TraceGraph_ELBO) keep
+        # its semantics only through torch operations, not through a custom autograd Function
+        tensors = self._features_by_mark + [self.compensator_stats, self._sequence]
+        self._plain = all(type(t) in _PLAIN for t in tensors)
 
     def log_likelihood(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         """``batch`` exact log-likelihoods (differentiable in ``baseline`` ``K`` and ``adjacency``
@@ -102,16 +115,71 @@ class ExpHawkesStatistics:
                 f"baseline must have shape ({k},) and adjacency ({k}, {d}), got {tuple(baseline.shape)} and "
                 f"{tuple(adjacency.shape)}"
             )
+        if torch.is_grad_enabled() and (baseline.requires_grad or adjacency.requires_grad):
+            if self._plain and type(baseline) in _PLAIN and type(adjacency) in _PLAIN:
+                return _LogLikelihood.apply(baseline, adjacency, self)
+            return self._log_likelihood(baseline, adjacency)
+        return self._forward(baseline, adjacency)[0]
+
+    def _rates(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """The intensity at each event, at its own mark (events grouped by mark)."""
         theta = torch.cat([baseline.unsqueeze(-1), adjacency * self.decay], -1)  # K x (1 + D)
-        # one product with every mark's parameters, then each event's own mark (cheaper to
-        # differentiate than a loop over marks)
-        log_rates = torch.log((self._features @ theta.transpose(-1, -2)).gather(-1, self._marks)).squeeze(-1)
-        if self.batch_shape.numel() == 1:
-            events = log_rates.sum().reshape(self.batch_shape)
-        else:
-            events = log_rates.new_zeros(self.batch_shape.numel()).index_add(0, self._sequence, log_rates)
-            events = events.reshape(self.batch_shape)
+        return torch.cat([theta[i] @ f for i, f in enumerate(self._features_by_mark)])  # events
+
+    def _forward(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-likelihood and the rates at the events, by the fastest operations (segment sums,
+        whose backward is not differentiable: for values without a graph)."""
+        rates = self._rates(baseline, adjacency)
+        events = torch.segment_reduce(torch.log(rates), "sum", lengths=self._segments)
+        events = events.reshape(self.num_marks, -1).sum(0).reshape(self.batch_shape)
+        value = events - baseline.sum() * self.duration - (adjacency * self.compensator_stats).sum((-1, -2))
+        return value, rates
+
+    def _log_likelihood(self, baseline: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """The log-likelihood in differentiable torch operations (any order of derivatives)."""
+        log_rates = torch.log(self._rates(baseline, adjacency))
+        # index_add, not segment_reduce: its backward is not differentiable
+        events = log_rates.new_zeros(self.batch_shape.numel()).index_add(0, self._sequence, log_rates)
+        events = events.reshape(self.batch_shape)
         return events - baseline.sum() * self.duration - (adjacency * self.compensator_stats).sum((-1, -2))
+
+    def _gradient(self, grad: torch.Tensor, rates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vector-Jacobian product of :meth:`_log_likelihood` with ``grad`` (``batch``), given the
+        rates: per mark, the features weighted by ``grad / rate`` of their sequence, summed."""
+        grad = grad.reshape(-1)
+        weights = (grad.index_select(0, self._sequence) / rates).split(self._counts)
+        theta_grad = torch.stack([f @ w for f, w in zip(self._features_by_mark, weights)])  # K x (1 + D)
+        baseline_grad = theta_grad[:, 0] - (grad * self.duration.reshape(-1)).sum()
+        stats = self.compensator_stats.reshape((-1,) + self.compensator_stats.shape[-2:])  # sequences x K x D
+        compensator = (grad.reshape(-1, 1, 1) * stats).sum(0)
+        return baseline_grad, theta_grad[:, 1:] * self.decay - compensator
+
+
+class _LogLikelihood(torch.autograd.Function):
+    """:meth:`ExpHawkesStatistics.log_likelihood` with a hand-written first derivative (the
+    gradient loop of every MCMC, SVI or maximum-likelihood step: a few tensor operations instead
+    of the autograd graph of the forward pass); higher derivatives differentiate the plain formula."""
+
+    @staticmethod
+    def forward(ctx: Any, baseline: torch.Tensor, adjacency: torch.Tensor, stats: ExpHawkesStatistics) -> torch.Tensor:
+        value, rates = stats._forward(baseline, adjacency)
+        ctx.save_for_backward(baseline, adjacency)
+        ctx.stats, ctx.rates = stats, rates
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        baseline, adjacency = ctx.saved_tensors
+        stats = ctx.stats
+        if torch.is_grad_enabled():  # create_graph: a derivative that is itself differentiable
+            with torch.enable_grad():
+                value = stats._log_likelihood(baseline, adjacency)
+                inputs = [x for x in (baseline, adjacency) if x.requires_grad]
+                grads = iter(torch.autograd.grad(value, inputs, grad, create_graph=True))
+            return tuple(next(grads) if x.requires_grad else None for x in (baseline, adjacency)) + (None,)
+        baseline_grad, adjacency_grad = stats._gradient(grad, ctx.rates)
+        return (baseline_grad if ctx.needs_input_grad[0] else None,
+                adjacency_grad if ctx.needs_input_grad[1] else None, None)
 
 
 class _Entry:
