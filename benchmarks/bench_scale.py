@@ -29,11 +29,15 @@ same sizes (warm-up: numba compilation, allocator), then times it:
   temperature 0.3, one particle, ``batch_size = --batch-size``, default all recordings in one
   step, as in the issue's table). Where ``fit`` takes ``window=`` (long recordings cut into
   windows), the epoch is all windows once, with ``--window`` seconds (default 100; 0 for whole
-  recordings) -- detected with ``inspect.signature``, so the same script runs before and after.
+  recordings) and by default ``--sequences`` windows per step -- detected with
+  ``inspect.signature``, so the same script runs before and after.
 
 **Columns** (table printed at the end; every field is in the JSON):
-``status`` ok / timeout / memory / error; ``seconds`` the stage's timed operation (simulate: all
-recordings; log_prob: forward + backward; fit: ``FitResult.epoch_seconds[0]``, one epoch);
+``status`` ok / timeout / memory (killed past ``--memory-limit``) / error (stderr tail in the
+JSON) / skipped (no data) / cached (simulation reused from ``--data-dir``); ``seconds`` the
+stage's timed operation (simulate: all recordings; log_prob: forward + backward; fit:
+``FitResult.epoch_seconds[0]``, one epoch); ``call s`` the whole ``fit`` call (data conversion
+and window cutting included), ``load s`` building the ``SpikeTrains`` from the saved arrays;
 ``peak MB`` the stage's peak resident set (``ru_maxrss``, its high-water mark reset after the
 warm-up through ``/proc/self/clear_refs``; it includes the ~0.4 GB of Python, torch and numba
 already resident) and ``net MB`` that minus the resident set just before the stage (what the stage
@@ -47,8 +51,8 @@ measured.
 
 Usage::
 
-    # everything (hours: run it on a quiet machine, results appended as they finish)
-    nice python benchmarks/bench_scale.py --timeout 1800 --memory-limit 16
+    # everything (hours: run it on a quiet machine; each stage is written as it finishes)
+    nice python benchmarks/bench_scale.py --timeout 1800 --memory-limit 16 --data-dir /tmp/scale_data
     # a subset
     nice python benchmarks/bench_scale.py --observed 10 30 --hidden 4 --durations 100 1000 \\
         --estimators pathwise_exact --timeout 120
@@ -190,6 +194,18 @@ def _load(spec: dict[str, Any], duration: float | None = None) -> tuple[Any, Any
     return observed, hidden, time.perf_counter() - start
 
 
+def data_summary(spec: dict[str, Any]) -> dict[str, Any]:
+    """Spike counts and rates of a configuration's data file."""
+    import numpy as np
+
+    with np.load(spec["data"]) as f:
+        n_obs = [len(f[f"obs_t{s}"]) for s in range(spec["sequences"])]
+        n_hid = [len(f[f"hid_t{s}"]) for s in range(spec["sequences"])]
+    span = spec["sequences"] * spec["duration"]
+    return {"spikes_observed": n_obs, "spikes_hidden": n_hid, "rate_observed": sum(n_obs) / (span * spec["observed"]),
+            "rate_hidden": sum(n_hid) / (span * spec["hidden"])}
+
+
 def _stage_simulate(spec: dict[str, Any], out: dict[str, Any]) -> None:
     import numpy as np
 
@@ -199,19 +215,16 @@ def _stage_simulate(spec: dict[str, Any], out: dict[str, Any]) -> None:
     start = time.perf_counter()
     obs_t, obs_m, hid_t, hid_m = _simulate(true, spec["sequences"], spec["duration"], spec["seed"] + 1000)
     out["seconds"] = time.perf_counter() - start
-    n_obs = [len(t) for t in obs_t]
-    n_hid = [len(t) for t in hid_t]
-    out["spikes_observed"] = n_obs
-    out["spikes_hidden"] = n_hid
-    out["rate_observed"] = sum(n_obs) / (spec["sequences"] * spec["duration"] * spec["observed"])
-    out["rate_hidden"] = sum(n_hid) / (spec["sequences"] * spec["duration"] * spec["hidden"])
+    # thinning candidates per recording: of the simulation (all neurons), of a hidden-site draw in fit
     out["candidates_per_sequence"] = true.neuron_bound * true.num_neurons * spec["duration"]
+    out["hidden_candidates_per_sequence"] = true.neuron_bound * true.n_hidden * spec["duration"]
     arrays = {}
     for s in range(spec["sequences"]):
         arrays.update({f"obs_t{s}": obs_t[s], f"obs_m{s}": obs_m[s], f"hid_t{s}": hid_t[s], f"hid_m{s}": hid_m[s]})
     tmp = spec["data"] + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, spec["data"])
+    out.update(data_summary(spec))
 
 
 def _score(process: Any, trains: Any) -> Any:
@@ -246,11 +259,15 @@ def _stage_log_prob(spec: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def fit_options(fit: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of one epoch of ``fit``, with ``window=`` where ``fit`` takes it."""
+    """The keyword arguments of one epoch of ``fit``, with ``window=`` where ``fit`` takes it.
+    ``batch_size`` None: all recordings in one step (the issue's table), or, with windows,
+    ``sequences`` windows per step (all windows in one step would make the memory grow with T)."""
     options = {"estimator": spec["estimator"], "num_epochs": 1, "temperature": 0.3, "batch_size": spec["batch_size"],
                "progress": False, "seed": spec["seed"]}
     if spec["window"] and "window" in inspect.signature(fit).parameters:
         options["window"] = spec["window"]
+        if options["batch_size"] is None:
+            options["batch_size"] = spec["sequences"]
     return options
 
 
@@ -259,7 +276,7 @@ def _stage_fit(spec: dict[str, Any], out: dict[str, Any]) -> None:
 
     net = _network(spec, spec["seed"] + 1)
     options = fit_options(fit, spec)
-    out["window"] = options.get("window")
+    out["window"], out["batch_size"] = options.get("window"), options["batch_size"]
     warm, _, _ = _load(spec, WARMUP_DURATION)
     fit(copy.deepcopy(net), warm, **{**options, "window": None} if "window" in options else options)
     del warm
@@ -325,18 +342,21 @@ def run_stage(spec: dict[str, Any], timeout: float, memory_limit_mb: float) -> d
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
                                     stdout=subprocess.DEVNULL, stderr=err, env=env)
             status, peak = None, 0.0
-            while proc.poll() is None:
-                mem = _proc_status(proc.pid)
-                peak = max(peak, mem.get("VmHWM", 0.0))
-                if time.perf_counter() - start > timeout:
-                    status = "timeout"
-                elif mem.get("VmRSS", 0.0) > memory_limit_mb:
-                    status = "memory"
-                if status:
+            try:
+                while proc.poll() is None:
+                    mem = _proc_status(proc.pid)
+                    peak = max(peak, mem.get("VmHWM", 0.0))
+                    if time.perf_counter() - start > timeout:
+                        status = "timeout"
+                    elif mem.get("VmRSS", 0.0) > memory_limit_mb:
+                        status = "memory"
+                    if status:
+                        break
+                    time.sleep(0.2)
+            finally:  # also when the parent is interrupted: never leave a stage running
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                    break
-                time.sleep(0.2)
         wall = time.perf_counter() - start
         record: dict[str, Any] = {"wall_s": wall}
         if status:
@@ -382,7 +402,8 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "backend": getattr(pyro_dpp, "get_backend", lambda: None)(),
         "features": {"fit_window": "window" in inspect.signature(fit).parameters,
                      "spike_trains_windows": hasattr(SpikeTrains, "windows")},
-        "options": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                    if k not in ("child", "out")},
     }
 
 
@@ -399,14 +420,15 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    head = (f"{'D_o':>4} {'D_h':>4} {'T':>6} {'stage':<28} {'status':<7} {'seconds':>9} {'peak MB':>8} "
-            f"{'net MB':>8} {'spikes/seq':>10} {'rate/s':>6} {'window':>6}")
+    head = (f"{'D_o':>4} {'D_h':>4} {'T':>6} {'stage':<28} {'status':<7} {'seconds':>9} {'call s':>8} {'load s':>7} "
+            f"{'peak MB':>8} {'net MB':>8} {'spikes/seq':>10} {'rate/s':>6} {'window':>6}")
     lines = [head, "-" * len(head)]
     for r in records:
         spikes = r.get("spikes_observed")
         lines.append(
             f"{r['observed']:>4} {r['hidden']:>4} {r['duration']:>6g} {r['stage']:<28} {r['status']:<7} "
-            f"{_fmt(r.get('seconds'), '.2f'):>9} {_fmt(r.get('peak_rss_mb'), '.0f'):>8} "
+            f"{_fmt(r.get('seconds'), '.2f'):>9} {_fmt(r.get('fit_call_s'), '.2f'):>8} "
+            f"{_fmt(r.get('load_s'), '.2f'):>7} {_fmt(r.get('peak_rss_mb'), '.0f'):>8} "
             f"{_fmt(r.get('net_rss_mb'), '.0f'):>8} {_fmt(sum(spikes) / len(spikes) if spikes else None, '.0f'):>10} "
             f"{_fmt(r.get('rate_observed'), '.2f'):>6} {_fmt(r.get('window'), 'g'):>6}"
         )
@@ -483,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["simulate", "log_prob", "fit"], help="simulate always runs (it makes the data)")
     parser.add_argument("--sequences", type=int, default=4, help="recordings per configuration (issue: 4)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="fit's batch_size (default: all recordings, or windows, in one step)")
+                        help="fit's batch_size (default: all recordings in one step; with windows, "
+                        "--sequences windows per step)")
     parser.add_argument("--window", type=float, default=100.0,
                         help="fit's window= in seconds where fit takes it (0: whole recordings)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per stage before it is killed")
@@ -494,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="float64 by default: float32 cannot tell spike times apart at T = 3600 s")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the simulated recordings here and reuse them in later invocations (the "
+                        "simulate stage is then recorded as 'cached'); default: a temporary directory")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     parser.add_argument("--append", action="store_true", help="keep the records already in --out")
     parser.add_argument("--report", action="store_true", help="print the tables of --out and exit")
@@ -526,16 +552,21 @@ def main(argv: list[str] | None = None) -> int:
     total = len(configs) * (1 + len(stages))
     done, start = 0, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data_dir or Path(tmp)
+        data_dir.mkdir(parents=True, exist_ok=True)
         for d_o, d_h, duration in configs:
             spec = {"observed": d_o, "hidden": d_h, "duration": duration, "sequences": args.sequences,
                     "seed": args.seed, "threads": args.threads, "dtype": args.dtype, "device": args.device,
                     "batch_size": args.batch_size, "window": args.window or None,
-                    "data": str(Path(tmp) / f"data_{d_o}_{d_h}_{duration:g}.npz")}
+                    "data": str(data_dir / f"snn_{d_o}+{d_h}_T{duration:g}_n{args.sequences}_seed{args.seed}.npz")}
             have_data = False
             for stage in ["simulate"] + stages:
                 done += 1
                 label = f"[{done}/{total}, {time.perf_counter() - start:.0f} s] {d_o}+{d_h} neurons, T = {duration:g} s"
-                if stage != "simulate" and not have_data:
+                if stage == "simulate" and args.data_dir is not None and Path(spec["data"]).exists():
+                    record = {"status": "cached", "note": f"data read from {spec['data']}", **data_summary(spec)}
+                    have_data = True
+                elif stage != "simulate" and not have_data:
                     record = {"status": "skipped", "note": "no data: the simulation did not finish"}
                 else:
                     print(f"{label}: {stage} ...", flush=True)

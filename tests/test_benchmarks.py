@@ -41,7 +41,7 @@ def test_smallest_configuration_end_to_end(bench_scale, tmp_path, capsys):
         # the rate is what the data has: spikes over neuron-seconds
         assert r["rate_observed"] == pytest.approx(sum(r["spikes_observed"]) / (2 * r["duration"]))
     fitted = [r for r in records if r["stage"] == "fit:pathwise_exact"]
-    assert all(r["steps"] >= 1 for r in fitted)
+    assert all(r["steps"] >= 1 and r["fit_call_s"] >= r["seconds"] for r in fitted)
     # the T = 10 stages against the T = 5 baseline of the same invocation
     ratios = invocation["ratios"]
     assert sorted(r["stage"] for r in ratios) == ["fit:pathwise_exact", "log_prob", "simulate"]
@@ -64,8 +64,21 @@ def test_timeout_is_recorded_and_later_stages_skipped(bench_scale, tmp_path):
     assert "did not finish" in records[0]["note"]
 
 
+def test_data_dir_keeps_the_simulation_for_later_invocations(bench_scale, tmp_path):
+    out, data_dir = tmp_path / "scale.json", tmp_path / "data"
+    args = ["--observed", "2", "--hidden", "1", "--durations", "5", "--sequences", "2", "--stages", "simulate",
+            "--timeout", "600", "--data-dir", str(data_dir), "--out", str(out)]
+    assert bench_scale.main(args) == 0
+    assert bench_scale.main(args + ["--append"]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["invocations"]) == 2
+    first, second = data["records"]
+    assert (first["status"], first["invocation"], second["status"], second["invocation"]) == ("ok", 0, "cached", 1)
+    assert second["spikes_observed"] == first["spikes_observed"] and len(first["spikes_observed"]) == 2
+
+
 def test_window_passed_only_where_fit_takes_it(bench_scale):
-    spec = {"estimator": "pathwise_exact", "batch_size": None, "seed": 0, "window": 100.0}
+    spec = {"estimator": "pathwise_exact", "batch_size": None, "seed": 0, "window": 100.0, "sequences": 4}
 
     def old_fit(model, observed, estimator, num_epochs, temperature, batch_size, progress, seed):
         pass
@@ -74,5 +87,8 @@ def test_window_passed_only_where_fit_takes_it(bench_scale):
         pass
 
     assert "window" not in bench_scale.fit_options(old_fit, spec)
-    assert bench_scale.fit_options(new_fit, spec)["window"] == 100.0
+    windowed = bench_scale.fit_options(new_fit, spec)
+    # minibatches of windows: all windows in one step would make the memory grow with T
+    assert (windowed["window"], windowed["batch_size"]) == (100.0, 4)
+    assert bench_scale.fit_options(new_fit, {**spec, "batch_size": 2})["batch_size"] == 2
     assert "window" not in bench_scale.fit_options(new_fit, {**spec, "window": None})
