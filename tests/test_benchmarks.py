@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +67,9 @@ def test_timeout_is_recorded_and_later_stages_skipped(bench_scale, tmp_path):
 
 def test_data_dir_keeps_the_simulation_for_later_invocations(bench_scale, tmp_path):
     out, data_dir = tmp_path / "scale.json", tmp_path / "data"
+    # pieces of 3 s and 2 s laid end to end
     args = ["--observed", "2", "--hidden", "1", "--durations", "5", "--sequences", "2", "--stages", "simulate",
-            "--timeout", "600", "--data-dir", str(data_dir), "--out", str(out)]
+            "--simulate-chunk", "3", "--timeout", "600", "--data-dir", str(data_dir), "--out", str(out)]
     assert bench_scale.main(args) == 0
     assert bench_scale.main(args + ["--append"]) == 0
     data = json.loads(out.read_text())
@@ -75,6 +77,13 @@ def test_data_dir_keeps_the_simulation_for_later_invocations(bench_scale, tmp_pa
     first, second = data["records"]
     assert (first["status"], first["invocation"], second["status"], second["invocation"]) == ("ok", 0, "cached", 1)
     assert second["spikes_observed"] == first["spikes_observed"] and len(first["spikes_observed"]) == 2
+    (path,) = data_dir.glob("*.npz")
+    with np.load(path) as f:
+        for s in range(2):
+            times, marks = f[f"obs_t{s}"], f[f"obs_m{s}"]
+            assert len(times) == first["spikes_observed"][s] and set(marks.tolist()) <= {0, 1}
+            assert (np.diff(times) > 0).all() and times.min() >= 0 and times.max() <= 5
+            assert (times > 3).any() and (times < 3).any()  # both pieces are there
 
 
 def test_window_passed_only_where_fit_takes_it(bench_scale):
