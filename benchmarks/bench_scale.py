@@ -419,7 +419,8 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "features": {"fit_window": "window" in inspect.signature(fit).parameters,
                      "spike_trains_windows": hasattr(SpikeTrains, "windows")},
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                    if k not in ("child", "out")},
+                    if k not in ("child", "out", "note")},
+        "note": args.note,
     }
 
 
@@ -542,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     parser.add_argument("--append", action="store_true", help="keep the records already in --out")
     parser.add_argument("--report", action="store_true", help="print the tables of --out and exit")
+    parser.add_argument("--note", default="", help="free text kept with the invocation (e.g. what else ran)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -611,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(mine))
     data["invocations"][invocation]["ratios"] = ratios(mine)
     data["invocations"][invocation]["elapsed_s"] = time.perf_counter() - start
+    data["invocations"][invocation]["load_average_end"] = list(os.getloadavg())
     write_json(args.out, data)
     print(f"wrote {args.out}")
     return 0
