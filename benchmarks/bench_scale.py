@@ -552,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         data = json.loads(args.out.read_text())
         for i, inv in enumerate(data["invocations"]):
-            print(f"invocation {i}: {inv['date']} commit {inv['git_commit']} load {inv['load_average']}")
+            print(f"invocation {i}: {inv['date']} commit {inv['git_commit']} load {inv['load_average']}"
+                  + (f" ({inv['note']})" if inv.get("note") else ""))
             print(report([r for r in data["records"] if r["invocation"] == i]))
         return 0
     if min(args.observed + args.hidden) < 1 or min(args.durations) <= 0 or args.sequences < 1 or args.threads < 1:
