@@ -119,6 +119,7 @@ def fit(
     progress: bool = True,
     seed: int | None = None,
     callback: Any = None,
+    window: float | None = None,
 ) -> FitResult:
     """Train a model/guide pair by SVI.
 
@@ -141,6 +142,16 @@ def fit(
         uninterrupted one; a checkpoint of other data, sizes or options raises :class:`ValueError`.
     :param callback: called as ``callback(epoch, model, guide)`` after every epoch (e.g. to evaluate);
         its return values are collected in ``FitResult.callback_values``.
+    :param float window: if given, train on windows of this many seconds
+        (:meth:`~pyro_dpp.SpikeTrains.windows`; the last window of a sequence may be shorter):
+        ``batch_size`` then counts windows, an epoch visits every window once, and a step's memory
+        depends on the window length, not on the recording's. Each window's observed process gets
+        the observed spikes within the networks' history reach before it as ``past``, and its hidden
+        process gets them, with the window's own observed spikes, as context. The hidden spikes
+        before a window are unknown, so the hidden process of every window starts without past hidden
+        spikes: the standard truncated-history minibatch, an approximation whose error is confined
+        to the first history-reach seconds of each window (for a finite-support basis; for the
+        exponential basis the hidden traces start empty) and shrinks as windows grow.
     """
     check_training_options(estimator, optimizer, temperature)
     _check_fit_numbers(num_epochs, temperature, temperature_decay, lr, batch_size, num_particles, regularizer)
@@ -166,7 +177,7 @@ def fit(
     guide = model if shared else guide
     if estimator == "score_function_baseline" and baseline is None:
         baseline = CountBaseline(model.n_observed).to(model.weight)
-    values, durations = _data(observed, None, model.weight)
+    values, durations, pasts = _training_data(observed, window, model, guide)
     num_sequences = values.shape[0]
     batch_size = num_sequences if batch_size is None else int(batch_size)
     modules = [model] + ([] if shared else [guide]) + ([baseline] if baseline is not None else [])
@@ -177,7 +188,8 @@ def fit(
     path = Path(checkpoint) if checkpoint is not None else None
     fingerprint = _fingerprint(modules, values, durations, estimator=estimator, optimizer=optimizer, lr=lr,
                                batch_size=batch_size, num_particles=num_particles, temperature=temperature,
-                               temperature_decay=temperature_decay, regularizer=regularizer, shared=shared)
+                               temperature_decay=temperature_decay, regularizer=regularizer, shared=shared,
+                               **({} if window is None else {"window": float(window)}))
     if path is not None and path.exists():
         result = _restore(path, fingerprint, modules, opt)
     guide_name = "model" if shared else "guide"
@@ -194,6 +206,8 @@ def fit(
             order = torch.randperm(num_sequences)
             for index in order.split(batch_size):
                 obs, dur = values[index], durations[index]
+                if pasts is not None:
+                    scoring["past"] = pasts[index]
                 model_fn = functools.partial(snn_model, network=model, temperature=tau, **scoring)
                 options = baseline.options(obs, dur) if estimator == "score_function_baseline" else None
                 guide_fn = functools.partial(snn_guide, network=guide, temperature=tau, name=guide_name,
@@ -231,6 +245,20 @@ def fit(
         done = snapshot["result"]["epochs_done"] if snapshot is not None else result.epochs_done
         raise TrainingInterrupted(done, num_epochs, path) from err
     return result
+
+
+def _training_data(observed: SpikeTrains, window: Any, model: SNN,
+                   guide: SNN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The training rows: the sequences (``values``, ``durations``, no past), or with a ``window``
+    their windows with the observed spikes within both networks' history reach before each."""
+    if window is None:
+        return (*_data(observed, None, model.weight), None)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not (0 < window < math.inf):
+        raise ValueError(f"window must be a positive number of seconds (or None for whole sequences), got {window!r}")
+    windows = observed.windows(window, model=[model, guide])
+    values, durations = _data(windows.trains, None, model.weight)
+    past, _ = _data(windows.past, windows.duration, model.weight)
+    return values, durations, past
 
 
 def _fingerprint(modules: list[torch.nn.Module], values: torch.Tensor, durations: torch.Tensor,
