@@ -273,7 +273,10 @@ class SNN(torch.nn.Module):
         hidden, duration = _value_and_duration(hidden, duration)
         self._check_data(hidden, self.n_hidden, "hidden")
         bound = self.neuron_bound * self.n_observed
-        intensity = self.intensity(self.observed_index, self.hidden_index, self._window(bound, hidden), None, params)
+        window = self._window(bound, hidden)
+        if window is not None and past is not None:
+            window += past.shape[-2]  # past observed events also fill the scan's window
+        intensity = self.intensity(self.observed_index, self.hidden_index, window, None, params)
         return PointProcess(intensity, duration, bound=bound, context=hidden.to(self.weight), past=past)
 
     def joint_process(self, duration: Any, max_events: int | None = None) -> PointProcess:
