@@ -18,8 +18,12 @@ The reach (:func:`history_reach`):
   without a support): the lag beyond which every kernel is below the float epsilon of the data's
   dtype relative to its largest value (``log(1/eps)`` slowest time constants for exponentials,
   ``c (eps^{-1/b} - 1)`` for a power law, which can be very long: pass ``history=``);
-- no history (Poisson processes): 0;
+- no history (homogeneous :class:`Poisson`): 0;
 - anything else: pass ``history=`` (seconds).
+
+Windows shift time: window ``w`` starts at 0. So an intensity must not depend on absolute time
+(the kernels of the history do not; a time-varying baseline such as :class:`InhomogeneousPoisson`
+or :class:`PiecewisePoisson` does, and :func:`history_reach` refuses it).
 """
 
 from __future__ import annotations
@@ -134,14 +138,20 @@ def history_reach(model: Any, dtype: torch.dtype = torch.float64) -> float:
         an :class:`~pyro_dpp.snn.SNN`, or a list of those (the longest reach).
     :raises ValueError: for a model whose reach is unknown (pass ``history=`` then).
     """
-    from .intensity import ExpHawkes, InhomogeneousPoisson, Poisson, PowerLawHawkes, SumExpHawkes
+    from .intensity import ExpHawkes, InhomogeneousPoisson, PiecewisePoisson, Poisson, PowerLawHawkes, SumExpHawkes
     from .intensity.basis import Basis
 
     if isinstance(model, (list, tuple)):
         return max((history_reach(m, dtype) for m in model), default=0.0)
+    if isinstance(model, (InhomogeneousPoisson, PiecewisePoisson)):
+        raise ValueError(
+            f"{type(model).__name__} depends on absolute time, and windows shift every window to start at 0, "
+            "which would change its rates: score the recording whole, or model the time dependence in a way "
+            "that moves with the window"
+        )
     log_eps = math.log(1 / _eps(dtype))
     reach: float | None = None
-    if isinstance(model, (Poisson, InhomogeneousPoisson)):
+    if isinstance(model, Poisson):
         reach = 0.0
     elif isinstance(model, ExpHawkes):
         reach = log_eps / float(model.decay.detach().min())

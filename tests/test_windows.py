@@ -17,6 +17,7 @@ from pyro_dpp.intensity import (
     EpanechnikovBasis,
     ExpHawkes,
     ExponentialBasis,
+    PiecewisePoisson,
     Poisson,
     PowerLawHawkes,
     RaisedCosineBasis,
@@ -139,6 +140,8 @@ def test_history_reach():
     assert ((c + d) / c) ** (-b) == pytest.approx(eps, rel=1e-6)
     with pytest.raises(ValueError, match="history="):
         history_reach(object())
+    with pytest.raises(ValueError, match="absolute time"):
+        history_reach(PiecewisePoisson(torch.tensor([0.0, 1.0, 2.0], dtype=DT), torch.tensor([[0.5], [1.0]], dtype=DT)))
 
 
 def test_windows_of_several_sequences_and_indexing():
