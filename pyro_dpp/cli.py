@@ -79,6 +79,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (inf: every earlier spike), got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -112,7 +122,7 @@ def _fit(args: argparse.Namespace) -> int:
           args.temperature_decay, args.optimizer, args.lr, args.batch_size, args.guide, args.basis, args.amplitude,
           args.seed, args.duration, force=args.force, progress=not args.no_progress,
           checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume, dtype=args.dtype,
-          num_neurons=args.num_neurons, window=args.window)
+          num_neurons=args.num_neurons, window=args.window, history=args.history)
     return 0
 
 
@@ -198,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train on windows of this length cut from each recording, each with the spikes before it "
                           "within the filters' reach (memory per step independent of the recording's length; "
                           "hidden spikes before a window are not carried: see pyro_dpp.snn.fit)")
+    fit.add_argument("--history", type=_nonnegative_float, default=None, metavar="SECONDS",
+                     help="with --window: seconds of spikes before each window that it carries (default: the "
+                          "filters' reach, where they fall below float precision)")
     fit.add_argument("--guide", choices=("causal", "acausal", "prior"), default="causal",
                      help="variational network: causal, acausal (sees future observed spikes) or q = p")
     fit.add_argument("--basis", choices=BASES, default="epanechnikov")

@@ -103,10 +103,15 @@ class SpikeTrainDataset(torch.utils.data.Dataset):
                 raise ValueError("window= trains on windows of observed spikes; pass hidden=None (fully observed "
                                  "data in windows would need the hidden spikes' past too, which is not supported)")
             windows = observed.windows(window, history=history, model=model)
-            observed = windows.trains
-            self._past = _per_sequence_past(windows.past)
-        self._observed = _per_sequence(observed)
-        self._duration = observed.duration.reshape(-1).detach()
+            self._observed, self._past = [], []
+            for start in range(0, len(windows), 256):  # dense tensors a chunk of windows at a time
+                chunk = windows[start : start + 256]
+                self._observed += _per_sequence(chunk.trains)
+                self._past += _per_sequence_past(chunk.past)
+            self._duration = windows.duration.detach()
+        else:
+            self._observed = _per_sequence(observed)
+            self._duration = observed.duration.reshape(-1).detach()
         self._hidden = None
         if hidden is not None:
             if not isinstance(hidden, SpikeTrains):

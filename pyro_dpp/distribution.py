@@ -79,7 +79,9 @@ class PointProcess(TorchDistribution):
     2. else, if ``bound`` is given, a Poisson tail bound of the candidate count: about
        ``bound * duration + 10 * sqrt(bound * duration) + 10`` (largest over the batch); a bound
        dominates the intensity with its context, so context events need no extra rows;
-    3. else :data:`DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``).
+    3. else :data:`DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``, less
+       the rows before the window, at times ``< 0``, that every sequence has; ``past`` rows never
+       count: they are history, not sample rows).
 
     The intensity's own ``max_rate()`` (a Poisson rate, a GLM's amplitude) is used as the thinning
     bound when ``bound`` is omitted, but not for sizing, since it may be a latent parameter; for the

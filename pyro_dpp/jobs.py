@@ -166,13 +166,13 @@ def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, tem
           temperature_decay: float, optimizer: str, lr: float, batch_size: int | None, guide: str,
           basis: str, amplitude: float, seed: int, duration: float | None, force: bool = False,
           progress: bool = True, checkpoint: Path | None = None, resume: bool = False, dtype: str = "float64",
-          num_neurons: int | None = None, window: float | None = None) -> None:
+          num_neurons: int | None = None, window: float | None = None, history: float | None = None) -> None:
     """Fit an SNN with hidden neurons to observed spikes; save model and guide networks.
 
     Every epoch is checkpointed atomically to ``checkpoint`` (default ``<stem>_checkpoint.pt``,
     removed after a successful run); an interrupted run (Ctrl-C, SIGTERM) continues bit-identically
     with ``resume=True``. ``dtype`` is the data's and the networks' floating type. ``window``: train
-    on windows of that many seconds (:func:`pyro_dpp.snn.fit`)."""
+    on windows of that many seconds with ``history`` seconds of past (:func:`pyro_dpp.snn.fit`)."""
     from .io import load_spikes
     from .snn import SNN, fit
 
@@ -200,7 +200,8 @@ def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, tem
                         acausal=guide == "acausal").to(dtype)
     result = fit(model, observed, guide_net, estimator=estimator, num_epochs=epochs,
                  temperature=temperature, temperature_decay=temperature_decay, optimizer=optimizer, lr=lr,
-                 batch_size=batch_size, progress=progress, seed=seed, checkpoint=checkpoint, window=window)
+                 batch_size=batch_size, progress=progress, seed=seed, checkpoint=checkpoint, window=window,
+                 history=history)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(model_path)
     (guide_net or model).save(guide_path)

@@ -28,9 +28,9 @@ or :class:`PiecewisePoisson` does, and :func:`history_reach` refuses it).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,59 +39,114 @@ import torch
 from .events import SpikeTrains
 
 
-@dataclass
 class Windows:
     """Consecutive windows of a recording, each with the events before it.
 
-    :ivar SpikeTrains trains: the windows' events, shifted to ``[0, length]`` (batch: windows; the
-        last window of a sequence may be shorter: ``trains.duration``).
-    :ivar torch.Tensor past: ``windows x P x (K + 2)`` realization tensor of the events within the
-        history reach before each window, at times ``< 0`` (padding rows: zero weights, time 0): the
-        ``past=`` of :class:`~pyro_dpp.PointProcess`.
+    Holds the recording's events once (times and integer marks) and, per window, where it starts
+    and which events it and its past hold: the dense tensors below are built on access for the
+    windows at hand, so that ``windows[index]`` (a minibatch) costs memory for those windows only.
+
     :ivar torch.Tensor offsets: ``windows`` start time of each window in its recording.
     :ivar torch.Tensor sequence: ``windows`` (long) which sequence of the recording each came from.
+    :ivar torch.Tensor duration: ``windows`` window lengths (the last of a sequence may be shorter).
     :ivar float history: the reach used (seconds; ``inf``: all earlier events).
-    :ivar context: for a recording with context marks (``context=`` of :meth:`SpikeTrains.windows`):
-        ``windows x M x (C + 2)`` the context events before (times ``< 0``) and inside each window,
-        the ``context=`` of the window's process; else None.
+
+    Built on access (for the windows of this object):
+
+    - :attr:`trains`: the windows' events shifted to ``[0, length]`` as :class:`SpikeTrains`;
+      :meth:`value` the same as a realization tensor ``windows x E x (K + 2)``;
+    - :attr:`past`: ``windows x P x (K + 2)`` realization tensor of the events within the history
+      reach before each window, at times ``< 0`` (padding rows: zero weights, time 0), the ``past=``
+      of :class:`~pyro_dpp.PointProcess`;
+    - :attr:`context`: for a recording with context marks (``context=`` of
+      :meth:`SpikeTrains.windows`), ``windows x M x (C + 2)`` the context events before (times
+      ``< 0``) and inside each window, the ``context=`` of the window's process; else None;
+    - :meth:`with_past`: each window's past and events in one tensor (the context of a process
+      for which these marks are context).
     """
 
-    trains: SpikeTrains
-    past: torch.Tensor
-    offsets: torch.Tensor
-    sequence: torch.Tensor
-    history: float
-    context: torch.Tensor | None = None
+    def __init__(self, events: list, context_events: list | None, num_marks: int, num_context_marks: int,
+                 rows: np.ndarray, history: float, dtype: torch.dtype, device: Any) -> None:
+        self._events, self._context_events = events, context_events
+        self.num_marks, self.num_context_marks = num_marks, num_context_marks
+        # per window: sequence, start, length, lo, hi, past lo, context lo, context hi
+        self._rows = rows
+        self.history = history
+        self.dtype, self.device = dtype, device
 
     def __len__(self) -> int:
-        return int(self.offsets.shape[0])
+        return int(self._rows.shape[0])
 
     def __repr__(self) -> str:
-        return (f"Windows({len(self)} windows of {self.trains.num_marks} marks, history={self.history:g}, "
-                f"past rows={self.past.shape[-2]}, context={'no' if self.context is None else 'yes'})")
+        return (f"Windows({len(self)} windows of {self.num_marks} marks, history={self.history:g}, "
+                f"context={'no' if self._context_events is None else 'yes'})")
+
+    def __getitem__(self, index: Any) -> Windows:
+        """The windows ``index`` selects (an integer, slice, list, array or tensor of indices, a mask)."""
+        if isinstance(index, torch.Tensor):
+            index = index.detach().cpu().numpy()
+        rows = self._rows[np.arange(len(self))[index]].reshape(-1, self._rows.shape[-1])
+        return Windows(self._events, self._context_events, self.num_marks, self.num_context_marks, rows,
+                       self.history, self.dtype, self.device)
+
+    def _column(self, j: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(self._rows[:, j].astype(np.float64), dtype=dtype, device=self.device)
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        return self._column(1, self.dtype)
+
+    @property
+    def sequence(self) -> torch.Tensor:
+        return self._column(0, torch.float64).long()
 
     @property
     def duration(self) -> torch.Tensor:
-        """``windows`` window lengths."""
-        return self.trains.duration
+        return self._column(2, self.dtype)
+
+    def _cut(self, events: list, lo: int, hi: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for row in self._rows:
+            times, marks = events[int(row[0])]
+            a, b = int(row[lo]), int(row[hi])
+            out.append((times[a:b] - row[1], marks[a:b]))
+        return out
 
     def value(self) -> torch.Tensor:
         """The windows' events as a realization tensor ``windows x E x (K + 2)``."""
-        return self.trains.to_tensor()
+        return _realization(self._cut(self._events, 3, 4), self.num_marks, self.dtype, self.device,
+                            pad_time=self._rows[:, 2])
+
+    @property
+    def trains(self) -> SpikeTrains:
+        return SpikeTrains.from_tensor(self.value(), self.duration)
+
+    @property
+    def past(self) -> torch.Tensor:
+        return _realization(self._cut(self._events, 5, 3), self.num_marks, self.dtype, self.device)
+
+    @property
+    def context(self) -> torch.Tensor | None:
+        if self._context_events is None:
+            return None
+        return _realization(self._cut(self._context_events, 6, 7), self.num_context_marks, self.dtype, self.device,
+                            pad_time=self._rows[:, 2])
 
     def with_past(self) -> torch.Tensor:
         """``windows x (P + E) x (K + 2)``: each window's past and own events in one realization
         tensor (times ``< 0`` then in ``[0, length]``), the ``context=`` of a process for which these
         marks are context (the hidden neurons of an SNN given the observed ones)."""
-        return prepend_past(self.past, self.value(), self.duration)
+        return _realization(self._cut(self._events, 5, 4), self.num_marks, self.dtype, self.device,
+                            pad_time=self._rows[:, 2])
 
-    def __getitem__(self, index: Any) -> Windows:
-        """The windows ``index`` selects (an integer, slice, list or tensor of indices, a mask)."""
-        index = torch.as_tensor(np.arange(len(self))[index]).reshape(-1)
-        value = self.value()[index]
-        trains = SpikeTrains.from_tensor(value, self.duration[index])
-        context = None if self.context is None else self.context[index]
-        return Windows(trains, self.past[index], self.offsets[index], self.sequence[index], self.history, context)
+    def fingerprint(self) -> str:
+        """A digest of the recording's events and the windows' layout (for checkpoints)."""
+        digest = hashlib.sha256()
+        for times, marks in self._events:
+            digest.update(np.ascontiguousarray(times).tobytes())
+            digest.update(np.ascontiguousarray(marks).tobytes())
+        digest.update(np.ascontiguousarray(self._rows).tobytes())
+        return digest.hexdigest()
 
 
 def prepend_past(past: torch.Tensor | None, value: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
@@ -261,8 +316,8 @@ def cut_windows(trains: SpikeTrains, length: float, history: float | None = None
                 f"{len(durations)} of {durations[:4].tolist()}...; pass the context of the same recording"
             )
         ctx_events = _events(context)
-    win, past, ctx, starts, ends, seqs = [], [], [], [], [], []
-    for i, (times, marks) in enumerate(events):
+    rows = []
+    for i, (times, _) in enumerate(events):
         total = float(durations[i])
         count = max(1, math.ceil(total / length))
         for w in range(count):
@@ -274,25 +329,14 @@ def cut_windows(trains: SpikeTrains, length: float, history: float | None = None
             hi = np.searchsorted(times, e, side="right" if last else "left")
             lo = np.searchsorted(times, s, side="left")
             plo = 0 if math.isinf(history) else np.searchsorted(times, s - history, side="left")
-            win.append((times[lo:hi] - s, marks[lo:hi]))
-            past.append((times[plo:lo] - s, marks[plo:lo]))
+            clo = chi = 0
             if ctx_events is not None:
-                ct, cm = ctx_events[i]
+                ct = ctx_events[i][0]
                 chi = np.searchsorted(ct, e, side="right" if last else "left")
                 clo = 0 if math.isinf(history) else np.searchsorted(ct, s - history, side="left")
-                ctx.append((ct[clo:chi] - s, cm[clo:chi]))
-            starts.append(s)
-            ends.append(e - s)
-            seqs.append(i)
+            rows.append((i, s, e - s, lo, hi, plo, clo, chi))
             if last:
                 break
-    k = trains.num_marks
-    duration = torch.as_tensor(ends, dtype=dtype)
-    value = _realization(win, k, dtype, "cpu", pad_time=ends)
-    window_trains = SpikeTrains.from_tensor(value, duration).to(device)
-    past_tensor = _realization(past, k, dtype, device)
-    context_tensor = None
-    if ctx_events is not None:
-        context_tensor = _realization(ctx, context.num_marks, dtype, device, pad_time=ends)
-    return Windows(window_trains, past_tensor, torch.as_tensor(starts, dtype=dtype, device=device),
-                   torch.as_tensor(seqs, dtype=torch.long, device=device), history, context_tensor)
+    table = np.array(rows, dtype=np.float64).reshape(-1, 8)
+    return Windows(events, ctx_events, trains.num_marks, 0 if context is None else context.num_marks, table,
+                   history, dtype, device)

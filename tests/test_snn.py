@@ -372,6 +372,8 @@ def test_fit_window_enters_the_checkpoint(tmp_path):
         fit(model, observed, num_epochs=2, progress=False, seed=0, window=4.0, checkpoint=path)
     with pytest.raises(ValueError, match="window"):
         fit(model, observed, num_epochs=2, progress=False, seed=0, checkpoint=path)
+    with pytest.raises(ValueError, match="history"):
+        fit(model, observed, num_epochs=2, progress=False, seed=0, window=6.0, history=1.0, checkpoint=path)
     again = fit(model, observed, num_epochs=2, progress=False, seed=0, window=6.0, checkpoint=path)
     assert again.epochs_done == 2
 

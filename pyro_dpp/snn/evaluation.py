@@ -112,10 +112,11 @@ def _evaluate(model: SNN, guide: SNN, observed: Any, duration: Any, window: Any,
         if not isinstance(observed, SpikeTrains) or duration is not None:
             raise ValueError("window= needs the observed spikes as SpikeTrains (with their durations), not a tensor")
         windows = observed.windows(window, model=[model, guide])
-        values, durations = _checked_data(model, windows.trains, None)
-        past = windows.past.to(values)
-        parts = [per_batch(values[i : i + WINDOW_BATCH], durations[i : i + WINDOW_BATCH], past[i : i + WINDOW_BATCH])
-                 for i in range(0, len(windows), WINDOW_BATCH)]
+        parts = []
+        for start in range(0, len(windows), WINDOW_BATCH):
+            batch = windows[start : start + WINDOW_BATCH]  # dense tensors for these windows only
+            values, durations = _checked_data(model, batch.trains, None)
+            parts.append(per_batch(values, durations, batch.past.to(values)))
         per_window = torch.cat(parts)
         out = per_window.new_zeros(int(windows.sequence.max()) + 1)
         return out.index_add(0, windows.sequence.to(per_window.device), per_window)
