@@ -9,7 +9,8 @@ that still drive the intensity inside it. :class:`~pyro_dpp.PointProcess` takes 
 - ``context``: events of the context marks, which may now also hold times ``< 0``.
 
 Neither is scored nor part of a sample: they change the conditional intensity on ``[0, T]`` and
-nothing else. They are data: no gradient flows to the ``past`` tensor (it is detached). Every path folds them in the same way: scoring appends them to the history
+nothing else. They are data: no gradient flows to the ``past`` tensor (it is detached). Every path
+folds them in the same way: scoring appends them to the history
 (:func:`pyro_dpp.likelihood.history`), the samplers merge them into the time line as fixed
 (non-candidate) steps (:func:`fixed_events`), Ogata's sampler folds them into its initial state.
 """
