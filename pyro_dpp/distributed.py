@@ -106,7 +106,7 @@ class SpikeTrainDataset(torch.utils.data.Dataset):
             self._observed, self._past = [], []
             for start in range(0, len(windows), 256):  # dense tensors a chunk of windows at a time
                 chunk = windows[start : start + 256]
-                self._observed += _per_sequence(chunk.trains)
+                self._observed += _per_sequence_past(chunk.value())  # the real rows of each window
                 self._past += _per_sequence_past(chunk.past)
             self._duration = windows.duration.detach()
         else:
@@ -139,9 +139,10 @@ def _per_sequence(trains: SpikeTrains) -> list[torch.Tensor]:
     return [value[s, :n].clone() for s, n in enumerate(counts)]
 
 
-def _per_sequence_past(past: torch.Tensor) -> list[torch.Tensor]:
-    counts = event_mask(past).sum(-1).tolist()
-    return [past[s, :n].clone() for s, n in enumerate(counts)]
+def _per_sequence_past(value: torch.Tensor) -> list[torch.Tensor]:
+    """The real rows of each sequence of a realization tensor (real rows first)."""
+    counts = event_mask(value).sum(-1).tolist()
+    return [value[s, :n].clone() for s, n in enumerate(counts)]
 
 
 def _pad(rows: list[torch.Tensor], duration: torch.Tensor) -> torch.Tensor:

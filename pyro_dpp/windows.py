@@ -119,7 +119,9 @@ class Windows:
 
     @property
     def trains(self) -> SpikeTrains:
-        return SpikeTrains.from_tensor(self.value(), self.duration)
+        cut = self._cut(self._events, 3, 4)
+        return SpikeTrains.from_events([t for t, _ in cut], [m for _, m in cut], self.num_marks,
+                                       self.duration, dtype=self.dtype, device=self.device)
 
     @property
     def past(self) -> torch.Tensor:
@@ -255,8 +257,9 @@ def _positive_length(name: str, value: Any) -> float:
 def _realization(rows: list[tuple[np.ndarray, np.ndarray]], num_marks: int, dtype: torch.dtype,
                  device: Any, pad_time: Sequence[float] | None = None) -> torch.Tensor:
     """``len(rows) x max_rows x (K + 2)`` from per-window (times, marks); padding rows hold
-    ``pad_time`` (default 0) and zero weights."""
-    width = max([len(t) for t, _ in rows] + [0])
+    ``pad_time`` (default 0) and zero weights. With a ``pad_time`` (the windows' durations) every
+    window gets at least one padding row, as :meth:`SpikeTrains.to_tensor` gives."""
+    width = max([len(t) for t, _ in rows] + [0]) + (pad_time is not None)
     out = torch.zeros(len(rows), width, num_marks + 2, dtype=dtype)
     for i, (t, m) in enumerate(rows):
         n = len(t)

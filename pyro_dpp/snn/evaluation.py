@@ -115,7 +115,7 @@ def _evaluate(model: SNN, guide: SNN, observed: Any, duration: Any, window: Any,
         parts = []
         for start in range(0, len(windows), WINDOW_BATCH):
             batch = windows[start : start + WINDOW_BATCH]  # dense tensors for these windows only
-            values, durations = _checked_data(model, batch.trains, None)
+            values, durations = _checked_data(model, batch.value(), batch.duration)
             parts.append(per_batch(values, durations, batch.past.to(values)))
         per_window = torch.cat(parts)
         out = per_window.new_zeros(int(windows.sequence.max()) + 1)

@@ -284,7 +284,7 @@ class _TrainingRows:
         if self.windows is None:
             return self.values[index], self.durations[index], None
         windows = self.windows[index]
-        values, durations = _data(windows.trains, None, self.like)
+        values, durations = _data(windows.value(), windows.duration, self.like)
         past, _ = _data(windows.past, durations, self.like)
         return values, durations, past
 
