@@ -79,6 +79,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (inf: every earlier spike), got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -112,7 +122,7 @@ def _fit(args: argparse.Namespace) -> int:
           args.temperature_decay, args.optimizer, args.lr, args.batch_size, args.guide, args.basis, args.amplitude,
           args.seed, args.duration, force=args.force, progress=not args.no_progress,
           checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume, dtype=args.dtype,
-          num_neurons=args.num_neurons)
+          num_neurons=args.num_neurons, window=args.window, history=args.history)
     return 0
 
 
@@ -120,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .jobs import evaluate
 
     evaluate(Path(args.data), Path(args.model), Path(args.guide) if args.guide else None, args.particles,
-             Path(args.out) if args.out else None, args.duration, force=args.force)
+             Path(args.out) if args.out else None, args.duration, force=args.force, window=args.window)
     return 0
 
 
@@ -192,7 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--temperature-decay", type=_positive_float, default=0.95, help="tau_e = tau_0 * r^e")
     fit.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adagrad")
     fit.add_argument("--lr", type=_positive_float, default=0.05)
-    fit.add_argument("--batch-size", type=_positive_int, default=1, help="sequences per step (paper: 1)")
+    fit.add_argument("--batch-size", type=_positive_int, default=1,
+                     help="sequences per step (paper: 1); windows per step with --window")
+    fit.add_argument("--window", type=_positive_float, default=None, metavar="SECONDS",
+                     help="train on windows of this length cut from each recording, each with the spikes before it "
+                          "within the filters' reach (memory per step independent of the recording's length; "
+                          "hidden spikes before a window are not carried: see pyro_dpp.snn.fit)")
+    fit.add_argument("--history", type=_nonnegative_float, default=None, metavar="SECONDS",
+                     help="with --window: seconds of spikes before each window that it carries (default: the "
+                          "filters' reach, where they fall below float precision)")
     fit.add_argument("--guide", choices=("causal", "acausal", "prior"), default="causal",
                      help="variational network: causal, acausal (sees future observed spikes) or q = p")
     fit.add_argument("--basis", choices=BASES, default="epanechnikov")
@@ -217,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="a *_model.pt written by fit or simulate")
     ev.add_argument("--guide", default=None, help="a *_guide.pt (default: q = p)")
     ev.add_argument("--particles", type=_positive_int, default=64)
+    ev.add_argument("--window", type=_positive_float, default=None, metavar="SECONDS",
+                    help="evaluate windows of this length and sum them per sequence (as fit --window)")
     ev.add_argument("--duration", type=_positive_float, default=None)
     common(ev)
     ev.add_argument("--out", default=None, help="JSON file for the per-sequence results")

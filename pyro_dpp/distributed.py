@@ -2,8 +2,10 @@
 
 ``pip install 'pyro-dpp[distributed]'`` (the ``lightning`` package). The pieces:
 
-- :class:`SpikeTrainDataset` serves one sequence at a time and :func:`collate_spike_trains` pads a
-  minibatch to its own largest event count (not the data set's), giving a :class:`SpikeBatch`;
+- :class:`SpikeTrainDataset` serves one sequence at a time (or, with ``window=``, one window of a
+  long recording with the spikes before it, so that the workers shard windows) and
+  :func:`collate_spike_trains` pads a minibatch to its own largest event count (not the data set's),
+  giving a :class:`SpikeBatch`;
 - :class:`SNNModel` and :class:`SNNGuide` are :func:`~pyro_dpp.snn.snn_model` and
   :func:`~pyro_dpp.snn.snn_guide` as :class:`torch.nn.Module` objects: their parameters (and a
   score-function :class:`~pyro_dpp.snn.CountBaseline`) live in the modules, never in Pyro's global
@@ -59,12 +61,15 @@ _INSTALL = "distributed training needs PyTorch Lightning: pip install 'pyro-dpp[
 
 
 class SpikeBatch(NamedTuple):
-    """A padded minibatch: ``observed`` (``B x E x (D_o + 2)``), ``duration`` (``B``) and, for fully
-    observed data, ``hidden`` (``B x E' x (D_h + 2)``; else None)."""
+    """A padded minibatch: ``observed`` (``B x E x (D_o + 2)``), ``duration`` (``B``), for fully
+    observed data ``hidden`` (``B x E' x (D_h + 2)``; else None), and for windows of a recording
+    ``past`` (``B x P x (D_o + 2)``, the observed spikes before each window at times ``< 0``; else
+    None)."""
 
     observed: torch.Tensor
     duration: torch.Tensor
     hidden: torch.Tensor | None = None
+    past: torch.Tensor | None = None
 
 
 class SpikeTrainDataset(torch.utils.data.Dataset):
@@ -74,15 +79,39 @@ class SpikeTrainDataset(torch.utils.data.Dataset):
     realization tensor (no padding), its window length, and the same for the hidden spikes if given
     (else None). Batch items with :func:`collate_spike_trains`.
 
+    With ``window`` (seconds) an item is one window of a sequence (:meth:`SpikeTrains.windows`),
+    ``(observed_rows, duration, None, past_rows)`` with the observed spikes within the history reach
+    before it (times ``< 0``): a ``DistributedSampler`` then shards windows, and a step's memory does
+    not depend on the recording's length. As in :func:`pyro_dpp.snn.fit` with ``window=``, the hidden
+    process of a window starts without past hidden spikes.
+
     :param SpikeTrains observed: the observed spikes, one sequence per item.
-    :param SpikeTrains hidden: optional hidden spikes of the same sequences (fully observed data).
+    :param SpikeTrains hidden: optional hidden spikes of the same sequences (fully observed data; not
+        with ``window``).
+    :param float window: window length in seconds, or None for whole sequences.
+    :param model: with ``window``: the :class:`~pyro_dpp.snn.SNN` (or a list: model and guide) whose
+        history reach sets how far back each window's past goes; or pass ``history`` (seconds).
     """
 
-    def __init__(self, observed: SpikeTrains, hidden: SpikeTrains | None = None) -> None:
+    def __init__(self, observed: SpikeTrains, hidden: SpikeTrains | None = None, window: float | None = None,
+                 model: Any = None, history: float | None = None) -> None:
         if not isinstance(observed, SpikeTrains):
             raise ValueError(f"observed must be SpikeTrains, got {type(observed).__name__}")
-        self._observed = _per_sequence(observed)
-        self._duration = observed.duration.reshape(-1).detach()
+        self._past = None
+        if window is not None:
+            if hidden is not None:
+                raise ValueError("window= trains on windows of observed spikes; pass hidden=None (fully observed "
+                                 "data in windows would need the hidden spikes' past too, which is not supported)")
+            windows = observed.windows(window, history=history, model=model)
+            self._observed, self._past = [], []
+            for start in range(0, len(windows), 256):  # dense tensors a chunk of windows at a time
+                chunk = windows[start : start + 256]
+                self._observed += _per_sequence_past(chunk.value())  # the real rows of each window
+                self._past += _per_sequence_past(chunk.past)
+            self._duration = windows.duration.detach()
+        else:
+            self._observed = _per_sequence(observed)
+            self._duration = observed.duration.reshape(-1).detach()
         self._hidden = None
         if hidden is not None:
             if not isinstance(hidden, SpikeTrains):
@@ -96,14 +125,22 @@ class SpikeTrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._observed)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         hidden = None if self._hidden is None else self._hidden[index]
+        if self._past is not None:
+            return self._observed[index], self._duration[index], hidden, self._past[index]
         return self._observed[index], self._duration[index], hidden
 
 
 def _per_sequence(trains: SpikeTrains) -> list[torch.Tensor]:
     value = trains.to_tensor().detach()
     value = value.reshape(-1, *value.shape[-2:])
+    counts = event_mask(value).sum(-1).tolist()
+    return [value[s, :n].clone() for s, n in enumerate(counts)]
+
+
+def _per_sequence_past(value: torch.Tensor) -> list[torch.Tensor]:
+    """The real rows of each sequence of a realization tensor (real rows first)."""
     counts = event_mask(value).sum(-1).tolist()
     return [value[s, :n].clone() for s, n in enumerate(counts)]
 
@@ -123,12 +160,15 @@ def collate_spike_trains(items: list[tuple[torch.Tensor, torch.Tensor, torch.Ten
     minibatch's largest number of events (plus one padding row that records the duration)."""
     if not items:
         raise ValueError("cannot collate an empty minibatch")
-    duration = torch.stack([d for _, d, _ in items])
-    observed = _pad([o for o, _, _ in items], duration)
+    duration = torch.stack([item[1] for item in items])
+    observed = _pad([item[0] for item in items], duration)
     hidden = None
     if items[0][2] is not None:
-        hidden = _pad([h for _, _, h in items], duration)
-    return SpikeBatch(observed, duration, hidden)
+        hidden = _pad([item[2] for item in items], duration)
+    past = None
+    if len(items[0]) > 3:  # windows: the past pads with zero rows (time 0), after the real ones
+        past = _pad([item[3] for item in items], torch.zeros_like(duration))
+    return SpikeBatch(observed, duration, hidden, past)
 
 
 # ---- model and guide as modules ----------------------------------------------------------------
@@ -149,13 +189,14 @@ class SNNModel(torch.nn.Module):
         self.temperature = float(temperature)
         self.relaxed_log_prob = relaxed_log_prob
 
-    def forward(self, observed: torch.Tensor, duration: torch.Tensor) -> None:
-        """Run the model on ``observed`` (``B x E x (D_o + 2)``) with windows ``duration`` (``B``)."""
+    def forward(self, observed: torch.Tensor, duration: torch.Tensor, past: torch.Tensor | None = None) -> None:
+        """Run the model on ``observed`` (``B x E x (D_o + 2)``) with windows ``duration`` (``B``) and
+        the observed spikes before them, ``past`` (as :func:`~pyro_dpp.snn.snn_model`)."""
         with pyro.plate("sequences", observed.shape[0]):
             prior = self.network.hidden_process(observed, duration, self.temperature,
-                                                relaxed_log_prob=self.relaxed_log_prob)
+                                                relaxed_log_prob=self.relaxed_log_prob, past=past)
             hidden = pyro.sample("hidden", prior)
-            pyro.sample("observed", self.network.observed_process(hidden, duration), obs=observed)
+            pyro.sample("observed", self.network.observed_process(hidden, duration, past=past), obs=observed)
 
 
 class SNNGuide(torch.nn.Module):
@@ -177,12 +218,13 @@ class SNNGuide(torch.nn.Module):
         self.relaxed_log_prob = relaxed_log_prob
         self.baseline = baseline
 
-    def forward(self, observed: torch.Tensor, duration: torch.Tensor) -> None:
-        """Sample the hidden spikes given ``observed`` (``B x E x (D_o + 2)``) and ``duration`` (``B``)."""
+    def forward(self, observed: torch.Tensor, duration: torch.Tensor, past: torch.Tensor | None = None) -> None:
+        """Sample the hidden spikes given ``observed`` (``B x E x (D_o + 2)``), ``duration`` (``B``)
+        and the observed spikes before the windows, ``past``."""
         infer = {"baseline": self.baseline.options(observed, duration)} if self.baseline is not None else {}
         with pyro.plate("sequences", observed.shape[0]):
             posterior = self.network.hidden_process(observed, duration, self.temperature,
-                                                    relaxed_log_prob=self.relaxed_log_prob)
+                                                    relaxed_log_prob=self.relaxed_log_prob, past=past)
             pyro.sample("hidden", posterior, infer=infer)
 
 
@@ -302,7 +344,8 @@ class SNNLightningModule(_Base):
     def training_step(self, batch: SpikeBatch, batch_idx: int) -> torch.Tensor:
         """The loss of one :class:`SpikeBatch`: negative ELBO per sequence (or the complete-data
         negative log-likelihood if the batch holds hidden spikes) plus the weight regulariser."""
-        observed, duration, hidden = batch
+        observed, duration, hidden, *rest = batch
+        past = rest[0] if rest else None
         size = observed.shape[0]
         with pyro.settings.context(module_local_params=True):
             if hidden is not None:
@@ -311,7 +354,8 @@ class SNNLightningModule(_Base):
                 # that DDP finds every gradient it waits for
                 loss = loss + 0.0 * sum(p.sum() for p in self.parameters())
             else:
-                loss = self.elbo(observed, duration) / size
+                loss = (self.elbo(observed, duration) if past is None
+                        else self.elbo(observed, duration, past=past)) / size
         value = float(loss.detach())
         if not math.isfinite(value):
             raise ValueError(

@@ -16,6 +16,7 @@ from .intensity.base import Intensity, broadcast_shapes, within
 from .intensity.hawkes import ExpHawkes
 from .intensity.hawkes_stats import cached_statistics
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
+from .past import check_context, check_past, negative_rows
 from .relaxed import plain
 from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
 
@@ -78,7 +79,9 @@ class PointProcess(TorchDistribution):
     2. else, if ``bound`` is given, a Poisson tail bound of the candidate count: about
        ``bound * duration + 10 * sqrt(bound * duration) + 10`` (largest over the batch); a bound
        dominates the intensity with its context, so context events need no extra rows;
-    3. else :data:`DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``).
+    3. else :data:`DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``, less
+       the rows before the window, at times ``< 0``, that every sequence has; ``past`` rows never
+       count: they are history, not sample rows).
 
     The intensity's own ``max_rate()`` (a Poisson rate, a GLM's amplitude) is used as the thinning
     bound when ``bound`` is omitted, but not for sizing, since it may be a latent parameter; for the
@@ -110,6 +113,12 @@ class PointProcess(TorchDistribution):
     :param context: events of other marks that enter the history but are not modelled: a
         realization tensor ``batch x M x (C + 2)`` or :class:`~pyro_dpp.SpikeTrains` with ``C =
         intensity.num_context_marks``.
+        Context events may lie before the window (times ``< 0``; see ``past``).
+    :param past: events of the *modelled* marks before the window (times ``< 0``), a realization
+        tensor ``batch x P x (K + 2)``: they enter the history, so the intensity on ``[0, duration]``
+        is the one that follows them, but they are neither scored nor part of a sample (a window of
+        a longer recording with the events before it: :meth:`~pyro_dpp.SpikeTrains.windows`;
+        :mod:`pyro_dpp.past`).
     :param int max_events: rows of a sample (events, or candidates for the DPP); the default
         follows the sizing rule below. A draw that would need more rows raises a ``ValueError``.
     :param bool straight_through: one-hot marks in the forward pass, soft gradients backward.
@@ -141,6 +150,7 @@ class PointProcess(TorchDistribution):
         validate_args: bool | None = None,
         quadrature_nodes: int = DEFAULT_QUADRATURE_NODES,
         relaxed_log_prob: str = "dpp",
+        past: Any = None,
     ) -> None:
         if not isinstance(intensity, Intensity):
             raise ValueError(f"intensity must be a pyro_dpp.intensity.Intensity, got {type(intensity).__name__}")
@@ -176,16 +186,19 @@ class PointProcess(TorchDistribution):
             )
         self.bound = bound
         self.context = _context(context, intensity, like, self.duration)
+        self.past = check_past(past, intensity.num_marks, like)
         shapes = [intensity.batch_shape, self.duration.shape]
         if bound is not None:
             shapes.append(bound.shape)
         if self.context is not None:
             shapes.append(self.context.shape[:-2])
+        if self.past is not None:
+            shapes.append(self.past.shape[:-2])
         try:
             batch_shape = broadcast_shapes(*shapes)
         except RuntimeError as err:
             raise ValueError(
-                "the batch shapes of intensity, duration, bound and context do not broadcast: "
+                "the batch shapes of intensity, duration, bound, context and past do not broadcast: "
                 f"{[tuple(s) for s in shapes]}"
             ) from err
         self.max_events = sample_rows(max_events, bound if explicit_bound else None, self.duration, self.context)
@@ -219,17 +232,19 @@ class PointProcess(TorchDistribution):
         new.duration = self.duration.expand(batch_shape)
         new.bound = None if self.bound is None else self.bound.expand(batch_shape)
         new.context = None if self.context is None else self.context.expand(batch_shape + self.context.shape[-2:])
+        new.past = None if self.past is None else self.past.expand(batch_shape + self.past.shape[-2:])
         super(PointProcess, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
-    def _broadcast(self, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _broadcast(self, sample_shape: torch.Size) -> tuple[torch.Tensor, ...]:
         shape = torch.Size(sample_shape) + self.batch_shape
         _check_draw_memory(shape, self.max_events, self.num_marks, self.duration)
         duration = self.duration.expand(shape)
         bound = None if self.bound is None else self.bound.expand(shape)
         context = None if self.context is None else self.context.expand(shape + self.context.shape[-2:])
-        return duration, bound, context
+        past = None if self.past is None else self.past.expand(shape + self.past.shape[-2:])
+        return duration, bound, context, past
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         """A differentiable draw (the DPP); needs ``temperature > 0``."""
@@ -239,10 +254,11 @@ class PointProcess(TorchDistribution):
                 "exact process"
             )
         _refuse_tracing()
-        duration, bound, context = self._broadcast(torch.Size(sample_shape))
+        duration, bound, context, past = self._broadcast(torch.Size(sample_shape))
         with self._sizing_hint():
             return sample_relaxed(
-                self.intensity, bound, duration, context, self.max_events, self.temperature, self.straight_through
+                self.intensity, bound, duration, context, self.max_events, self.temperature, self.straight_through,
+                past=past,
             )
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -251,13 +267,13 @@ class PointProcess(TorchDistribution):
             with torch.no_grad():
                 return self.rsample(sample_shape)
         _refuse_tracing()
-        duration, bound, context = self._broadcast(torch.Size(sample_shape))
+        duration, bound, context, past = self._broadcast(torch.Size(sample_shape))
         if bound is None and type(self.intensity).local_bound is Intensity.local_bound:
             raise ValueError("this intensity offers no bound for exact sampling: pass bound=")
         with self._sizing_hint():
             if bound is not None:
-                return sample_exact(self.intensity, bound, duration, context, self.max_events)
-            return sample_ogata(self.intensity, duration, context, self.max_events)
+                return sample_exact(self.intensity, bound, duration, context, self.max_events, past=past)
+            return sample_ogata(self.intensity, duration, context, self.max_events, past=past)
 
     @contextlib.contextmanager
     def _sizing_hint(self) -> Iterator[None]:
@@ -299,14 +315,16 @@ class PointProcess(TorchDistribution):
         value = _as_dtype(value, self.duration)
         if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
-            return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context)
-        if self.temperature == 0 and type(self.intensity) is ExpHawkes:
+            return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context,
+                                   past=self.past)
+        if self.temperature == 0 and type(self.intensity) is ExpHawkes and self.past is None:
             # the same data scored again (MCMC, SVI, MLE) reuses statistics that do not depend on
             # baseline and adjacency
             stats = cached_statistics(self.intensity, value, self.duration, self.context)
             if stats is not None:
                 return stats.log_likelihood(self.intensity.baseline, self.intensity.adjacency)
-        return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes)
+        return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes,
+                                    past=self.past)
 
 
 def sample_rows(
@@ -314,7 +332,8 @@ def sample_rows(
 ) -> int:
     """The rows of a sample (see :class:`PointProcess`, "Sample size"): ``max_events`` if given, else
     a Poisson tail bound of ``bound * duration`` if a ``bound`` is given, else
-    :data:`DEFAULT_MAX_EVENTS` plus the context's rows. No parameter value enters.
+    :data:`DEFAULT_MAX_EVENTS` plus the context's rows (those before the window, at times ``< 0``,
+    not counted; nor are ``past`` rows). No parameter value enters.
 
     :param bound: the bound the caller passed (not the intensity's ``max_rate()``), or None.
     """
@@ -324,7 +343,7 @@ def sample_rows(
         return int(max_events)
     if bound is not None:
         return default_max_events(bound * duration)
-    return DEFAULT_MAX_EVENTS + (0 if context is None else context.shape[-2])
+    return DEFAULT_MAX_EVENTS + (0 if context is None else context.shape[-2] - negative_rows(context))
 
 
 def _refuse_tracing() -> None:
@@ -418,5 +437,5 @@ def _context(context: Any, intensity: Intensity, like: torch.Tensor, duration: t
         raise ValueError(
             f"context batch shape {tuple(context.shape[:-2])} does not broadcast with duration {tuple(duration.shape)}"
         ) from err
-    validate_realization(context, c, duration, name="context")
+    check_context(context, c, duration)
     return context

@@ -166,12 +166,13 @@ def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, tem
           temperature_decay: float, optimizer: str, lr: float, batch_size: int | None, guide: str,
           basis: str, amplitude: float, seed: int, duration: float | None, force: bool = False,
           progress: bool = True, checkpoint: Path | None = None, resume: bool = False, dtype: str = "float64",
-          num_neurons: int | None = None) -> None:
+          num_neurons: int | None = None, window: float | None = None, history: float | None = None) -> None:
     """Fit an SNN with hidden neurons to observed spikes; save model and guide networks.
 
     Every epoch is checkpointed atomically to ``checkpoint`` (default ``<stem>_checkpoint.pt``,
     removed after a successful run); an interrupted run (Ctrl-C, SIGTERM) continues bit-identically
-    with ``resume=True``. ``dtype`` is the data's and the networks' floating type."""
+    with ``resume=True``. ``dtype`` is the data's and the networks' floating type. ``window``: train
+    on windows of that many seconds with ``history`` seconds of past (:func:`pyro_dpp.snn.fit`)."""
     from .io import load_spikes
     from .snn import SNN, fit
 
@@ -199,11 +200,13 @@ def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, tem
                         acausal=guide == "acausal").to(dtype)
     result = fit(model, observed, guide_net, estimator=estimator, num_epochs=epochs,
                  temperature=temperature, temperature_decay=temperature_decay, optimizer=optimizer, lr=lr,
-                 batch_size=batch_size, progress=progress, seed=seed, checkpoint=checkpoint)
+                 batch_size=batch_size, progress=progress, seed=seed, checkpoint=checkpoint, window=window,
+                 history=history)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(model_path)
     (guide_net or model).save(guide_path)
     _write_text(out, json.dumps({"data": str(data), "estimator": estimator, "epochs": epochs, "guide": guide,
+                                 "window": window,
                                  "losses": result.losses, "temperatures": result.temperatures,
                                  "seconds": result.seconds, "model": str(model_path),
                                  "guide_network": str(guide_path)}, indent=1))
@@ -214,8 +217,9 @@ def train(data: Path, out: Path, n_hidden: int, estimator: str, epochs: int, tem
 
 
 def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: int, out: Path | None,
-             duration: float | None, force: bool = False) -> dict[str, Any]:
-    """Exact ELBO and importance-sampled log-likelihood per sequence."""
+             duration: float | None, force: bool = False, window: float | None = None) -> dict[str, Any]:
+    """Exact ELBO and importance-sampled log-likelihood per sequence (with ``window``: summed over
+    windows of that many seconds, as :func:`pyro_dpp.snn.exact_elbo` says)."""
     from .io import load_spikes
     from .snn import SNN, exact_elbo, log_marginal
 
@@ -236,12 +240,12 @@ def evaluate(data: Path, model_path: Path, guide_path: Path | None, particles: i
             "a 'num_neurons' array in npz, a '# num_neurons: N' line in csv)"
         )
     observed = observed.to(model.weight.dtype)
-    elbo = exact_elbo(model, guide, observed, num_particles=particles)
-    logml = log_marginal(model, guide, observed, num_particles=particles)
+    elbo = exact_elbo(model, guide, observed, num_particles=particles, window=window)
+    logml = log_marginal(model, guide, observed, num_particles=particles, window=window)
     rows = [[str(i), f"{e:.2f}", f"{m:.2f}"] for i, (e, m) in enumerate(zip(elbo.tolist(), logml.tolist()))]
     print(_table(rows, ["sequence", "exact ELBO", f"log p(X) (IS, {particles})"]))
     print(f"mean exact ELBO {elbo.mean():.2f}, mean log p(X) {logml.mean():.2f}")
-    result = {"elbo": elbo.tolist(), "log_marginal": logml.tolist(), "particles": particles}
+    result = {"elbo": elbo.tolist(), "log_marginal": logml.tolist(), "particles": particles, "window": window}
     if out is not None:
         _write_text(out, json.dumps(result, indent=1))
     return result

@@ -63,12 +63,22 @@ def trim_padding(value: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def history(value: torch.Tensor, num_marks: int, context: torch.Tensor | None,
-            num_context_marks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The events of ``value`` and ``context`` as one weighted history.
+            num_context_marks: int, past: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The events of ``value``, ``context`` and ``past`` (events of the modelled marks before the
+    window, :mod:`pyro_dpp.past`) as one weighted history.
 
-    :returns: ``times`` (batch x (E + M)) and ``weights`` (batch x (E + M) x (K + C)): modelled marks
-        first, then context marks; the rows need not be sorted.
+    :returns: ``times`` (batch x (E + M + P)) and ``weights`` (batch x (E + M + P) x (K + C)):
+        modelled marks first, then context marks; the rows of ``value`` first, then the context's,
+        then the past's; the rows need not be sorted.
     """
+    if past is not None and past.shape[-2]:
+        times, weights = history(value, num_marks, context, num_context_marks)
+        w = past[..., 1 : 1 + num_marks]
+        w = torch.cat([w, w.new_zeros(w.shape[:-1] + (num_context_marks,))], -1)
+        batch = torch.broadcast_shapes(times.shape[:-1], past.shape[:-2])
+        times = torch.cat([times.expand(batch + times.shape[-1:]), past[..., 0].expand(batch + past.shape[-2:-1])], -1)
+        weights = torch.cat([weights.expand(batch + weights.shape[-2:]), w.expand(batch + w.shape[-2:])], -2)
+        return times, weights
     times = value[..., 0]
     weights = value[..., 1 : 1 + num_marks]
     if num_context_marks:
@@ -155,12 +165,13 @@ def compensator(
 
 def exact_log_likelihood(
     intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None = None,
-    nodes: int = DEFAULT_QUADRATURE_NODES,
+    nodes: int = DEFAULT_QUADRATURE_NODES, past: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``batch`` exact log-likelihood of the events in ``value`` (realization tensor)."""
+    """``batch`` exact log-likelihood of the events in ``value`` (realization tensor), given the
+    ``context`` and the ``past`` events before the window (:mod:`pyro_dpp.past`; not scored)."""
     k = intensity.num_marks
-    value, context = trim_padding(value), trim_padding(context)
-    times, weights = history(value, k, context, intensity.num_context_marks)
+    value, context, past = trim_padding(value), trim_padding(context), trim_padding(past)
+    times, weights = history(value, k, context, intensity.num_context_marks, past)
     if use_scan(intensity, duration):
         closed = intensity.compensator(times, weights, duration)
         grid = None if closed is not None else torch.stack(gauss_legendre(nodes, times))
@@ -241,9 +252,10 @@ def relaxed_log_weights(value: torch.Tensor, num_marks: int, log_pi: torch.Tenso
 
 def dpp_log_density(
     intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, bound: torch.Tensor, temperature: float,
-    context: torch.Tensor | None = None,
+    context: torch.Tensor | None = None, past: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``batch`` log density of a relaxed realization under the differentiable point process."""
+    """``batch`` log density of a relaxed realization under the differentiable point process, given
+    the ``context`` and the ``past`` events before the window (:mod:`pyro_dpp.past`)."""
     if torch.jit.is_tracing():
         raise ValueError(
             "the DPP density cannot be traced by torch.jit.trace (e.g. JitTrace_ELBO): the log-weights a relaxed "
@@ -255,7 +267,7 @@ def dpp_log_density(
     value = plain(value)
     rows = _rows_in_use(value)
     value, context = value[..., :rows, :], trim_padding(context)
-    times, weights = history(value, k, context, intensity.num_context_marks)
+    times, weights = history(value, k, context, intensity.num_context_marks, trim_padding(past))
     if use_scan(intensity):
         log_rates = scan_score(intensity, times, weights, duration, None)[0][..., : value.shape[-2], :]
     else:

@@ -271,6 +271,26 @@ class SpikeTrains:
             out.append([seq[real & (mark == k), 0].numpy() for k in range(self.num_marks)])
         return out
 
+    def windows(self, length: float, history: float | None = None, model: Any = None,
+                context: SpikeTrains | None = None) -> Any:
+        """Cut each sequence into consecutive windows ``[s, s + length)`` shifted to ``[0, length]``
+        (the last one shorter, ending at the duration), each carrying the events of the ``history``
+        seconds before it as ``past`` (times ``< 0``), so that the exact log-likelihood of the
+        recording is the sum of the windows' (see :mod:`pyro_dpp.windows`).
+
+        :param float length: window length in seconds.
+        :param float history: seconds of past per window; default: the history reach of ``model``
+            (:func:`pyro_dpp.windows.history_reach`: a finite kernel's support, else where every
+            kernel is below float epsilon relative).
+        :param model: the intensity or :class:`~pyro_dpp.snn.SNN` that sets the default ``history``.
+        :param SpikeTrains context: context events of the same recording, cut alike.
+        :returns: a :class:`pyro_dpp.windows.Windows` (``trains``, ``past``, ``offsets``,
+            ``sequence``, ``context``).
+        """
+        from .windows import cut_windows
+
+        return cut_windows(self, length, history=history, model=model, context=context)
+
     def to(self, *args: Any, **kwargs: Any) -> SpikeTrains:
         """Move to a device or dtype, like :meth:`torch.Tensor.to`; a dtype in which distinct
         neighbouring times become equal raises :class:`ValueError`."""

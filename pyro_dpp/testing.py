@@ -12,6 +12,8 @@ on the stock intensities (:mod:`pyro_dpp.intensity.base` states the contract):
   not change the intensity there), agreement with the scan, padding rows and row order;
 - ``log_prob`` of :class:`~pyro_dpp.PointProcess`: shape, finiteness, padding, and the compensator
   (a closed form, or the default quadrature) against a fine quadrature of ``forward``;
+- history before the window: ``log_prob`` with ``past=`` (events at negative times, as windows of a
+  long recording carry them; :mod:`pyro_dpp.windows`) against the same direct computation;
 - gradients: :func:`torch.autograd.gradcheck` in float64 of the exact ``log_prob`` with respect to
   every parameter of the intensity;
 - sampler statistics: exact draws, rescaled by each mark's compensator, give iid Exp(1) intervals
@@ -22,7 +24,7 @@ Each broken rule raises :class:`ConformanceError` (a :class:`ValueError`) whose 
 ``rule '<name>' broken:`` and says what to change. The rules: ``interface``, ``num_marks``,
 ``num_context_marks``, ``state``, ``in-place update``, ``finite``, ``negative rates``,
 ``log_rates``, ``max_rate``, ``local_bound``, ``batch shape``, ``causality``, ``scan/parallel``,
-``log_forward``, ``padding``, ``row order``, ``log_prob``, ``compensator``, ``gradients``,
+``log_forward``, ``padding``, ``row order``, ``log_prob``, ``compensator``, ``past``, ``gradients``,
 ``statistics``, ``relaxed``.
 
 **Parameters and float64.** Gradients are checked on a float64 copy. By default the copy is the
@@ -140,10 +142,11 @@ def check_intensity(
                 report.update(check_scan(case))
                 report.update(check_parallel(case))
                 report.update(_check_log_prob(case, quadrature_rtol))
+                report.update(_check_past(case, quadrature_rtol))
             report["passed"] += ["interface", "num_marks", "num_context_marks", "state", "in-place update",
                                  "finite", "negative rates", "log_rates", "max_rate", "local_bound", "batch shape",
                                  "causality", "scan/parallel", "log_forward", "padding", "row order", "log_prob",
-                                 "compensator"]
+                                 "compensator", "past"]
         else:
             report["skipped"]["structure"] = "structure=False"
         if gradients:
@@ -230,6 +233,49 @@ def _check_log_prob(case: Case, quadrature_rtol: float) -> dict[str, Any]:
         raise ConformanceError("padding", "log_prob changed when padding rows (all-zero weights, time = duration) "
                                "were added to the value: every history sum must weight rows by their weights")
     return {"log_prob_mean": float(finite.mean()) if finite.numel() else -math.inf, "compensator_error": comp_error}
+
+
+def _check_past(case: Case, quadrature_rtol: float) -> dict[str, Any]:
+    """``log_prob`` given events before the window (``past``, and context events at negative times)
+    against ``sum_e log forward()_{k_e}(t_e) - integral over [0, T] of forward()`` with that history."""
+    intensity, k = case.intensity, case.k
+    value = realization(case, k, case.num_events, pad=1)
+
+    def before(x: torch.Tensor) -> torch.Tensor:  # the same kind of events, moved to [-1.25 T, -0.25 T]
+        real = event_mask(x)
+        times = torch.where(real, x[..., 0] - 1.25 * case.duration, torch.zeros_like(x[..., 0]))
+        return torch.cat([times.unsqueeze(-1), x[..., 1:]], -1)
+
+    past = before(realization(case, k, case.num_events, pad=1))
+    context = None
+    if case.c:
+        ctx = realization(case, case.c, case.num_events, pad=1)
+        early = before(realization(case, case.c, case.num_events, pad=0))
+        context = torch.cat([early, ctx], -2)  # before the window, then inside it
+    process = PointProcess(intensity, case.duration, context=context, past=past)
+    lp = call("past", "PointProcess(..., past=...).log_prob", process.log_prob, value)
+    times, weights = history(value, k, context, case.c, past)
+    duration = torch.tensor(case.duration, dtype=case.dtype, device=case.device)
+    fine = _fine_compensator(case, times, weights)
+    with torch.no_grad():
+        rates = intensity(times, weights, value[..., 0])
+        marks = value[..., 1 : 1 + k]
+        chosen = (rates * marks).sum(-1)
+        real = marks.sum(-1) > 0.5
+        events = torch.where(real, torch.log(torch.where(real, chosen, torch.ones_like(chosen))), 0).sum(-1)
+        want = (events - fine).expand(lp.shape)
+    closed = intensity.compensator(times, weights, duration) is not None
+    tol = max(case.rtol, 1e-6 if case.dtype == torch.float64 else 1e-4)
+    ok = torch.isfinite(want)
+    error = float((lp - want)[ok].abs().max()) if ok.any() else 0.0
+    if torch.isnan(lp).any() or not close(lp[ok], want[ok], tol if closed else max(tol, quadrature_rtol),
+                                          scale=fine.abs().max().clamp(min=1)):
+        raise ConformanceError(
+            "past", f"log_prob with past= (history events before the window, times < 0) differs from "
+                    f"sum_e log forward()_{{k_e}}(t_e) - integral of forward() over [0, T] by {error:.3g}: the scan "
+                    "(initial_state / update) and compensator() must accept history events at negative times "
+                    "(e.g. an initial state at time 0 must not be decayed to an earlier time)")
+    return {"past_error": error}
 
 
 def _fine_compensator(case: Case, times: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,10 @@ Three flavours share one scan (DESIGN §2, §5):
 - Ogata-style exact sampling with the intensity's local bound when no constant bound is given
   (:func:`sample_ogata`).
 
-Context events (marks that enter the history but are not modelled) are merged into the time line,
-so a step is a candidate, a context event or padding. All sequences of the batch advance in lockstep.
+Context events (marks that enter the history but are not modelled) and past events (modelled marks
+before the window, :mod:`pyro_dpp.past`) are merged into the time line as *fixed* steps with their
+weights over all ``K + C`` history marks, so a step is a candidate, a fixed event or padding. All
+sequences of the batch advance in lockstep.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from .events import pad_realization
 from .intensity.base import Intensity
+from .past import fixed_events, with_negative_fixed
 from .relaxed import with_log_weights
 from .scan import engine
 from .scan.backend import get_backend
@@ -174,6 +177,7 @@ def _scan(
     max_events: int,
     temperature: float,
     straight_through: bool,
+    past: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thinning scan. Returns per-candidate ``marks`` (batch x N x (K+1)): one-hot if
     ``temperature == 0`` else soft (straight-through: hard forward, soft backward), their
@@ -188,8 +192,10 @@ def _scan(
     same seed they return the same draw up to float rounding."""
     k = intensity.num_marks
     cand_times, cand_mask = draw_candidates(bound, duration, max_events)
+    # fixed steps (context and past events) carry weights over all K + C history marks
+    fixed = fixed_events(past, context, k, intensity.num_context_marks)
     times, is_cand, is_ctx, ctx_w, cand_step = merge_timeline(
-        cand_times, cand_mask, context, intensity.num_context_marks
+        cand_times, cand_mask, fixed, intensity.num_history_marks
     )
     batch, steps = times.shape[:-1], times.shape[-1]
     log_bound = torch.log(bound).unsqueeze(-1)
@@ -219,7 +225,8 @@ def _scan(
         worst = torch.maximum(worst, ratio)
         y, log_y = step_marks(log_pi, gumbel[..., s, :] * inv_t, inv_t, temperature > 0, straight_through)
         event = y[..., :k] * cand_f[..., s, :]
-        weights = torch.cat([event, ctx_w[..., s, :] * ctx_f[..., s, :]], -1)
+        weights = ctx_w[..., s, :] * ctx_f[..., s, :]
+        weights = torch.cat([event + weights[..., :k], weights[..., k:]], -1)
         state = intensity.update(state, t, weights)
         marks.append(y)
         logs.append(log_y)
@@ -239,6 +246,28 @@ def _fit_rows(x: torch.Tensor, rows: int, fill: float = 0.0) -> torch.Tensor:
     return torch.cat([x, pad], -2)
 
 
+def _fold_before(intensity: Intensity, state: tuple, fixed: torch.Tensor) -> tuple:
+    """Fold the events of ``fixed`` (:func:`~pyro_dpp.past.fixed_events`) before the window (times
+    ``< 0``) into ``state`` in time order, the batch in lockstep (rows without such an event fold in
+    zero weights, which change no history sum)."""
+    early = (fixed[..., 1:].sum(-1) > 0.5) & (fixed[..., 0] < 0)
+    keys = torch.where(early, fixed[..., 0], torch.full_like(fixed[..., 0], torch.inf))
+    order = keys.argsort(dim=-1, stable=True)
+    keys = keys.gather(-1, order)
+    weights = fixed[..., 1:-1].gather(-2, order.unsqueeze(-1).expand(order.shape + (fixed.shape[-1] - 2,)))
+    rows = int(early.sum(-1).max())
+    # a sequence with fewer early events repeats its last time (or the first of another) with zero weights
+    first = keys[..., :1].clone()
+    first = torch.where(torch.isfinite(first), first, keys[..., :rows].min().expand_as(first))
+    for r in range(rows):
+        real = torch.isfinite(keys[..., r])
+        t = torch.where(real, keys[..., r], first[..., 0])
+        first = t.unsqueeze(-1)
+        w = weights[..., r, :] * real.unsqueeze(-1).to(weights.dtype)
+        state = intensity.update(state, t, w)
+    return state
+
+
 def sample_relaxed(
     intensity: Intensity,
     bound: torch.Tensor,
@@ -247,13 +276,15 @@ def sample_relaxed(
     max_events: int,
     temperature: float,
     straight_through: bool = False,
+    past: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A draw of the differentiable point process: every candidate with its soft mark.
 
     :returns: a :class:`~pyro_dpp.events.RelaxedRealization` ``batch x max_events x (K+2)``: the
         realization tensor carrying the exact log-weights of its candidates (see :mod:`pyro_dpp.events`).
     """
-    marks, logs, times, mask = _scan(intensity, bound, duration, context, max_events, temperature, straight_through)
+    marks, logs, times, mask = _scan(intensity, bound, duration, context, max_events, temperature, straight_through,
+                                     past)
     m = mask.unsqueeze(-1).to(marks.dtype)
     marks = _fit_rows(marks * m, max_events)
     logs = _fit_rows(torch.where(mask.unsqueeze(-1), logs, torch.zeros_like(logs)), max_events)
@@ -282,7 +313,8 @@ def _compact(times: torch.Tensor, marks: torch.Tensor, accepted: torch.Tensor, d
 
 @torch.no_grad()
 def sample_exact(
-    intensity: Intensity, bound: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None, max_events: int
+    intensity: Intensity, bound: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None, max_events: int,
+    past: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact thinning with a constant ``bound``: a realization tensor of accepted events.
 
@@ -290,14 +322,15 @@ def sample_exact(
     cap is sized from ``bound * duration``."""
     k = intensity.num_marks
     cap = max(max_events, default_max_events(bound * duration))
-    marks, _, times, mask = _scan(intensity, bound, duration, context, cap, 0.0, False)
+    marks, _, times, mask = _scan(intensity, bound, duration, context, cap, 0.0, False, past)
     accepted = mask & (marks[..., :k].sum(-1) > 0.5)
     return _compact(times, marks[..., :k], accepted, duration, max_events)
 
 
 @torch.no_grad()
 def sample_ogata(
-    intensity: Intensity, duration: torch.Tensor, context: torch.Tensor | None, max_events: int
+    intensity: Intensity, duration: torch.Tensor, context: torch.Tensor | None, max_events: int,
+    past: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact sampling with the intensity's local bound (Ogata's modified thinning), lockstep over
     the batch: propose the next time from the current local bound, stop at the bound's horizon or
@@ -307,13 +340,17 @@ def sample_ogata(
     :class:`~pyro_dpp.intensity.ExpHawkes` on CPU, backend ``"auto"`` or ``"numba"``) the same
     algorithm runs per sequence in numba, seeded from torch's generator (so ``torch.manual_seed``
     makes it reproducible; the random stream differs from the reference loop, the distribution
-    does not)."""
-    fast = accelerated_ogata(intensity, duration, context, max_events)
-    if fast is not None:
-        return fast
+    does not). Past events, and context events before the window, are folded into the initial
+    state first (by the intensity's ``update``, in time order); the accelerator then does not run."""
+    k, c = intensity.num_marks, intensity.num_context_marks
+    fixed = fixed_events(past, context, k, c)
+    early = with_negative_fixed(fixed)
+    if not early:
+        fast = accelerated_ogata(intensity, duration, context, max_events)
+        if fast is not None:
+            return fast
     like = intensity.like()
     batch = duration.shape
-    k, c = intensity.num_marks, intensity.num_context_marks
     if context is None or context.shape[-2] == 0:
         context = duration.new_zeros(batch + (1, c + 2))
         context[..., 0] = duration.unsqueeze(-1)
@@ -321,7 +358,15 @@ def sample_ogata(
     ctx_mask = context[..., 1:].sum(-1) > 0.5
     ctx_times = torch.where(ctx_mask, context[..., 0], torch.full_like(context[..., 0], torch.inf))
     num_ctx = context.shape[-2]
-    state = intensity.initial_state(batch, like.new_zeros(()).to(duration), max_events + num_ctx + 1)
+    state = intensity.initial_state(batch, like.new_zeros(()).to(duration), max_events + num_ctx + 1 +
+                                    (fixed.shape[-2] if early else 0))
+    if early:
+        state = _fold_before(intensity, state, fixed.expand(batch + fixed.shape[-2:]))
+        late = ctx_mask & (ctx_times >= 0)
+        ctx_times = torch.where(late, ctx_times, torch.full_like(ctx_times, torch.inf))
+        order = ctx_times.argsort(dim=-1, stable=True)  # the context events inside the window first
+        ctx_times = ctx_times.gather(-1, order)
+        context = context.gather(-2, order.unsqueeze(-1).expand(order.shape + context.shape[-1:]))
     now = duration.new_zeros(batch)
     next_ctx = torch.zeros(batch, dtype=torch.long, device=duration.device)
     out_t = duration.new_zeros(batch + (max_events + 1,))

@@ -15,6 +15,7 @@ from pyro_dpp.distributed import SNNLightningModule, SpikeTrainDataset, collate_
 from pyro_dpp.snn import SNN
 
 NUM_SEQUENCES, DURATION, LR = 4, 5.0, 0.1
+WINDOW = 2.0  # the "windows" mode: 3 windows per sequence (2, 2 and 1 s), 12 in all
 
 
 def network(seed: int) -> SNN:
@@ -31,6 +32,11 @@ class Recording(SNNLightningModule):
     """Keeps the (already all-reduced) gradients of the first optimiser step."""
 
     first_grads: dict[str, torch.Tensor] | None = None
+    seen: list | None = None
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.seen is not None:
+            self.seen.append([x.detach().clone() for x in (batch.observed, batch.duration, batch.past)])
 
     def on_before_optimizer_step(self, optimizer):
         if self.first_grads is None:
@@ -42,6 +48,11 @@ def run(out: Path, mode: str) -> None:
     if mode == "complete":  # exact complete-data loss: deterministic, one SGD step on 2 x 2 sequences
         module = Recording(network(0), estimator="score_function", optimizer="sgd", lr=LR, regularizer=0.1)
         dataset, batch_size, limits = SpikeTrainDataset(observed, hidden), 2, {"max_steps": 1}
+    elif mode == "windows":  # path-wise ELBO (q = p) on windows, sharded: 1 epoch of 3 steps of 2 windows
+        module = Recording(network(0), estimator="pathwise", seed=7)
+        module.seen = []
+        dataset = SpikeTrainDataset(observed, window=WINDOW, model=module.network)
+        batch_size, limits = 2, {"max_epochs": 1}
     else:  # path-wise ELBO with a separate guide, 2 epochs of 2 steps
         module = Recording(network(0), network(1), estimator="pathwise", seed=7)
         dataset, batch_size, limits = SpikeTrainDataset(observed), 1, {"max_epochs": 2}
@@ -51,11 +62,11 @@ def run(out: Path, mode: str) -> None:
     trainer.fit(module, loader)
     final = {n: p.detach().clone() for n, p in module.named_parameters()}
     torch.save({"initial": initial, "final": final, "grads": module.first_grads, "history": module.history,
-                "world_size": trainer.world_size}, out / f"{mode}_rank{trainer.global_rank}.pt")
+                "world_size": trainer.world_size, "seen": module.seen}, out / f"{mode}_rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     target = Path(sys.argv[1])
-    for name in ("complete", "pathwise"):
+    for name in ("complete", "pathwise", "windows"):
         run(target, name)

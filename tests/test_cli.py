@@ -195,3 +195,25 @@ def test_reproduce_quick_bias_and_training_write_json_and_figure(tmp_path, exper
         assert set(result["paired"]) == {f"{a} - {b}" for a in ("pathwise", "pathwise_exact")
                                           for b in ("score_function", "score_function_baseline")}
     assert (tmp_path / f"{experiment}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_and_evaluate_in_windows(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "spikes.npz"
+    assert _run(["simulate", "--out", str(data), "--observed", "2", "--hidden", "1", "--sequences", "1",
+                 "--duration", "12", "--amplitude", "2", "--basis", "exponential"]) == 0
+    fit_json = tmp_path / "fit.json"
+    assert _run(["fit", str(data), "--out", str(fit_json), "--hidden", "1", "--epochs", "2", "--basis", "exponential",
+                 "--amplitude", "2", "--batch-size", "2", "--window", "5", "--no-progress"]) == 0
+    result = json.loads(fit_json.read_text())
+    assert result["window"] == 5.0
+    assert len(result["losses"]) == 2 * 2  # 3 windows (5, 5, 2 s) in steps of 2 windows, 2 epochs
+    capsys.readouterr()
+    eval_json = tmp_path / "eval.json"
+    assert _run(["evaluate", str(data), "--model", str(tmp_path / "fit_model.pt"), "--guide",
+                 str(tmp_path / "fit_guide.pt"), "--particles", "4", "--window", "5", "--out", str(eval_json)]) == 0
+    result = json.loads(eval_json.read_text())
+    assert len(result["elbo"]) == 1 and result["window"] == 5.0
+    assert _run(["fit", str(data), "--out", str(tmp_path / "g.json"), "--window", "0", "--no-progress"]) != 0
+    assert "--window" in capsys.readouterr().err

@@ -148,7 +148,8 @@ def test_two_process_ddp(tmp_path):
         stdout, stderr = proc.communicate()
         pytest.fail("the DDP run did not finish in 180 s:\n" + stdout[-2000:] + stderr[-2000:])
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    runs = {(mode, r): torch.load(tmp_path / f"{mode}_rank{r}.pt") for mode in ("complete", "pathwise") for r in (0, 1)}
+    runs = {(mode, r): torch.load(tmp_path / f"{mode}_rank{r}.pt")
+            for mode in ("complete", "pathwise", "windows") for r in (0, 1)}
     assert all(run["world_size"] == 2 for run in runs.values())
 
     grads, params = _single_process_step()
@@ -168,6 +169,28 @@ def test_two_process_ddp(tmp_path):
     assert len(first["history"]) == 2 and first["history"] == second["history"]  # synced across workers
     assert all(math.isfinite(x) for x in first["history"])
 
+    # with window= the workers shard windows: each window once, on one worker; parameters stay in sync
+    observed, _ = worker.data()
+    dataset = dist.SpikeTrainDataset(observed, window=worker.WINDOW, model=worker.network(0))
+    assert len(dataset) == 3 * worker.NUM_SEQUENCES
+    items = [dataset[i] for i in range(len(dataset))]
+    visited = []
+    for r in (0, 1):
+        for obs, duration, past in runs["windows", r]["seen"]:
+            for row in range(obs.shape[0]):
+                rows = obs[row][event_mask(obs[row])]
+                past_rows = past[row][event_mask(past[row])]
+                match = [i for i, (o, d, _, p) in enumerate(items)
+                         if torch.equal(o, rows) and float(d) == float(duration[row]) and torch.equal(p, past_rows)]
+                assert len(match) >= 1
+                visited.append((r, match))
+    assert len(visited) == len(dataset)  # 12 windows, 6 per worker, none repeated
+    assert len({i for _, m in visited for i in m}) == len(dataset)
+    first, second = runs["windows", 0], runs["windows", 1]
+    for name in first["final"]:
+        assert torch.equal(first["final"][name], second["final"][name]), name
+    assert any(not torch.equal(first["initial"][n], first["final"][n]) for n in first["final"])
+
 
 def test_example_runs():
     """examples/distributed_fit.py, shrunk (one process: the two-process path is checked above)."""
@@ -176,3 +199,27 @@ def test_example_runs():
                            "--duration", "5"], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "epoch 1:" in done.stdout and "exact ELBO per sequence" in done.stdout
+
+
+def test_windows_dataset_and_single_process_fit():
+    observed, hidden = worker.data()
+    net = worker.network(0)
+    dataset = dist.SpikeTrainDataset(observed, window=worker.WINDOW, model=net)
+    assert len(dataset) == 3 * worker.NUM_SEQUENCES
+    windows = observed.windows(worker.WINDOW, model=net)
+    rows, duration, hid, past = dataset[4]
+    assert hid is None and float(duration) == float(windows.duration[4])
+    assert torch.equal(past, windows.past[4][event_mask(windows.past[4])])
+    batch = dist.collate_spike_trains([dataset[i] for i in (1, 4)])
+    assert batch.past.shape[0] == 2
+    assert (batch.past[..., 0][event_mask(batch.past)] < 0).all()
+    module = dist.SNNLightningModule(net, estimator="pathwise_exact", seed=3)
+    before = module.network.weight.detach().clone()
+    trainer = dist.ddp_trainer(devices=1, max_epochs=1, enable_progress_bar=False)
+    trainer.fit(module, _loader(dataset, 4))
+    assert len(module.history) == 1 and math.isfinite(module.history[0])
+    assert not torch.equal(module.network.weight, before)
+    with pytest.raises(ValueError, match="hidden=None"):
+        dist.SpikeTrainDataset(observed, hidden, window=worker.WINDOW, model=net)
+    with pytest.raises(ValueError, match="history="):
+        dist.SpikeTrainDataset(observed, window=worker.WINDOW)

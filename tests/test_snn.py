@@ -313,3 +313,88 @@ def test_fit_interrupted_and_resumed_is_bit_identical(tmp_path, monkeypatch, est
     resumed, resumed_params = run(tmp_path / "b.pt", interrupt_after=1)
     assert resumed.losses == plain.losses and resumed.epochs_done == 3
     assert all(torch.equal(a, b) for a, b in zip(plain_params, resumed_params))
+
+
+# ---- windows of long recordings (fit(window=...), exact_elbo/log_marginal(window=...)) ------------
+
+
+def _no_hidden_recurrence(net):
+    """The network with its hidden-to-hidden weights zeroed: the hidden process then does not depend
+    on its own past, so windows lose nothing."""
+    with torch.no_grad():
+        for i in net.hidden_index:
+            for j in net.hidden_index:
+                net.weight[:, i, j] = 0.0
+    return net
+
+
+@pytest.mark.parametrize("basis", ["epanechnikov", "exponential", "raised_cosine"])
+def test_network_processes_in_windows_sum_to_the_whole(basis):
+    """The observed process of each window gets the observed past (past=) and the hidden past and
+    window as context; the hidden process gets the observed past and window as context. Without
+    hidden-to-hidden weights both sum over windows to the whole recording's log-likelihoods."""
+    true, observed, hidden = small_data(basis=basis, n_seq=2, duration=30.0)
+    net = _no_hidden_recurrence(true)
+    whole_obs = net.observed_process(hidden).log_prob(observed.to_tensor())
+    whole_hid = net.hidden_process(observed).log_prob(hidden.to_tensor())
+    obs_w = observed.windows(8.0, model=net)
+    hid_w = hidden.windows(8.0, history=obs_w.history)
+    assert torch.equal(obs_w.sequence, hid_w.sequence)
+    obs_parts = net.observed_process(hid_w.with_past(), obs_w.duration, past=obs_w.past).log_prob(obs_w.value())
+    hid_parts = net.hidden_process(obs_w.value(), obs_w.duration, past=obs_w.past).log_prob(hid_w.value())
+    for whole, parts in ((whole_obs, obs_parts), (whole_hid, hid_parts)):
+        per_seq = torch.zeros_like(whole).index_add(0, obs_w.sequence, parts)
+        # the GLM compensator is a quadrature whose breakpoints the window edges change
+        torch.testing.assert_close(per_seq, whole, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_fit_on_windows(shared):
+    true, observed, _ = small_data(n_seq=2, duration=20.0)
+    torch.manual_seed(0)
+    model = SNN(2, 2, amplitude=2.0, init="small").double()
+    guide = None if shared else SNN(2, 2, amplitude=2.0, init="small").double()
+    windows = observed.windows(6.0, model=model)
+    assert len(windows) == 8  # 4 per sequence, the last 2 s long
+    result = fit(model, observed, guide, estimator="pathwise_exact", num_epochs=2, batch_size=3, progress=False,
+                 seed=0, window=6.0)
+    assert len(result.losses) == 2 * 3  # batch_size counts windows: ceil(8 / 3) steps per epoch
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_fit_window_enters_the_checkpoint(tmp_path):
+    _, observed, _ = small_data(n_seq=2, duration=12.0)
+    torch.manual_seed(0)
+    model = SNN(2, 1, amplitude=2.0, init="small").double()
+    path = tmp_path / "ck.pt"
+    fit(model, observed, num_epochs=1, progress=False, seed=0, window=6.0, checkpoint=path)
+    with pytest.raises(ValueError, match="window"):
+        fit(model, observed, num_epochs=2, progress=False, seed=0, window=4.0, checkpoint=path)
+    with pytest.raises(ValueError, match="window"):
+        fit(model, observed, num_epochs=2, progress=False, seed=0, checkpoint=path)
+    with pytest.raises(ValueError, match="history"):
+        fit(model, observed, num_epochs=2, progress=False, seed=0, window=6.0, history=1.0, checkpoint=path)
+    again = fit(model, observed, num_epochs=2, progress=False, seed=0, window=6.0, checkpoint=path)
+    assert again.epochs_done == 2
+
+
+@pytest.mark.parametrize("window", [0.0, -1.0, float("nan"), "6"])
+def test_fit_bad_window_raises(window):
+    _, observed, _ = small_data(n_seq=1, duration=5.0)
+    model = SNN(2, 1, amplitude=2.0, init="small").double()
+    with pytest.raises(ValueError, match="window must be a positive number"):
+        fit(model, observed, num_epochs=1, progress=False, window=window)
+
+
+def test_windowed_evaluation():
+    true, observed, _ = small_data(n_seq=2, duration=10.0)
+    for fn in (exact_elbo, log_marginal):
+        torch.manual_seed(4)
+        whole = fn(true, true, observed, num_particles=4)
+        torch.manual_seed(4)
+        one_window = fn(true, true, observed, num_particles=4, window=10.0)  # one window, no past
+        torch.testing.assert_close(one_window, whole, rtol=1e-12, atol=1e-12)
+        windowed = fn(true, true, observed, num_particles=4, window=3.0)
+        assert windowed.shape == (2,) and torch.isfinite(windowed).all()
+    with pytest.raises(ValueError, match="SpikeTrains"):
+        exact_elbo(true, true, observed.to_tensor(), duration=observed.duration, window=3.0)

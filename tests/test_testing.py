@@ -393,3 +393,23 @@ def test_leaves_the_intensity_and_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     for old, new in zip(before, (hawkes.mu, hawkes.a, hawkes.b)):
         assert torch.equal(old, new) and not new.requires_grad
+
+
+class _PastBlindHawkes(ExpHawkes):
+    """A closed-form compensator that counts a past event's whole kernel mass after it, also the
+    part before the window (what ExpHawkes had before windows existed)."""
+
+    def compensator(self, times, weights, duration):
+        remaining = (duration.unsqueeze(-1) - times).clamp(min=0)
+        inside = -torch.expm1(-self._decay_matrix().unsqueeze(-3) * remaining[..., None, None])
+        triggered = (self.adjacency.unsqueeze(-3) * inside * weights.unsqueeze(-2)).sum((-3, -2, -1))
+        return self.baseline.sum(-1) * duration + triggered
+
+
+def test_history_before_the_window_rule():
+    args = (torch.tensor([0.5, 0.3], dtype=torch.float64), torch.tensor([[0.3, 0.1], [0.2, 0.2]], dtype=torch.float64),
+            torch.tensor(1.5, dtype=torch.float64))
+    report = check_intensity(ExpHawkes(*args), duration=5.0, gradients=False, statistics=False, relaxed=False)
+    assert "past" in report["passed"] and report["past_error"] < 1e-6
+    with pytest.raises(ConformanceError, match="rule 'past' broken"):
+        check_intensity(_PastBlindHawkes(*args), duration=5.0, gradients=False, statistics=False, relaxed=False)

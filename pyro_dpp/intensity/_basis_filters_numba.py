@@ -266,7 +266,8 @@ class ExponentialKernels(_GLMKernels):
 
     def _basis(self, basis, keys: torch.Tensor) -> None:
         tau = basis.time_constants.to(keys)
-        gaps = torch.diff(keys, dim=-1, prepend=keys.new_zeros(keys.shape[0], 1))
+        # the first gap since 0, or 0 for a time line that starts before the window (past events)
+        gaps = torch.diff(keys, dim=-1, prepend=keys[:, :1].clamp(max=0))
         self.decay = torch.exp(-gaps.unsqueeze(-1) / tau).contiguous()  # B x S x L
 
 

@@ -48,7 +48,7 @@ def hawkes_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, bas
         y = np.zeros((rows, sources), keys.dtype)  # lag-weighted traces: -dx / d(decay)
         z = np.empty(k_marks + 1, keys.dtype)
         rates = np.empty(k_marks, keys.dtype)
-        prev = 0.0
+        prev = min(keys[b, 0], 0.0) if steps else 0.0  # a time line may start before 0 (past events)
         for s in range(steps):
             t = keys[b, s]
             gap = t - prev

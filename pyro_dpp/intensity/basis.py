@@ -172,7 +172,8 @@ class ExponentialBasis(Basis):
 
     def state_features(self, state: State, time: torch.Tensor) -> torch.Tensor:
         traces, last = state
-        return traces * torch.exp(-(time - last).unsqueeze(-1) / self.time_constants.to(traces)).unsqueeze(-1)
+        lag = (time - last).clamp(min=0)  # the empty start state may follow a past event
+        return traces * torch.exp(-lag.unsqueeze(-1) / self.time_constants.to(traces)).unsqueeze(-1)
 
     def update(self, state: State, time: torch.Tensor, weights: torch.Tensor) -> State:
         return self.state_features(state, time) + weights.unsqueeze(-2), time

@@ -116,7 +116,7 @@ class ExpHawkes(Intensity):
 
     def _decayed(self, state: State, time: torch.Tensor) -> torch.Tensor:
         traces, last = state
-        lag = (time - last)[..., None, None]
+        lag = (time - last).clamp(min=0)[..., None, None]  # the empty start state may follow a past event
         return traces * torch.exp(-self.decay * lag)
 
     def rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
@@ -156,9 +156,11 @@ class ExpHawkes(Intensity):
 
     def compensator(self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
         remaining = (duration.unsqueeze(-1) - times).clamp(min=0)  # batch x E
+        elapsed = (-times).clamp(min=0)  # batch x E: > 0 for events before the window (past)
         decay = self._decay_matrix()
         # batch x E x K x D: the mass each event's kernel puts inside the window
-        inside = -torch.expm1(-decay.unsqueeze(-3) * remaining[..., None, None])
+        inside = torch.expm1(-decay.unsqueeze(-3) * elapsed[..., None, None]) - torch.expm1(
+            -decay.unsqueeze(-3) * remaining[..., None, None])
         triggered = (self.adjacency.unsqueeze(-3) * inside * weights.unsqueeze(-2)).sum((-3, -2, -1))
         return self.baseline.sum(-1) * duration + triggered
 

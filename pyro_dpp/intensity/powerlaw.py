@@ -209,8 +209,12 @@ class PowerLawHawkes(Intensity):
 
     def compensator(self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
         remaining = (duration.unsqueeze(-1) - times).clamp(min=0).clamp(max=self.support)  # batch x E
+        # events before the window (past): their kernel's mass before time 0 is not in the window
+        elapsed = (-times).clamp(min=0).clamp(max=self.support) if bool((times < 0).any()) else None
         if self._shared:
             mass = power_integral(remaining, self.cutoff.reshape(()), self.exponent.reshape(()))  # batch x E
+            if elapsed is not None:
+                mass = mass - power_integral(elapsed, self.cutoff.reshape(()), self.exponent.reshape(()))
             per_source = torch.einsum("...e,...ed->...d", mass, weights)
             triggered = torch.einsum("...d,...kd->...", per_source, self.multiplier)
         else:
@@ -218,8 +222,12 @@ class PowerLawHawkes(Intensity):
             # batch x E x K x D per chunk of events: memory bounded
             batch = torch.broadcast_shapes(remaining.shape[:-1], self.batch_shape)
             chunk = max(1, _CHUNK_ELEMENTS // max(1, math.prod(batch) * self.multiplier.shape[-2:].numel()))
-            for r, wc in zip(remaining.split(chunk, -1), weights.split(chunk, -2)):
+            before = remaining if elapsed is None else elapsed
+            for r, e, wc in zip(remaining.split(chunk, -1), before.split(chunk, -1), weights.split(chunk, -2)):
                 mass = power_integral(r[..., None, None], self._pair(self.cutoff, 1), self._pair(self.exponent, 1))
+                if elapsed is not None:
+                    mass = mass - power_integral(e[..., None, None], self._pair(self.cutoff, 1),
+                                                 self._pair(self.exponent, 1))
                 triggered = triggered + torch.einsum("...ekd,...ed,...kd->...", mass, wc, self.multiplier)
         return self.baseline.sum(-1) * duration + triggered
 

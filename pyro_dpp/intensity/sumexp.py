@@ -112,7 +112,7 @@ class SumExpHawkes(Intensity):
 
     def _decayed(self, state: State, time: torch.Tensor) -> torch.Tensor:
         traces, last = state
-        lag = (time - last)[..., None, None]  # batch x 1 x 1
+        lag = (time - last).clamp(min=0)[..., None, None]  # batch x 1 x 1 (a start state may follow past events)
         return traces * torch.exp(-self.decays.unsqueeze(-2) * lag)
 
     def rates(self, state: State, time: torch.Tensor) -> torch.Tensor:
@@ -140,8 +140,10 @@ class SumExpHawkes(Intensity):
 
     def compensator(self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
         remaining = (duration.unsqueeze(-1) - times).clamp(min=0)  # batch x E
+        elapsed = (-times).clamp(min=0)  # batch x E: > 0 for events before the window (past)
         # batch x E x U: the mass each event's kernel puts inside the window, per decay
-        inside = -torch.expm1(-self.decays.unsqueeze(-2) * remaining.unsqueeze(-1))
+        inside = torch.expm1(-self.decays.unsqueeze(-2) * elapsed.unsqueeze(-1)) - torch.expm1(
+            -self.decays.unsqueeze(-2) * remaining.unsqueeze(-1))
         per_source = self.adjacency.sum(-3)  # batch x D x U: summed over targets
         triggered = torch.einsum("...eu,...ed,...du->...", inside, weights, per_source)
         return self.baseline.sum(-1) * duration + triggered

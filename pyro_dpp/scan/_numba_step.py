@@ -52,7 +52,7 @@ def step(b, s, k_marks, log_pi, log_y, marks, noise, inv_t, relaxed, hard, cand,
         for i in range(k_marks + 1):
             marks[b, s, i] = 1.0 if i == arg else 0.0
     for k in range(k_marks):
-        hist[b, s, k] = marks[b, s, k] * c
+        hist[b, s, k] += marks[b, s, k] * c  # on top of a fixed (past) event's weights
 
 
 @nb.njit(inline="always", **OPTS)

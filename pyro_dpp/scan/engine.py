@@ -31,6 +31,7 @@ import math
 import torch
 
 from ..intensity.base import Intensity
+from ..past import full_width
 from .accelerators import find_accelerator
 from .backend import numba_threads, numba_usable
 from .filter import ScanFilter
@@ -78,8 +79,9 @@ def _forward_torch(filt: ScanFilter, noise: torch.Tensor, cand: torch.Tensor, hi
                    log_pi: torch.Tensor, drive: torch.Tensor | None, log_bound: torch.Tensor, inv_t: float,
                    soft: bool, store: bool) -> None:
     """The scan with a torch filter (no autograd), batch-last: ``noise`` and ``log_pi``
-    ``S x (K+1) x B``, ``cand`` ``S x 1 x B``, ``history`` ``S x D x B`` with the context columns filled
-    in, ``drive`` ``S x K x B`` (kept for the adjoint when not None), ``log_bound`` ``1 x B``."""
+    ``S x (K+1) x B``, ``cand`` ``S x 1 x B``, ``history`` ``S x D x B`` holding the fixed steps' weights
+    (context and past events; the candidates' marks are added to it), ``drive`` ``S x K x B`` (kept
+    for the adjoint when not None), ``log_bound`` ``1 x B``."""
     k = filt.K
     filt.start(store)
     for s in range(filt.S):
@@ -89,7 +91,7 @@ def _forward_torch(filt: ScanFilter, noise: torch.Tensor, cand: torch.Tensor, hi
         lp = log_probs(filt.log_rates_step(u), log_bound, 0)[0]
         log_pi[s] = lp
         marks = step_marks(lp, noise[s], inv_t, soft, False, 0)[0]
-        torch.mul(marks[:k], cand[s], out=history[s, :k])
+        history[s, :k].addcmul_(marks[:k], cand[s])
         filt.push(s, history[s])
 
 
@@ -107,7 +109,8 @@ def _reverse_torch(filt: ScanFilter, direct_u: torch.Tensor, jac_u: torch.Tensor
 
 
 def _history_free(filt: ScanFilter, log_rates: torch.Tensor, times: torch.Tensor, is_cand: torch.Tensor,
-                  gumbel: torch.Tensor, bound: torch.Tensor, temperature: float, straight_through: bool):
+                  is_ctx: torch.Tensor, ctx_w: torch.Tensor, gumbel: torch.Tensor, bound: torch.Tensor,
+                  temperature: float, straight_through: bool):
     """Intensities that ignore the history: every step at once (with autograd, as the reference)."""
     batch, steps = times.shape[:-1], times.shape[-1]
     log_rates = log_rates.expand(batch + (steps, filt.K))
@@ -117,6 +120,7 @@ def _history_free(filt: ScanFilter, log_rates: torch.Tensor, times: torch.Tensor
     y, log_y = step_marks(log_pi, gumbel * inv_t, inv_t, temperature > 0, straight_through)
     history = y[..., :filt.K] * is_cand.unsqueeze(-1).to(times.dtype)
     history = torch.cat([history, times.new_zeros(batch + (steps, filt.D - filt.K))], -1)
+    history = history + ctx_w.detach() * is_ctx.unsqueeze(-1).to(times.dtype)
     return y, log_y, history.detach(), (ratio * bound.detach().unsqueeze(-1)).detach()
 
 
@@ -133,6 +137,7 @@ def scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ct
     """
     batch, steps = times.shape[:-1], times.shape[-1]
     k = intensity.num_marks
+    ctx_w = full_width(ctx_w, k, intensity.num_history_marks)
     bsz = max(1, math.prod(batch))
     dtype, device = times.dtype, times.device
     d = intensity.num_history_marks
@@ -146,13 +151,17 @@ def scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ct
         # caller (pyro_dpp.thinning._fast_scan) runs the generic checkpointed path instead
         # (pyro_dpp.scan.generic, built from the intensity's initial_state / log_rates / update)
         return None
-    free = filt.history_free_log_rates(times.detach())
+    # (past steps lie before the window, where a time-dependent rate need not be defined: their
+    # rates are never used)
+    free = filt.history_free_log_rates(times.detach().clamp(min=0))
     if free is not None:
-        return _history_free(filt, free, times, is_cand, gumbel, bound, temperature, straight_through)
+        return _history_free(filt, free, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature,
+                             straight_through)
     cand = is_cand.reshape(bsz, steps).to(dtype)
-    history = torch.zeros(bsz, steps, d, dtype=dtype, device=device)
-    if d > k:
-        history[..., k:] = (ctx_w * is_ctx.unsqueeze(-1).to(dtype)).reshape(bsz, steps, -1)
+    # the fixed steps' weights over all D history marks (context and past events); the scan adds
+    # the candidates' marks to the first K columns
+    history = (ctx_w.detach() * is_ctx.unsqueeze(-1).to(dtype)).expand(batch + (steps, d)).reshape(bsz, steps, d)
+    history = history.to(dtype=dtype, device=device).contiguous().clone()
     inv_t = 1.0 / temperature if temperature > 0 else 1.0
     noise = (gumbel.detach().reshape(bsz, steps, k + 1) * inv_t).contiguous()
     log_bound = torch.log(bound.detach()).to(dtype).expand(batch).reshape(bsz).contiguous()

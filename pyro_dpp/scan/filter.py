@@ -139,6 +139,7 @@ class ScanFilter:
         return module_tensors(self.intensity)
 
     def gaps(self) -> torch.Tensor:
-        """``S x B`` time since the previous step (the first step: since 0, as the reference state)."""
+        """``S x B`` time since the previous step (the first step: since 0, as the reference state, or
+        0 if it lies before 0, as past events do: the state is empty then)."""
         keys = self.keys.t()
-        return torch.diff(keys, dim=0, prepend=keys.new_zeros(1, self.B))
+        return torch.diff(keys, dim=0, prepend=keys[:1].clamp(max=0))

@@ -42,6 +42,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
+from ..past import full_width
 from .step import log_probs, step_marks
 
 
@@ -161,7 +162,7 @@ class _Plan:
 
 def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w: torch.Tensor,
          bound: torch.Tensor) -> tuple[State, list, list, list, list]:
-    """Steps ``lo .. hi-1`` from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x C) are the
+    """Steps ``lo .. hi-1`` from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x (K+C)) are the
     segment's. Returns the state after the segment and per-step marks, log-weights, summed rates over
     the bound and history weights."""
     intensity, k = plan.intensity, plan.intensity.num_marks
@@ -174,7 +175,7 @@ def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w
     for t, cand, ctx_hist, noise in zip(times.unbind(-1), cands, ctx_hists, noises):
         log_pi, ratio = log_probs(intensity.log_rates(state, t), log_bound)  # batch x (K+1), batch
         y, log_y = step_marks(log_pi, noise, plan.inv_t, plan.relaxed, plan.straight_through)
-        weights = torch.cat([y[..., :k] * cand, ctx_hist], -1)
+        weights = torch.cat([y[..., :k] * cand + ctx_hist[..., :k], ctx_hist[..., k:]], -1)
         state = intensity.update(state, t, weights)
         ys.append(y)
         logs.append(log_y)
@@ -287,7 +288,9 @@ def generic_scan(
     :param times: ``batch x S`` the merged time line (candidates and context events).
     :param is_cand: ``batch x S`` which steps are candidates.
     :param is_ctx: ``batch x S`` which steps are context events.
-    :param ctx_w: ``batch x S x C`` context weights on the time line.
+    :param ctx_w: ``batch x S x (K+C)`` the fixed steps' weights on the time line (context events on
+        the context marks, past events before the window on the modelled marks); ``batch x S x C``
+        (context events only) is read with zero modelled columns.
     :param gumbel: ``batch x S x (K+1)`` the Gumbel noise of every step.
     :param bound: ``batch`` the constant bound.
     :param int checkpoint_every: steps per checkpointed segment (default ``ceil(sqrt(S))``).
@@ -308,6 +311,7 @@ def generic_scan(
     plan = _Plan(intensity, spec, len(leaves), len(params), params, is_cand.to(times.dtype).unsqueeze(-1),
                  is_ctx.to(times.dtype).unsqueeze(-1), gumbel.detach() * inv_t, inv_t, temperature > 0,
                  bool(straight_through), every, {} if stats is None else stats)
+    ctx_w = full_width(ctx_w, intensity.num_marks, intensity.num_history_marks)
     inputs = [*leaves, *params, times, ctx_w, bound]
     if grad and any(x.requires_grad for x in inputs):
         marks, logs, hists, ratios = _GenericScan.apply(plan, *inputs)

@@ -39,12 +39,14 @@ def _data(observed: SpikeTrains | torch.Tensor, duration: Any, like: torch.Tenso
 def elbo_terms(
     model: SNN, guide: SNN, observed: torch.Tensor, duration: torch.Tensor, num_particles: int,
     temperature: float = 0.0, model_params: dict | None = None, guide_params: dict | None = None,
-    relaxed_log_prob: str = "dpp",
+    relaxed_log_prob: str = "dpp", past: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ELBO particle per row: ``(log p(X, Z) - log q(Z | X), log q(Z | X))``, each
     ``num_particles x batch``, with ``Z`` drawn from the guide (exact if ``temperature == 0``, else
-    a differentiable DPP draw scored as ``relaxed_log_prob`` says)."""
-    q = guide.hidden_process(observed, duration, temperature, params=guide_params, relaxed_log_prob=relaxed_log_prob)
+    a differentiable DPP draw scored as ``relaxed_log_prob`` says). ``past``: observed spikes before
+    each window (see :func:`~pyro_dpp.snn.snn_model`)."""
+    q = guide.hidden_process(observed, duration, temperature, params=guide_params, relaxed_log_prob=relaxed_log_prob,
+                             past=past)
     if q.batch_shape[:1] == (num_particles,) and len(q.batch_shape) == observed.dim() - 1:
         sample_shape = torch.Size()  # parameters already carry one copy per particle
     else:
@@ -52,37 +54,72 @@ def elbo_terms(
     hidden = q.rsample(sample_shape) if temperature > 0 else q.sample(sample_shape)
     log_q = q.log_prob(hidden)
     prior = model.hidden_process(observed, duration, temperature, params=model_params,
-                                 relaxed_log_prob=relaxed_log_prob)
-    log_p = prior.log_prob(hidden) + model.observed_process(hidden, duration, params=model_params).log_prob(observed)
+                                 relaxed_log_prob=relaxed_log_prob, past=past)
+    observed_process = model.observed_process(hidden, duration, params=model_params, past=past)
+    log_p = prior.log_prob(hidden) + observed_process.log_prob(observed)
     return log_p - log_q, log_q
 
 
 def exact_elbo(model: SNN, guide: SNN, observed: SpikeTrains | torch.Tensor, duration: Any = None,
-               num_particles: int = 16, chunk: int = 16) -> torch.Tensor:
+               num_particles: int = 16, chunk: int = 16, window: float | None = None) -> torch.Tensor:
     """``batch`` exact ELBO per sequence: the ``temperature = 0`` model and guide with the current
-    weights (the paper's evaluation protocol), averaged over ``num_particles`` hidden draws."""
-    observed, duration = _checked_data(model, observed, duration)
-    total = torch.zeros(observed.shape[:-2], dtype=observed.dtype, device=observed.device)
-    with torch.no_grad(), _trusted_values():
+    weights (the paper's evaluation protocol), averaged over ``num_particles`` hidden draws.
+
+    :param float window: if given (``observed`` must be :class:`~pyro_dpp.SpikeTrains`), the sum
+        over the sequence's windows of this many seconds of their ELBOs, each window with its past
+        observed spikes and without past hidden spikes (the truncated-history approximation of
+        :func:`~pyro_dpp.snn.fit` with ``window=``): memory independent of the recording's length."""
+    def elbo(observed: torch.Tensor, duration: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        total = torch.zeros(observed.shape[:-2], dtype=observed.dtype, device=observed.device)
         for size in _chunks(num_particles, chunk):
-            elbo, _ = elbo_terms(model, guide, observed, duration, size)
-            total = total + elbo.sum(0)
-    return total / num_particles
+            terms, _ = elbo_terms(model, guide, observed, duration, size, past=past)
+            total = total + terms.sum(0)
+        return total / num_particles
+
+    return _evaluate(model, guide, observed, duration, window, elbo)
+
+
+
 
 
 def log_marginal(model: SNN, guide: SNN, observed: SpikeTrains | torch.Tensor, duration: Any = None,
-                 num_particles: int = 64, chunk: int = 16) -> torch.Tensor:
+                 num_particles: int = 64, chunk: int = 16, window: float | None = None) -> torch.Tensor:
     """``batch`` importance-sampled estimate of ``log p(X)`` with the exact guide as proposal:
     ``log mean_k exp(log p(X, Z_k) - log q(Z_k | X))`` (a lower bound in expectation that tightens
-    as ``num_particles`` grows)."""
-    observed, duration = _checked_data(model, observed, duration)
-    weights = []
+    as ``num_particles`` grows).
+
+    :param float window: if given (``observed`` as :class:`~pyro_dpp.SpikeTrains`), the sum over
+        the sequence's windows of this many seconds of their estimates, each window with its past
+        observed spikes and no past hidden spikes (as :func:`exact_elbo`)."""
+    def estimate(observed: torch.Tensor, duration: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        weights = [elbo_terms(model, guide, observed, duration, size, past=past)[0]
+                   for size in _chunks(num_particles, chunk)]
+        return torch.logsumexp(torch.cat(weights, 0), 0) - math.log(num_particles)
+
+    return _evaluate(model, guide, observed, duration, window, estimate)
+
+
+#: Windows evaluated at once by :func:`exact_elbo` and :func:`log_marginal` with ``window=``.
+WINDOW_BATCH = 32
+
+
+def _evaluate(model: SNN, guide: SNN, observed: Any, duration: Any, window: Any, per_batch: Any) -> torch.Tensor:
+    """``per_batch(observed, duration, past)`` on the sequences, or with a ``window`` on their
+    windows :data:`WINDOW_BATCH` at a time, summed into their sequences."""
     with torch.no_grad(), _trusted_values():
-        for size in _chunks(num_particles, chunk):
-            elbo, _ = elbo_terms(model, guide, observed, duration, size)
-            weights.append(elbo)
-    weights = torch.cat(weights, 0)
-    return torch.logsumexp(weights, 0) - math.log(num_particles)
+        if window is None:
+            return per_batch(*_checked_data(model, observed, duration), None)
+        if not isinstance(observed, SpikeTrains) or duration is not None:
+            raise ValueError("window= needs the observed spikes as SpikeTrains (with their durations), not a tensor")
+        windows = observed.windows(window, model=[model, guide])
+        parts = []
+        for start in range(0, len(windows), WINDOW_BATCH):
+            batch = windows[start : start + WINDOW_BATCH]  # dense tensors for these windows only
+            values, durations = _checked_data(model, batch.value(), batch.duration)
+            parts.append(per_batch(values, durations, batch.past.to(values)))
+        per_window = torch.cat(parts)
+        out = per_window.new_zeros(int(windows.sequence.max()) + 1)
+        return out.index_add(0, windows.sequence.to(per_window.device), per_window)
 
 
 def _checked_data(model: SNN, observed: SpikeTrains | torch.Tensor, duration: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from .network import SNN
 
 
 def snn_model(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temperature: float = 0.0,
-              name: str = "model", relaxed_log_prob: str = "dpp") -> None:
+              name: str = "model", relaxed_log_prob: str = "dpp", past: torch.Tensor | None = None) -> None:
     """The generative model: hidden spikes, then the observed spikes given them.
 
     :param observed: ``batch x events x (D_o + 2)`` observed realization tensor.
@@ -38,16 +38,20 @@ def snn_model(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temp
     :param SNN network: the generative network.
     :param float temperature: 0 (exact hidden process) or > 0 (DPP).
     :param str relaxed_log_prob: ``"dpp"`` or ``"exact"`` (see :class:`~pyro_dpp.PointProcess`).
+    :param past: ``batch x P x (D_o + 2)`` observed spikes before each window (times ``< 0``; the
+        windows of a long recording, :meth:`~pyro_dpp.SpikeTrains.windows`): the past of the observed
+        process and context of the hidden one, whose own past is not known (it starts empty).
     """
     pyro.module(name, network)
     with pyro.plate("sequences", observed.shape[0]):
-        prior = network.hidden_process(observed, duration, temperature, relaxed_log_prob=relaxed_log_prob)
+        prior = network.hidden_process(observed, duration, temperature, relaxed_log_prob=relaxed_log_prob, past=past)
         hidden = pyro.sample("hidden", prior)
-        pyro.sample("observed", network.observed_process(hidden, duration), obs=observed)
+        pyro.sample("observed", network.observed_process(hidden, duration, past=past), obs=observed)
 
 
 def snn_guide(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temperature: float = 0.0,
-              name: str = "guide", baseline: dict[str, Any] | None = None, relaxed_log_prob: str = "dpp") -> None:
+              name: str = "guide", baseline: dict[str, Any] | None = None, relaxed_log_prob: str = "dpp",
+              past: torch.Tensor | None = None) -> None:
     """The variational distribution of the hidden spikes given the observed ones.
 
     :param SNN network: the variational network (``acausal=True`` to see future observed spikes;
@@ -55,11 +59,13 @@ def snn_guide(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temp
     :param dict baseline: Pyro's baseline options for ``TraceGraph_ELBO`` (e.g.
         ``{"nn_baseline": module, "nn_baseline_input": x}``), used with ``temperature = 0``.
     :param str relaxed_log_prob: ``"dpp"`` or ``"exact"``, as in the model.
+    :param past: observed spikes before each window (times ``< 0``), as in the model.
     """
     pyro.module(name, network)
     infer = {"baseline": baseline} if baseline else {}
     with pyro.plate("sequences", observed.shape[0]):
-        posterior = network.hidden_process(observed, duration, temperature, relaxed_log_prob=relaxed_log_prob)
+        posterior = network.hidden_process(observed, duration, temperature, relaxed_log_prob=relaxed_log_prob,
+                                           past=past)
         pyro.sample("hidden", posterior, infer=infer)
 
 

@@ -241,31 +241,43 @@ class SNN(torch.nn.Module):
     def hidden_process(
         self, observed: SpikeTrains | torch.Tensor, duration: Any = None, temperature: float = 0.0,
         straight_through: bool = False, params: dict[str, torch.Tensor] | None = None,
-        max_events: int | None = None, relaxed_log_prob: str = "dpp",
+        max_events: int | None = None, relaxed_log_prob: str = "dpp", past: torch.Tensor | None = None,
     ) -> PointProcess:
         """The hidden neurons' process given the observed spikes (context; for an acausal network
         also seen ahead of time). ``temperature > 0``: the DPP; 0: exact. ``relaxed_log_prob``: see
-        :class:`~pyro_dpp.PointProcess`."""
+        :class:`~pyro_dpp.PointProcess`. ``past``: observed spikes before the window (times ``< 0``,
+        a window of a longer recording, :mod:`pyro_dpp.windows`): they join the context; the hidden
+        process itself starts without past hidden spikes."""
         observed, duration = _value_and_duration(observed, duration)
         self._check_data(observed, self.n_observed, "observed")
         observed = observed.to(self.weight)
         bound = self.neuron_bound * self.n_hidden
         future = observed if self.future_weight is not None else None
-        window = self._window(bound, observed)
+        context = observed
+        if past is not None:
+            from ..windows import prepend_past
+
+            context = prepend_past(past.to(self.weight), observed, torch.as_tensor(duration).to(self.weight))
+        window = self._window(bound, context)
         intensity = self.intensity(self.hidden_index, self.observed_index, window, future, params)
-        return PointProcess(intensity, duration, bound=bound, temperature=temperature, context=observed,
+        return PointProcess(intensity, duration, bound=bound, temperature=temperature, context=context,
                             straight_through=straight_through, max_events=max_events,
                             relaxed_log_prob=relaxed_log_prob)
 
     def observed_process(
         self, hidden: torch.Tensor | SpikeTrains, duration: Any = None, params: dict[str, torch.Tensor] | None = None,
+        past: torch.Tensor | None = None,
     ) -> PointProcess:
-        """The observed neurons' exact process given hidden events (soft or hard) as context."""
+        """The observed neurons' exact process given hidden events (soft or hard) as context, and
+        the observed spikes before the window as ``past`` (times ``< 0``; see :mod:`pyro_dpp.past`)."""
         hidden, duration = _value_and_duration(hidden, duration)
         self._check_data(hidden, self.n_hidden, "hidden")
         bound = self.neuron_bound * self.n_observed
-        intensity = self.intensity(self.observed_index, self.hidden_index, self._window(bound, hidden), None, params)
-        return PointProcess(intensity, duration, bound=bound, context=hidden.to(self.weight))
+        window = self._window(bound, hidden)
+        if window is not None and past is not None:
+            window += past.shape[-2]  # past observed events also fill the scan's window
+        intensity = self.intensity(self.observed_index, self.hidden_index, window, None, params)
+        return PointProcess(intensity, duration, bound=bound, context=hidden.to(self.weight), past=past)
 
     def joint_process(self, duration: Any, max_events: int | None = None) -> PointProcess:
         """The exact process of all neurons together (observed first), for simulation."""

@@ -119,6 +119,8 @@ def fit(
     progress: bool = True,
     seed: int | None = None,
     callback: Any = None,
+    window: float | None = None,
+    history: float | None = None,
 ) -> FitResult:
     """Train a model/guide pair by SVI.
 
@@ -141,6 +143,21 @@ def fit(
         uninterrupted one; a checkpoint of other data, sizes or options raises :class:`ValueError`.
     :param callback: called as ``callback(epoch, model, guide)`` after every epoch (e.g. to evaluate);
         its return values are collected in ``FitResult.callback_values``.
+    :param float window: if given, train on windows of this many seconds
+        (:meth:`~pyro_dpp.SpikeTrains.windows`; the last window of a sequence may be shorter):
+        ``batch_size`` then counts windows, an epoch visits every window once, and a step's memory
+        depends on the window length, not on the recording's. Each window's observed process gets
+        the observed spikes within the networks' history reach before it as ``past``, and its hidden
+        process gets them, with the window's own observed spikes, as context. The hidden spikes
+        before a window are unknown, so the hidden process of every window starts without past hidden
+        spikes: the standard truncated-history minibatch, an approximation whose error is confined
+        to the first history-reach seconds of each window (for a finite-support basis; for the
+        exponential basis the hidden traces start empty) and shrinks as windows grow.
+    :param float history: with ``window``: seconds of observed past each window carries; default
+        the longer history reach of model and guide (:func:`pyro_dpp.windows.history_reach`: the
+        basis support, or for the exponential basis where its slowest trace falls below float
+        epsilon, ``log(1 / eps)`` time constants, about 36 in float64, which can hold many past
+        events: a shorter ``history`` trades exactness for memory).
     """
     check_training_options(estimator, optimizer, temperature)
     _check_fit_numbers(num_epochs, temperature, temperature_decay, lr, batch_size, num_particles, regularizer)
@@ -166,8 +183,8 @@ def fit(
     guide = model if shared else guide
     if estimator == "score_function_baseline" and baseline is None:
         baseline = CountBaseline(model.n_observed).to(model.weight)
-    values, durations = _data(observed, None, model.weight)
-    num_sequences = values.shape[0]
+    rows = _TrainingRows(observed, window, model, guide, history)
+    num_sequences = len(rows)
     batch_size = num_sequences if batch_size is None else int(batch_size)
     modules = [model] + ([] if shared else [guide]) + ([baseline] if baseline is not None else [])
     parameters = [p for m in modules for p in m.parameters()]
@@ -175,9 +192,10 @@ def fit(
     elbo = (TraceGraph_ELBO if estimator == "score_function_baseline" else Trace_ELBO)(num_particles=num_particles)
     result = FitResult()
     path = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(modules, values, durations, estimator=estimator, optimizer=optimizer, lr=lr,
+    fingerprint = _fingerprint(modules, *rows.identity(), estimator=estimator, optimizer=optimizer, lr=lr,
                                batch_size=batch_size, num_particles=num_particles, temperature=temperature,
-                               temperature_decay=temperature_decay, regularizer=regularizer, shared=shared)
+                               temperature_decay=temperature_decay, regularizer=regularizer, shared=shared,
+                               **({} if window is None else {"window": float(window), "history": rows.windows.history}))
     if path is not None and path.exists():
         result = _restore(path, fingerprint, modules, opt)
     guide_name = "model" if shared else "guide"
@@ -193,7 +211,9 @@ def fit(
             start = time.perf_counter()
             order = torch.randperm(num_sequences)
             for index in order.split(batch_size):
-                obs, dur = values[index], durations[index]
+                obs, dur, past = rows.batch(index)
+                if past is not None:
+                    scoring["past"] = past
                 model_fn = functools.partial(snn_model, network=model, temperature=tau, **scoring)
                 options = baseline.options(obs, dur) if estimator == "score_function_baseline" else None
                 guide_fn = functools.partial(snn_guide, network=guide, temperature=tau, name=guide_name,
@@ -231,6 +251,42 @@ def fit(
         done = snapshot["result"]["epochs_done"] if snapshot is not None else result.epochs_done
         raise TrainingInterrupted(done, num_epochs, path) from err
     return result
+
+
+class _TrainingRows:
+    """The rows :func:`fit` samples minibatches from: the sequences, or with a ``window`` their
+    windows (:class:`~pyro_dpp.windows.Windows`) with the observed spikes within both networks'
+    history reach before each, whose dense tensors are built one minibatch at a time."""
+
+    def __init__(self, observed: SpikeTrains, window: Any, model: SNN, guide: SNN, history: Any = None) -> None:
+        self.like = model.weight
+        self.windows = None
+        if window is None:
+            self.values, self.durations = _data(observed, None, self.like)
+            return
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not (0 < window < math.inf):
+            raise ValueError(
+                f"window must be a positive number of seconds (or None for whole sequences), got {window!r}")
+        self.windows = observed.windows(window, history=history, model=[model, guide])
+
+    def __len__(self) -> int:
+        return self.values.shape[0] if self.windows is None else len(self.windows)
+
+    def identity(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tensors that identify the data (for the checkpoint's fingerprint)."""
+        if self.windows is None:
+            return self.values, self.durations
+        digest = torch.frombuffer(bytearray.fromhex(self.windows.fingerprint()), dtype=torch.uint8)
+        return digest, self.windows.duration
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(observed, duration, past)`` of the rows ``index`` (``past`` None for whole sequences)."""
+        if self.windows is None:
+            return self.values[index], self.durations[index], None
+        windows = self.windows[index]
+        values, durations = _data(windows.value(), windows.duration, self.like)
+        past, _ = _data(windows.past, durations, self.like)
+        return values, durations, past
 
 
 def _fingerprint(modules: list[torch.nn.Module], values: torch.Tensor, durations: torch.Tensor,
