@@ -465,3 +465,68 @@ def test_generic_paths_on_cuda(name):
         out[device] = [x.detach().cpu() for x in (marks, logs, lr, comp, *torch.autograd.grad(loss, params))]
     for g, r in zip(out["cuda"], out["cpu"], strict=True):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+
+
+# ---- the sampler's log-rates reused by the DPP density of the same draw ---------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_dpp_density_of_own_draw_reuses_the_sampler(name, monkeypatch):
+    """``log_prob`` of the very tensor ``rsample`` returned (Trace_ELBO's guide) takes the sampler's
+    log-rates (no scoring scan, no parallel forward) and equals, in value and in the gradient with
+    respect to every parameter, the scoring of a copy of the value (which does not hit), with the
+    context (an expanded view of the distribution's) in the history."""
+    from pyro_dpp.scan import generic_scoring, reuse
+
+    _, params, bound, build = make(name)
+    scans = []
+    original = generic_scoring.scan_score
+    monkeypatch.setattr("pyro_dpp.likelihood.scan_score", lambda *a, **k: scans.append(1) or original(*a, **k))
+    out = {}
+    for reused in (True, False):
+        intensity = build(*params)  # a fresh graph from the leaves
+        process = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context())
+        torch.manual_seed(2)
+        value = process.rsample((2,))
+        scored = value if reused else value.clone()  # a clone carries the log-weights, not the log-rates
+        assert (reuse.recall(scored, intensity, process.context) is not None) == reused
+        scans.clear()
+        forward = Spy(intensity, "forward")
+        log_prob = process.log_prob(scored)
+        del intensity.forward
+        assert bool(scans) != reused and forward.calls == 0
+        out[reused] = (log_prob, torch.autograd.grad(log_prob.sum(), params))
+    assert int(event_mask(value).sum()) >= 5
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-11, atol=1e-11)
+    for g, r in zip(out[True][1], out[False][1], strict=True):
+        assert r.abs().sum() > 0
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11)
+
+
+def test_reused_log_rates_only_for_the_same_unmodified_draw():
+    """No reuse for a detached value (a score-function estimator: only the direct gradient), another
+    intensity, another context, an edited value or parameter, or under the reference backend."""
+    from pyro_dpp.scan import reuse
+
+    intensity, params, bound, build = make("user-exphawkes")
+    process = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context())
+    torch.manual_seed(2)
+    value = process.rsample((2,))
+    assert reuse.recall(value, intensity, process.context) is not None
+    assert reuse.recall(value.detach(), intensity, process.context) is None
+    assert reuse.recall(value, build(*params), process.context) is None
+    assert reuse.recall(value, intensity, context()) is None and reuse.recall(value, intensity, None) is None
+    with backend("reference"):
+        assert reuse.recall(value, intensity, process.context) is None
+    for i in range(len(generic.intensity_tensors(intensity, requiring_grad=False))):
+        with torch.no_grad():  # an in-place edit of a tensor the intensity holds (its version changes)
+            generic.intensity_tensors(intensity, requiring_grad=False)[i].add_(0.0)
+        assert reuse.recall(value, intensity, process.context) is None
+        intensity = build(*params)
+        process = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context())
+        torch.manual_seed(2)
+        value = process.rsample((2,))
+        assert reuse.recall(value, intensity, process.context) is not None
+    torch.manual_seed(2)
+    value = process.rsample((2,))
+    with torch.no_grad():
+        value[..., 0, 0] += 0.0
+    assert reuse.recall(value, intensity, process.context) is None
