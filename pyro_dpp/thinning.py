@@ -26,8 +26,8 @@ from .relaxed import with_log_weights
 from .scan import engine
 from .scan.backend import get_backend
 from .scan.generic import generic_scan
-from .scan.reuse import remember
 from .scan.ogata import accelerated_ogata
+from .scan.reuse import remember
 from .scan.step import log_probs, step_marks
 
 # Relative slack on the bound check: rounding in the summed rates is not a violation.

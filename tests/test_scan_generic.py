@@ -224,9 +224,13 @@ def draw(name, fast, mode, seed=3):
     return value.detach(), logs.detach(), grads
 
 
-@pytest.mark.parametrize("mode", ["exact", "relaxed", "straight-through"])
+@pytest.mark.parametrize(("mode", "checkpointed"), [("exact", False)] + [
+    (mode, checkpointed) for mode in ("relaxed", "straight-through") for checkpointed in (False, True)])
 @pytest.mark.parametrize("name", NAMES)
-def test_generic_draw_matches_reference(name, mode, generic_calls):
+def test_generic_draw_matches_reference(name, mode, checkpointed, generic_calls, monkeypatch):
+    """Both ways of the generic scan with a graph: keeping it (small scans) and checkpointing."""
+    if checkpointed:
+        monkeypatch.setattr(generic, "GRAPH_BUDGET_BYTES", 0)
     ref = draw(name, False, mode)
     assert not generic_calls
     got = draw(name, True, mode)
@@ -282,7 +286,7 @@ def test_checkpoint_bookkeeping_is_sqrt():
         updates = Spy(intensity, "update")
         stats = {}
         marks, logs, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5,
-                                                 False, checkpoint_every=every, stats=stats)
+                                                 False, checkpoint_every=every, stats=stats, graph_budget=0)
         assert type(marks.grad_fn).__name__ == "_GenericScanBackward"
         k = math.ceil(math.sqrt(steps)) if every is None else every
         assert stats["every"] == k and stats["checkpoints"] == math.ceil(steps / k)
@@ -310,15 +314,22 @@ def test_generic_scan_finds_hidden_tensors():
     inner = intensity.rates
     intensity.rates = lambda state, time: inner(state, time) + hidden
     times, is_cand, is_ctx, ctx_w, gumbel, bound = _timeline(intensity, bound)
-    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False)
+    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False,
+                                          graph_budget=0)
     with pytest.raises(ValueError, match="does not hold"):
         marks.sum().backward()
+    # a scan small enough to keep its graph carries that gradient, as the reference loop does
+    stats = {}
+    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False,
+                                          stats=stats)
+    assert stats["graph"] and torch.autograd.grad(marks[..., :-1].sum(), hidden)[0].abs() > 0
 
 
-def test_generic_scan_probes_hidden_tensors_before_a_graphless_run():
+def test_generic_scan_probes_hidden_tensors_before_a_graphless_run(monkeypatch):
     """When the only tensor requiring grad is one the intensity does not hold, the scan would run
     without a graph and drop its gradient silently: it raises up front; the reference loop, which
     runs under autograd, carries that gradient."""
+    monkeypatch.setattr(generic, "GRAPH_BUDGET_BYTES", 0)  # checkpoint however small
     intensity, params, bound, _ = make("user-exphawkes")
     for p in params:
         p.requires_grad_(False)

@@ -13,7 +13,10 @@ keeping the state only every ``k`` steps (default ``ceil(sqrt(S))``). Its backwa
 under autograd, and pulls the cotangents of that segment's marks and log-weights, plus the state
 cotangent handed back by the segment after it, through the user's own ``log_rates`` / ``update``
 with one :func:`torch.autograd.grad` call per segment. Memory: O(S / k) checkpointed states plus
-one segment's graph (O(k) steps), instead of S step graphs.
+one segment's graph (O(k) steps), instead of S step graphs. A scan whose whole graph is small
+(estimated under :data:`GRAPH_BUDGET_BYTES`: short time lines, small states) keeps it instead, as
+the reference loop does: the recomputation would double the forward work to save memory that is
+not short (see ``benchmarks/bench_generic.py``).
 
 Gradients reach every tensor the intensity's computation depends on that requires grad: the
 intensity's tensors are found by walking the module (its ``__dict__``, parameters, buffers,
@@ -43,6 +46,17 @@ from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
 from .step import log_probs, step_marks
+
+#: A scan whose graph is estimated (:func:`graph_bytes`) under this many bytes keeps its graph instead of
+#: checkpointing (the recomputation would cost a second forward pass for memory that is not short).
+GRAPH_BUDGET_BYTES = 256 * 2**20
+
+
+def graph_bytes(leaves: list[torch.Tensor], steps: int, outputs: int) -> int:
+    """A generous estimate of the autograd graph of ``steps`` steps: per step, eight copies of the state
+    (``leaves``) and of the step's ``outputs`` (bytes), plus 16 KiB of autograd bookkeeping."""
+    state = sum(x.numel() * x.element_size() for x in leaves)
+    return steps * (8 * (state + outputs) + 16 * 2**10)
 
 
 def default_checkpoint_every(steps: int) -> int:
@@ -284,6 +298,7 @@ def generic_scan(
     intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ctx: torch.Tensor, ctx_w: torch.Tensor,
     gumbel: torch.Tensor, bound: torch.Tensor, temperature: float, straight_through: bool,
     checkpoint_every: int | None = None, stats: dict | None = None, log_rates: list | None = None,
+    graph_budget: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thinning scan of any intensity on a merged time line, without a per-step autograd graph
     (the contract of :func:`pyro_dpp.scan.engine.scan`; see :func:`pyro_dpp.thinning._scan`).
@@ -294,7 +309,11 @@ def generic_scan(
     :param ctx_w: ``batch x S x C`` context weights on the time line.
     :param gumbel: ``batch x S x (K+1)`` the Gumbel noise of every step.
     :param bound: ``batch`` the constant bound.
-    :param int checkpoint_every: steps per checkpointed segment (default ``ceil(sqrt(S))``).
+    :param int checkpoint_every: steps per checkpointed segment (default ``ceil(sqrt(S))``); when
+        given, the scan always checkpoints.
+    :param int graph_budget: without ``checkpoint_every``, a scan whose graph is estimated
+        (:func:`graph_bytes`) under this many bytes (default :data:`GRAPH_BUDGET_BYTES`) keeps its
+        graph instead: one forward pass under autograd, no recomputation (``stats["graph"]``).
     :param dict stats: if given, filled with the checkpoint bookkeeping (``steps``, ``every``,
         ``checkpoints``; after a backward pass ``recomputed_segments``, ``longest_segment``,
         ``recomputed_steps``).
@@ -315,7 +334,19 @@ def generic_scan(
                  is_ctx.to(times.dtype).unsqueeze(-1), gumbel.detach() * inv_t, inv_t, temperature > 0,
                  bool(straight_through), every, {} if stats is None else stats)
     inputs = [*leaves, *params, times, ctx_w, bound]
-    if grad and any(x.requires_grad for x in inputs):
+    per_step = 2 * intensity.num_marks + 2 + intensity.num_history_marks  # marks, log-weights, history weights
+    outputs = times[..., :1].numel() * per_step * times.element_size()
+    budget = GRAPH_BUDGET_BYTES if graph_budget is None else graph_budget
+    if grad and steps and checkpoint_every is None and graph_bytes(leaves, steps, outputs) <= budget:
+        # small enough to keep the graph: one forward pass under autograd, as the reference loop (every
+        # tensor the computation uses gets its gradient)
+        state = pytree.tree_unflatten(list(leaves), spec)
+        _, *parts = _run(plan, state, 0, steps, times, ctx_w, bound)
+        marks, logs, hists, rates_log = (torch.stack(parts[i], -2) for i in (0, 1, 3, 4))
+        ratios = torch.stack(parts[2], -1).detach()
+        hists = hists.detach()
+        plan.stats.update(steps=steps, every=steps, checkpoints=0, graph=True)
+    elif grad and any(x.requires_grad for x in inputs):
         marks, logs, hists, ratios, rates_log = _GenericScan.apply(plan, *inputs)
     else:
         if grad and steps:
