@@ -190,7 +190,9 @@ def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w
         log_rate = intensity.log_rates(state, t)  # batch x K
         log_pi, ratio = log_probs(log_rate, log_bound)  # batch x (K+1), batch
         y, log_y = step_marks(log_pi, noise, plan.inv_t, plan.relaxed, plan.straight_through)
-        weights = torch.cat([y[..., :k] * cand, ctx_hist], -1)
+        weights = y[..., :k] * cand
+        if ctx_hist.shape[-1]:
+            weights = torch.cat([weights, ctx_hist], -1)
         state = intensity.update(state, t, weights)
         ys.append(y)
         logs.append(log_y)
