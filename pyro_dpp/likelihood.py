@@ -27,6 +27,7 @@ from .intensity.base import Intensity, safe_log
 from .relaxed import carried_log_weights, plain
 from .scan.backend import get_backend
 from .scan.generic_scoring import scan_score, scores_by_scan
+from .scan.reuse import recall
 from .thinning import bound_tolerance
 
 #: Gauss-Legendre nodes per interval between breakpoints used by default.
@@ -264,11 +265,14 @@ def dpp_log_density(
         )
     k = intensity.num_marks
     carried = carried_log_weights(value)
+    sampled = recall(value, intensity, context)  # the sampler's own log-rates for this draw, or None
     value = plain(value)
     rows = _rows_in_use(value)
     value, context = value[..., :rows, :], trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks, trim_padding(past))
-    if use_scan(intensity):
+    if sampled is not None and past is None:
+        log_rates = sampled[..., :rows, :]
+    elif use_scan(intensity):
         log_rates = scan_score(intensity, times, weights, duration, None)[0][..., : value.shape[-2], :]
     else:
         log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K

@@ -30,6 +30,7 @@ from .scan import engine
 from .scan.backend import get_backend
 from .scan.generic import generic_scan
 from .scan.ogata import accelerated_ogata
+from .scan.reuse import remember
 from .scan.step import log_probs, step_marks
 
 # Relative slack on the bound check: rounding in the summed rates is not a violation.
@@ -155,10 +156,12 @@ def _check_window(intensity: Intensity, times: torch.Tensor, history: torch.Tens
 
 def _fast_scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ctx: torch.Tensor,
                ctx_w: torch.Tensor, gumbel: torch.Tensor, bound: torch.Tensor, context: torch.Tensor | None,
-               temperature: float, straight_through: bool) -> tuple[torch.Tensor, ...] | None:
+               temperature: float, straight_through: bool, log_rates: list | None = None
+               ) -> tuple[torch.Tensor, ...] | None:
     """The scan's dispatcher (see :func:`_scan`): None under backend ``"reference"`` (the caller runs
     the eager loop); else the engine's outputs where it applies (a scan filter, and no gradient with
-    respect to the context or the bound), the generic checkpointed scan's otherwise."""
+    respect to the context or the bound), the generic checkpointed scan's otherwise (which appends
+    its log-rates on the time line to ``log_rates`` when given)."""
     if get_backend() == "reference":
         return None
     args = (intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, temperature, straight_through)
@@ -166,7 +169,7 @@ def _fast_scan(intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor,
         out = engine.scan(*args)
         if out is not None:
             return out
-    return generic_scan(*args)
+    return generic_scan(*args, log_rates=log_rates)
 
 
 def _scan(
@@ -178,6 +181,7 @@ def _scan(
     temperature: float,
     straight_through: bool,
     past: torch.Tensor | None = None,
+    log_rates: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thinning scan. Returns per-candidate ``marks`` (batch x N x (K+1)): one-hot if
     ``temperature == 0`` else soft (straight-through: hard forward, soft backward), their
@@ -201,13 +205,16 @@ def _scan(
     log_bound = torch.log(bound).unsqueeze(-1)
     gumbel = -torch.log(-torch.log(torch.rand(batch + (steps, k + 1), dtype=times.dtype, device=times.device)
                                    .clamp(min=torch.finfo(times.dtype).tiny)))
-    out = _fast_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, context, temperature, straight_through)
+    out = _fast_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, context, temperature, straight_through,
+                     log_rates)
     if out is not None:
         marks, logs, history, total = out
         ratio = torch.where(is_cand, total / bound.detach().unsqueeze(-1), torch.zeros_like(total))
         worst, at = ratio.max(-1) if steps else (ratio.new_zeros(batch), None)
         _check_bound(worst, bound, times.detach().gather(-1, at.unsqueeze(-1)).squeeze(-1))
         _check_window(intensity, times, history)
+        if log_rates:  # the generic scan's log-rates, at the candidates (see pyro_dpp.scan.reuse)
+            log_rates[0] = log_rates[0].gather(-2, cand_step.unsqueeze(-1).expand(cand_step.shape + (k,)))
         index = cand_step.unsqueeze(-1).expand(cand_step.shape + (k + 1,))
         return marks.gather(-2, index), logs.gather(-2, index), cand_times, cand_mask
     state = intensity.initial_state(batch, times, steps)
@@ -283,14 +290,17 @@ def sample_relaxed(
     :returns: a :class:`~pyro_dpp.events.RelaxedRealization` ``batch x max_events x (K+2)``: the
         realization tensor carrying the exact log-weights of its candidates (see :mod:`pyro_dpp.events`).
     """
+    log_rates: list = []
     marks, logs, times, mask = _scan(intensity, bound, duration, context, max_events, temperature, straight_through,
-                                     past)
+                                     past, log_rates)
     m = mask.unsqueeze(-1).to(marks.dtype)
     marks = _fit_rows(marks * m, max_events)
     logs = _fit_rows(torch.where(mask.unsqueeze(-1), logs, torch.zeros_like(logs)), max_events)
     times = _fit_rows(times.unsqueeze(-1), max_events).squeeze(-1)
-    value = pad_realization(times, marks[..., :-1], marks[..., -1], duration)
-    return with_log_weights(value, logs)
+    value = with_log_weights(pad_realization(times, marks[..., :-1], marks[..., -1], duration), logs)
+    if log_rates:  # the DPP density of this very value reuses them
+        remember(value, intensity, context, _fit_rows(log_rates[0], max_events))
+    return value
 
 
 def _compact(times: torch.Tensor, marks: torch.Tensor, accepted: torch.Tensor, duration: torch.Tensor,

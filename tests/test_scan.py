@@ -16,6 +16,7 @@ from pyro_dpp.intensity import (
     ExponentialBasis,
     Poisson,
     RaisedCosineBasis,
+    SumExpHawkes,
 )
 from pyro_dpp.scan.backend import numba_available
 
@@ -70,6 +71,12 @@ def make(name, batched=False, keep_all=False):
         beta = p([[1.0, 2.5, 0.7], [3.0, 0.5, 1.2]]) if name == "hawkes-matrix" else torch.tensor(1.5, dtype=DT)
         params = [mu, alpha] + ([beta] if name == "hawkes-matrix" else [])
         return ExpHawkes(mu, alpha, beta), 10.0, params
+    if name.startswith("sumexp"):
+        mu = p([0.5, 0.3])
+        alpha = p([[[0.1, 0.2], [0.1, 0.05], [0.3, 0.1]], [[0.05, 0.1], [0.3, 0.1], [0.1, 0.1]]])  # K x D x U
+        decays = p([0.8, 3.0]) if name == "sumexp-decays" else torch.tensor([0.8, 3.0], dtype=DT)
+        params = [mu, alpha] + ([decays] if name == "sumexp-decays" else [])
+        return SumExpHawkes(mu, alpha, decays), 10.0, params
     _, basis_name, activation = name.split("-")
     basis = {
         "exp": lambda: ExponentialBasis(torch.tensor([0.3, 2.0], dtype=DT)),
@@ -113,8 +120,8 @@ def draw(name, backend, temperature, straight_through, with_context, batched, ke
     return value.detach(), logs.detach(), grads
 
 
-INTENSITIES = ["poisson", "hawkes-scalar", "hawkes-matrix", "glm-exp-sigmoid", "glm-epa-sigmoid",
-               "glm-rc-sigmoid", "glm-exp-softplus", "glm-epa-softplus", "glm-rc-softplus"]
+INTENSITIES = ["poisson", "hawkes-scalar", "hawkes-matrix", "sumexp", "sumexp-decays", "glm-exp-sigmoid",
+               "glm-epa-sigmoid", "glm-rc-sigmoid", "glm-exp-softplus", "glm-epa-softplus", "glm-rc-softplus"]
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["shared-params", "batched-params"])
@@ -281,9 +288,21 @@ class RatesHawkes(ExpHawkes):
         return super().rates(state, time) * 1.0
 
 
+class PlainSumExp(SumExpHawkes):
+    """A subclass that keeps the stock math."""
+
+
+class RatesSumExp(SumExpHawkes):
+    """A subclass that changes the rates."""
+
+    def rates(self, state, time):
+        return super().rates(state, time) * 1.0
+
+
 def test_scan_filter_subclass_rule():
     from pyro_dpp.intensity.basis_filters import EpanechnikovFilter
     from pyro_dpp.intensity.hawkes import ExpHawkesFilter
+    from pyro_dpp.intensity.sumexp import SumExpHawkesFilter
 
     intensity, _, _ = make("hawkes-matrix")
     args = (intensity.baseline, intensity.adjacency, intensity.decay)
@@ -294,6 +313,10 @@ def test_scan_filter_subclass_rule():
     assert spied.scan_filter(*_keys()) is None
     glm = make("glm-epa-sigmoid")[0]
     assert type(glm.scan_filter(*_keys())) is EpanechnikovFilter
+    sumexp = make("sumexp")[0]
+    args = (sumexp.baseline, sumexp.adjacency, sumexp.decays)
+    assert type(PlainSumExp(*args).scan_filter(*_keys())) is SumExpHawkesFilter
+    assert RatesSumExp(*args).scan_filter(*_keys()) is None
     assert make("glm-epa-sigmoid", keep_all=True)[0].scan_filter(*_keys()) is None  # its own window state
 
 
@@ -335,6 +358,7 @@ def test_subclasses_keep_the_engine_or_fall_back(mode, backend, monkeypatch):
 def test_accelerator_lookup_walks_the_mro():
     from pyro_dpp.intensity.basis_filters import BandFilter, ExponentialFilter, RaisedCosineFilter
     from pyro_dpp.intensity.hawkes import ExpHawkesFilter
+    from pyro_dpp.intensity.sumexp import SumExpHawkesFilter
     from pyro_dpp.scan import find_accelerator, register_accelerator
 
     class MyFilter(ExpHawkesFilter):
@@ -342,6 +366,7 @@ def test_accelerator_lookup_walks_the_mro():
 
     if numba_available():
         assert find_accelerator(MyFilter) is find_accelerator(ExpHawkesFilter) is not None
+        assert find_accelerator(SumExpHawkesFilter) is not None
         assert find_accelerator(RaisedCosineFilter) is not None
         assert find_accelerator(ExpHawkesFilter, "ogata") is not None
     assert find_accelerator(BandFilter) is None  # any finite-support basis: the torch filter
@@ -358,9 +383,17 @@ def test_accelerator_lookup_walks_the_mro():
 
 # ---- exact sampling of Hawkes processes -----------------------------------------------------------------------
 @needs_numba
-def test_numba_ogata_is_reproducible_and_matches_reference_counts():
-    intensity = ExpHawkes(torch.tensor([0.5, 0.3], dtype=DT), torch.tensor([[0.3, 0.2], [0.1, 0.4]], dtype=DT),
-                          torch.tensor(1.5, dtype=DT))
+@pytest.mark.parametrize("name", ["hawkes", "sumexp"])
+def test_numba_ogata_is_reproducible_and_matches_reference_counts(name):
+    from pyro_dpp.scan import find_accelerator
+
+    mu = torch.tensor([0.5, 0.3], dtype=DT)
+    if name == "hawkes":
+        intensity = ExpHawkes(mu, torch.tensor([[0.3, 0.2], [0.1, 0.4]], dtype=DT), torch.tensor(1.5, dtype=DT))
+    else:
+        intensity = SumExpHawkes(mu, torch.tensor([[[0.2, 0.1], [0.1, 0.1]], [[0.05, 0.05], [0.3, 0.1]]], dtype=DT),
+                                 torch.tensor([0.7, 4.0], dtype=DT))
+    assert find_accelerator(type(intensity.scan_filter(*_keys())), "ogata") is not None
     process = PointProcess(intensity, 10.0)
     torch.manual_seed(1)
     a = process.sample((2000,))

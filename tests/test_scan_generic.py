@@ -224,9 +224,13 @@ def draw(name, fast, mode, seed=3):
     return value.detach(), logs.detach(), grads
 
 
-@pytest.mark.parametrize("mode", ["exact", "relaxed", "straight-through"])
+@pytest.mark.parametrize(("mode", "checkpointed"), [("exact", False)] + [
+    (mode, checkpointed) for mode in ("relaxed", "straight-through") for checkpointed in (False, True)])
 @pytest.mark.parametrize("name", NAMES)
-def test_generic_draw_matches_reference(name, mode, generic_calls):
+def test_generic_draw_matches_reference(name, mode, checkpointed, generic_calls, monkeypatch):
+    """Both ways of the generic scan with a graph: keeping it (small scans) and checkpointing."""
+    if checkpointed:
+        monkeypatch.setattr(generic, "GRAPH_BUDGET_BYTES", 0)
     ref = draw(name, False, mode)
     assert not generic_calls
     got = draw(name, True, mode)
@@ -282,7 +286,7 @@ def test_checkpoint_bookkeeping_is_sqrt():
         updates = Spy(intensity, "update")
         stats = {}
         marks, logs, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5,
-                                                 False, checkpoint_every=every, stats=stats)
+                                                 False, checkpoint_every=every, stats=stats, graph_budget=0)
         assert type(marks.grad_fn).__name__ == "_GenericScanBackward"
         k = math.ceil(math.sqrt(steps)) if every is None else every
         assert stats["every"] == k and stats["checkpoints"] == math.ceil(steps / k)
@@ -310,15 +314,22 @@ def test_generic_scan_finds_hidden_tensors():
     inner = intensity.rates
     intensity.rates = lambda state, time: inner(state, time) + hidden
     times, is_cand, is_ctx, ctx_w, gumbel, bound = _timeline(intensity, bound)
-    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False)
+    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False,
+                                          graph_budget=0)
     with pytest.raises(ValueError, match="does not hold"):
         marks.sum().backward()
+    # a scan small enough to keep its graph carries that gradient, as the reference loop does
+    stats = {}
+    marks, _, _, _ = generic.generic_scan(intensity, times, is_cand, is_ctx, ctx_w, gumbel, bound, 0.5, False,
+                                          stats=stats)
+    assert stats["graph"] and torch.autograd.grad(marks[..., :-1].sum(), hidden)[0].abs() > 0
 
 
-def test_generic_scan_probes_hidden_tensors_before_a_graphless_run():
+def test_generic_scan_probes_hidden_tensors_before_a_graphless_run(monkeypatch):
     """When the only tensor requiring grad is one the intensity does not hold, the scan would run
     without a graph and drop its gradient silently: it raises up front; the reference loop, which
     runs under autograd, carries that gradient."""
+    monkeypatch.setattr(generic, "GRAPH_BUDGET_BYTES", 0)  # checkpoint however small
     intensity, params, bound, _ = make("user-exphawkes")
     for p in params:
         p.requires_grad_(False)
@@ -465,3 +476,68 @@ def test_generic_paths_on_cuda(name):
         out[device] = [x.detach().cpu() for x in (marks, logs, lr, comp, *torch.autograd.grad(loss, params))]
     for g, r in zip(out["cuda"], out["cpu"], strict=True):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+
+
+# ---- the sampler's log-rates reused by the DPP density of the same draw ---------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_dpp_density_of_own_draw_reuses_the_sampler(name, monkeypatch):
+    """``log_prob`` of the very tensor ``rsample`` returned (Trace_ELBO's guide) takes the sampler's
+    log-rates (no scoring scan, no parallel forward) and equals, in value and in the gradient with
+    respect to every parameter, the scoring of a copy of the value (which does not hit), with the
+    context (an expanded view of the distribution's) in the history."""
+    from pyro_dpp.scan import generic_scoring, reuse
+
+    _, params, bound, build = make(name)
+    scans = []
+    original = generic_scoring.scan_score
+    monkeypatch.setattr("pyro_dpp.likelihood.scan_score", lambda *a, **k: scans.append(1) or original(*a, **k))
+    out = {}
+    for reused in (True, False):
+        intensity = build(*params)  # a fresh graph from the leaves
+        process = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context())
+        torch.manual_seed(2)
+        value = process.rsample((2,))
+        scored = value if reused else value.clone()  # a clone carries the log-weights, not the log-rates
+        assert (reuse.recall(scored, intensity, process.context) is not None) == reused
+        scans.clear()
+        forward = Spy(intensity, "forward")
+        log_prob = process.log_prob(scored)
+        del intensity.forward
+        assert bool(scans) != reused and forward.calls == 0
+        out[reused] = (log_prob, torch.autograd.grad(log_prob.sum(), params))
+    assert int(event_mask(value).sum()) >= 5
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-11, atol=1e-11)
+    for g, r in zip(out[True][1], out[False][1], strict=True):
+        assert r.abs().sum() > 0
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11)
+
+
+def test_reused_log_rates_only_for_the_same_unmodified_draw():
+    """No reuse for a detached value (a score-function estimator: only the direct gradient), another
+    intensity, another context, an edited value or parameter, or under the reference backend."""
+    from pyro_dpp.scan import reuse
+
+    intensity, params, bound, build = make("user-exphawkes")
+    process = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context())
+    torch.manual_seed(2)
+    value = process.rsample((2,))
+    assert reuse.recall(value, intensity, process.context) is not None
+    assert reuse.recall(value.detach(), intensity, process.context) is None
+    assert reuse.recall(value, build(*params), process.context) is None
+    assert reuse.recall(value, intensity, context()) is None and reuse.recall(value, intensity, None) is None
+    with backend("reference"):
+        assert reuse.recall(value, intensity, process.context) is None
+    for i in range(len(generic.intensity_tensors(intensity, requiring_grad=False))):
+        with torch.no_grad():  # an in-place edit of a tensor the intensity holds (its version changes)
+            generic.intensity_tensors(intensity, requiring_grad=False)[i].add_(0.0)
+        assert reuse.recall(value, intensity, process.context) is None
+        intensity = build(*params)
+        process = PointProcess(intensity, DURATION, bound=bound, temperature=0.3, context=context())
+        torch.manual_seed(2)
+        value = process.rsample((2,))
+        assert reuse.recall(value, intensity, process.context) is not None
+    torch.manual_seed(2)
+    value = process.rsample((2,))
+    with torch.no_grad():
+        value[..., 0, 0] += 0.0
+    assert reuse.recall(value, intensity, process.context) is None

@@ -32,6 +32,7 @@ from _pp_checks import (
     z_two_sample,
 )
 
+import pyro_dpp
 from pyro_dpp import PointProcess
 from pyro_dpp.intensity import ExpHawkes, SumExpHawkes
 from pyro_dpp.likelihood import exact_log_likelihood, quadrature_compensator
@@ -168,8 +169,11 @@ def test_compensator_matches_quadrature():
 
 
 # ---- sampling ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("sampler", ["bound", "ogata"])
-def test_sampled_counts_match_exact_mean(sampler):
+def test_sampled_counts_match_exact_mean(sampler, backend):
+    """Both backends: "auto" runs the numba kernels (the scan filter's accelerator and the Ogata
+    sampler registered for it), "reference" the eager loops."""
     duration, n, ctx_rate = 8.0, 2000, 0.6
     rng = np.random.default_rng(6)
     ctx_times = [np.sort(rng.uniform(0, duration, rng.poisson(ctx_rate * duration))) for _ in range(n)]
@@ -177,10 +181,11 @@ def test_sampled_counts_match_exact_mean(sampler):
     intensity = make()
     torch.manual_seed(7)
     dur = torch.full((n,), duration, dtype=DT)
-    if sampler == "bound":
-        value = sample_exact(intensity, torch.full((n,), 12.0, dtype=DT), dur, context, 120)
-    else:
-        value = sample_ogata(intensity, dur, context, 120)
+    with pyro_dpp.backend(backend):
+        if sampler == "bound":
+            value = sample_exact(intensity, torch.full((n,), 12.0, dtype=DT), dur, context, 120)
+        else:
+            value = sample_ogata(intensity, dur, context, 120)
     counts = counts_of(value, 2)
     mean = sumexp_mean_counts(MU, ADJ, DECAYS, duration, [ctx_rate])
     assert np.abs(z_mean(counts, mean)).max() < Z_TOL

@@ -11,8 +11,9 @@ import numba as nb
 import numpy as np
 import torch
 
-from ..scan._numba_step import OPTS, adjoint, step
+from ..scan._numba_step import OPTS, adjoint, ogata_mark, step
 from ..scan.backend import numba_threads
+from ..scan.ogata import ogata_buffers, ogata_realization
 
 
 @nb.njit(inline="always", **OPTS)
@@ -149,14 +150,8 @@ def hawkes_ogata(seeds, duration, base, gain, beta, uniform, ctx_t, ctx_w, ctx_n
                 break
             _decay(b, x, beta, uniform, proposal - now)
             now = proposal
-            new_total = _rates(b, base, gain, x, uniform, rates)
-            u = np.random.random() * total
-            if u < new_total:
-                mark = 0
-                acc = rates[0]
-                while mark < k_marks - 1 and u >= acc:
-                    mark += 1
-                    acc += rates[mark]
+            mark = ogata_mark(rates, total, _rates(b, base, gain, x, uniform, rates))
+            if mark >= 0:
                 if n >= cap:
                     n = -1
                     break
@@ -204,46 +199,19 @@ class HawkesKernels:
 def sample_ogata(intensity, duration: torch.Tensor, context: torch.Tensor | None,
                  max_events: int) -> torch.Tensor:
     """:func:`pyro_dpp.thinning.sample_ogata` for :class:`ExpHawkes` by the numba kernel :func:`hawkes_ogata`."""
-    from ..events import event_mask, pad_realization
-
     batch = duration.shape
     bsz = max(1, math.prod(batch))
-    k, c = intensity.num_marks, intensity.num_context_marks
-    dtype = duration.dtype
+    k, d = intensity.num_marks, intensity.num_history_marks
     f64 = torch.float64
     base = intensity.baseline.detach().to(f64).expand(batch + (k,)).reshape(bsz, k).contiguous()
     decay = intensity.decay.detach().to(f64)
     adjacency = intensity.adjacency.detach().to(f64)
-    d = k + c
     gain = (adjacency * decay).expand(batch + (k, d)).reshape(bsz, k, d).contiguous()
     uniform = decay.numel() == 1
     beta = decay.reshape(1, 1) if uniform else decay.expand(torch.broadcast_shapes(decay.shape, adjacency.shape))
     beta = beta.expand(batch + (k, d)).reshape(bsz, k, d).contiguous()
-    if context is None or context.shape[-2] == 0:
-        ctx_t = torch.zeros(bsz, 1, dtype=f64)
-        ctx_w = torch.zeros(bsz, 1, max(c, 1), dtype=f64)
-        ctx_n = torch.zeros(bsz, dtype=torch.long)
-    else:
-        context = context.expand(batch + context.shape[-2:])
-        real = event_mask(context).reshape(bsz, -1)
-        ctx_t = context[..., 0].reshape(bsz, -1).to(f64).contiguous()
-        ctx_w = context[..., 1 : 1 + c].reshape(bsz, -1, c).to(f64).contiguous()
-        ctx_n = real.sum(-1)
-        if bool((real[:, 1:] & ~real[:, :-1]).any()):  # real rows must come first (validated contexts do)
-            raise ValueError("context has real events after padding rows; put padding rows last")
-    seeds = torch.randint(0, 2**31 - 1, (bsz,), dtype=torch.long)
-    out_t = torch.zeros(bsz, max_events, dtype=f64)
-    out_k = torch.zeros(bsz, max_events, dtype=torch.long)
-    count = torch.zeros(bsz, dtype=torch.long)
+    buf = ogata_buffers(duration, context, intensity.num_context_marks, max_events)
     numba_threads()
-    hawkes_ogata(seeds.numpy(), duration.detach().to(f64).expand(batch).reshape(bsz).contiguous().numpy(),
-                     base.numpy(), gain.numpy(), beta.numpy(), uniform, ctx_t.numpy(), ctx_w.numpy(), ctx_n.numpy(),
-                     out_t.numpy(), out_k.numpy(), count.numpy())
-    if bool((count < 0).any()):
-        raise ValueError(f"a sequence exceeded max_events={max_events} events; pass a larger max_events")
-    mask = torch.arange(max_events) < count.unsqueeze(-1)
-    weights = torch.nn.functional.one_hot(out_k, k).to(dtype) * mask.unsqueeze(-1).to(dtype)
-    times = out_t.to(dtype).reshape(batch + (max_events,))
-    value = pad_realization(times, weights.reshape(batch + (max_events, k)),
-                            times.new_zeros(batch + (max_events,)), duration)
-    return value.to(duration.device)
+    hawkes_ogata(*(buf[name].numpy() for name in ("seeds", "duration")), base.numpy(), gain.numpy(), beta.numpy(),
+                 uniform, *(buf[name].numpy() for name in ("ctx_t", "ctx_w", "ctx_n", "out_t", "out_k", "count")))
+    return ogata_realization(buf, k, duration, max_events)

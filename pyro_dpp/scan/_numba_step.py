@@ -11,6 +11,7 @@ import math
 import os
 
 import numba as nb
+import numpy as np
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # the kernels run one parallel loop per call; OpenMP's idle workers spin between calls, which
@@ -81,3 +82,19 @@ def adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw
         gi = grad_logs[b, s, i] + grad_marks[b, s, i] * yi
         direct = (gi - yi * total) * inv_t - qr * gz_rest
         glr[b, s, i] = direct + c * (yi * gw[i] + (qr * y_rest - yi) * yw)
+
+
+@nb.njit(inline="always", **OPTS)
+def ogata_mark(rates, total, new_total):
+    """Ogata's acceptance at a proposal: with ``total`` the bound it was drawn from and ``new_total``
+    (``rates``: K) the summed rates there, the accepted mark, drawn in proportion to the rates
+    (one uniform number for both decisions), or -1 for a rejection."""
+    v = np.random.random() * total
+    if v >= new_total:
+        return -1
+    mark = 0
+    acc = rates[0]
+    while mark < rates.shape[0] - 1 and v >= acc:
+        mark += 1
+        acc += rates[mark]
+    return mark

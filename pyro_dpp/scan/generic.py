@@ -13,7 +13,10 @@ keeping the state only every ``k`` steps (default ``ceil(sqrt(S))``). Its backwa
 under autograd, and pulls the cotangents of that segment's marks and log-weights, plus the state
 cotangent handed back by the segment after it, through the user's own ``log_rates`` / ``update``
 with one :func:`torch.autograd.grad` call per segment. Memory: O(S / k) checkpointed states plus
-one segment's graph (O(k) steps), instead of S step graphs.
+one segment's graph (O(k) steps), instead of S step graphs. A scan whose whole graph is small
+(estimated under :data:`GRAPH_BUDGET_BYTES`: short time lines, small states) keeps it instead, as
+the reference loop does: the recomputation would double the forward work to save memory that is
+not short (see ``benchmarks/bench_generic.py``).
 
 Gradients reach every tensor the intensity's computation depends on that requires grad: the
 intensity's tensors are found by walking the module (its ``__dict__``, parameters, buffers,
@@ -45,15 +48,27 @@ from ..intensity.base import Intensity, State
 from ..past import full_width
 from .step import log_probs, step_marks
 
+#: A scan whose graph is estimated (:func:`graph_bytes`) under this many bytes keeps its graph instead of
+#: checkpointing (the recomputation would cost a second forward pass for memory that is not short).
+GRAPH_BUDGET_BYTES = 256 * 2**20
+
+
+def graph_bytes(leaves: list[torch.Tensor], steps: int, outputs: int) -> int:
+    """A generous estimate of the autograd graph of ``steps`` steps: per step, eight copies of the state
+    (``leaves``) and of the step's ``outputs`` (bytes), plus 16 KiB of autograd bookkeeping."""
+    state = sum(x.numel() * x.element_size() for x in leaves)
+    return steps * (8 * (state + outputs) + 16 * 2**10)
+
 
 def default_checkpoint_every(steps: int) -> int:
     """``ceil(sqrt(steps))``: O(sqrt(S)) checkpoints and O(sqrt(S)) steps per recomputed segment."""
     return max(1, math.ceil(math.sqrt(max(steps, 1))))
 
 
-def intensity_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
-    """The tensors requiring grad that ``module`` holds: its parameters and buffers, tensors in its
-    ``__dict__`` (leaf or not), in its submodules, and in lists, tuples and dicts of those, each once."""
+def intensity_tensors(module: torch.nn.Module, requiring_grad: bool = True) -> list[torch.Tensor]:
+    """The tensors requiring grad (all of them if not ``requiring_grad``) that ``module`` holds: its
+    parameters and buffers, tensors in its ``__dict__`` (leaf or not), in its submodules, and in lists,
+    tuples and dicts of those, each once."""
     found: list[torch.Tensor] = []
     seen: set[int] = set()
     stack: list[Any] = [module]
@@ -63,7 +78,7 @@ def intensity_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
             continue
         seen.add(id(obj))
         if isinstance(obj, torch.Tensor):
-            if obj.requires_grad:
+            if obj.requires_grad or not requiring_grad:
                 found.append(obj)
         elif isinstance(obj, torch.nn.Module):
             stack.extend(reversed(list(vars(obj).values())))
@@ -161,27 +176,31 @@ class _Plan:
 
 
 def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w: torch.Tensor,
-         bound: torch.Tensor) -> tuple[State, list, list, list, list]:
+         bound: torch.Tensor) -> tuple[State, list, list, list, list, list]:
     """Steps ``lo .. hi-1`` from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x (K+C)) are the
     segment's. Returns the state after the segment and per-step marks, log-weights, summed rates over
-    the bound and history weights."""
+    the bound, history weights and log-rates."""
     intensity, k = plan.intensity, plan.intensity.num_marks
     log_bound = torch.log(bound).unsqueeze(-1)
     # per-step views in one call each (indexing inside the loop costs a dispatch per step and tensor)
     cands = plan.cand[..., lo:hi, :].unbind(-2)
     ctx_hists = (ctx_w * plan.ctx[..., lo:hi, :]).unbind(-2)
     noises = plan.noise[..., lo:hi, :].unbind(-2)
-    ys, logs, ratios, hists = [], [], [], []
+    ys, logs, ratios, hists, log_rates = [], [], [], [], []
     for t, cand, ctx_hist, noise in zip(times.unbind(-1), cands, ctx_hists, noises):
-        log_pi, ratio = log_probs(intensity.log_rates(state, t), log_bound)  # batch x (K+1), batch
+        log_rate = intensity.log_rates(state, t)  # batch x K
+        log_pi, ratio = log_probs(log_rate, log_bound)  # batch x (K+1), batch
         y, log_y = step_marks(log_pi, noise, plan.inv_t, plan.relaxed, plan.straight_through)
-        weights = torch.cat([y[..., :k] * cand + ctx_hist[..., :k], ctx_hist[..., k:]], -1)
+        weights = y[..., :k] * cand + ctx_hist[..., :k]
+        if ctx_hist.shape[-1] > k:
+            weights = torch.cat([weights, ctx_hist[..., k:]], -1)
         state = intensity.update(state, t, weights)
         ys.append(y)
         logs.append(log_y)
         ratios.append(ratio)
         hists.append(weights)
-    return state, ys, logs, ratios, hists
+        log_rates.append(log_rate)
+    return state, ys, logs, ratios, hists, log_rates
 
 
 def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w: torch.Tensor,
@@ -196,7 +215,7 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w
     # (dtypes from the first segment: the intensity's, which may differ from the time line's)
     if not steps:
         empty = times.new_zeros(batch + (0, k + 1))
-        return empty, empty, times.new_zeros(batch + (0, d)), times.new_zeros(batch + (0,))
+        return empty, empty, times.new_zeros(batch + (0, d)), times.new_zeros(batch + (0,)), empty[..., :k]
     out = None
     for lo in range(0, steps, plan.every):
         hi = min(steps, lo + plan.every)
@@ -208,30 +227,31 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w
             out = [p.new_empty(p.shape[:len(batch)] + (steps,) + p.shape[len(batch) + 1:]) for p in parts]
         for o, p in zip(out, parts):
             o[(..., slice(lo, hi)) + (slice(None),) * (p.dim() - len(batch) - 1)] = p
-    marks, logs, ratios, hists = out
-    return marks, logs, hists, ratios
+    marks, logs, ratios, hists, log_rates = out
+    return marks, logs, hists, ratios, log_rates
 
 
 class _GenericScan(torch.autograd.Function):
     """Inputs: the plan, then the initial state's leaves, the intensity's tensors, ``times``, ``ctx_w``
     and ``bound``. Outputs: marks, log-weights (differentiable), history weights and summed rates over
-    the bound."""
+    the bound, and the log-rates (differentiable; for :mod:`pyro_dpp.scan.reuse`)."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, *inputs: torch.Tensor):  # noqa: D102
         n = plan.num_state + plan.num_params
         times, ctx_w, bound = inputs[n:]
         checkpoints: list = []
-        marks, logs, hists, ratios = _forward(plan, list(inputs[: plan.num_state]), times, ctx_w, bound, checkpoints)
+        marks, logs, hists, ratios, log_rates = _forward(plan, list(inputs[: plan.num_state]), times, ctx_w, bound,
+                                                         checkpoints)
         plan.stats.update(steps=times.shape[-1], every=plan.every, checkpoints=len(checkpoints))
         ctx.plan, ctx.checkpoints = plan, checkpoints
         ctx.save_for_backward(times, ctx_w, bound)
         ctx.mark_non_differentiable(hists, ratios)
-        return marks, logs, hists, ratios
+        return marks, logs, hists, ratios, log_rates
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_marks, grad_logs, _grad_hists, _grad_ratios):  # noqa: D102
+    def backward(ctx, grad_marks, grad_logs, _grad_hists, _grad_ratios, grad_log_rates):  # noqa: D102
         plan, checkpoints = ctx.plan, ctx.checkpoints
         times, ctx_w, bound = ctx.saved_tensors
         need_times, need_ctx, need_bound = ctx.needs_input_grad[-3:]
@@ -251,9 +271,9 @@ class _GenericScan(torch.autograd.Function):
                 seg_ctx = ctx_w[..., lo:hi, :].detach().requires_grad_(need_ctx)
                 seg_bound = bound.detach().requires_grad_(need_bound)
                 state = pytree.tree_unflatten(list(leaves), plan.spec)
-                end, ys, logs, _, _ = _run(plan, state, lo, hi, seg_times, seg_ctx, seg_bound)
+                end, ys, logs, _, _, log_rates = _run(plan, state, lo, hi, seg_times, seg_ctx, seg_bound)
                 outs, cotangents = [], []
-                for parts, g in ((ys, grad_marks), (logs, grad_logs)):
+                for parts, g in ((ys, grad_marks), (logs, grad_logs), (log_rates, grad_log_rates)):
                     if g is not None:
                         outs.append(torch.stack(parts, -2))
                         cotangents.append(g[..., lo:hi, :])
@@ -280,7 +300,8 @@ class _GenericScan(torch.autograd.Function):
 def generic_scan(
     intensity: Intensity, times: torch.Tensor, is_cand: torch.Tensor, is_ctx: torch.Tensor, ctx_w: torch.Tensor,
     gumbel: torch.Tensor, bound: torch.Tensor, temperature: float, straight_through: bool,
-    checkpoint_every: int | None = None, stats: dict | None = None,
+    checkpoint_every: int | None = None, stats: dict | None = None, log_rates: list | None = None,
+    graph_budget: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thinning scan of any intensity on a merged time line, without a per-step autograd graph
     (the contract of :func:`pyro_dpp.scan.engine.scan`; see :func:`pyro_dpp.thinning._scan`).
@@ -293,10 +314,16 @@ def generic_scan(
         (context events only) is read with zero modelled columns.
     :param gumbel: ``batch x S x (K+1)`` the Gumbel noise of every step.
     :param bound: ``batch`` the constant bound.
-    :param int checkpoint_every: steps per checkpointed segment (default ``ceil(sqrt(S))``).
+    :param int checkpoint_every: steps per checkpointed segment (default ``ceil(sqrt(S))``); when
+        given, the scan always checkpoints.
+    :param int graph_budget: without ``checkpoint_every``, a scan whose graph is estimated
+        (:func:`graph_bytes`) under this many bytes (default :data:`GRAPH_BUDGET_BYTES`) keeps its
+        graph instead: one forward pass under autograd, no recomputation (``stats["graph"]``).
     :param dict stats: if given, filled with the checkpoint bookkeeping (``steps``, ``every``,
         ``checkpoints``; after a backward pass ``recomputed_segments``, ``longest_segment``,
         ``recomputed_steps``).
+    :param list log_rates: if given, the log-rates on the time line (``batch x S x K``, differentiable
+        like the marks) are appended to it (for :mod:`pyro_dpp.scan.reuse`).
     :returns: ``marks`` and ``log_weights`` on the time line (``batch x S x (K+1)``, before candidate
         selection), the history weights (``batch x S x (K+C)``) and the summed rates (``batch x S``).
     """
@@ -313,8 +340,20 @@ def generic_scan(
                  bool(straight_through), every, {} if stats is None else stats)
     ctx_w = full_width(ctx_w, intensity.num_marks, intensity.num_history_marks)
     inputs = [*leaves, *params, times, ctx_w, bound]
-    if grad and any(x.requires_grad for x in inputs):
-        marks, logs, hists, ratios = _GenericScan.apply(plan, *inputs)
+    per_step = 2 * intensity.num_marks + 2 + intensity.num_history_marks  # marks, log-weights, history weights
+    outputs = times[..., :1].numel() * per_step * times.element_size()
+    budget = GRAPH_BUDGET_BYTES if graph_budget is None else graph_budget
+    if grad and steps and checkpoint_every is None and graph_bytes(leaves, steps, outputs) <= budget:
+        # small enough to keep the graph: one forward pass under autograd, as the reference loop (every
+        # tensor the computation uses gets its gradient)
+        state = pytree.tree_unflatten(list(leaves), spec)
+        _, *parts = _run(plan, state, 0, steps, times, ctx_w, bound)
+        marks, logs, hists, rates_log = (torch.stack(parts[i], -2) for i in (0, 1, 3, 4))
+        ratios = torch.stack(parts[2], -1).detach()
+        hists = hists.detach()
+        plan.stats.update(steps=steps, every=steps, checkpoints=0, graph=True)
+    elif grad and any(x.requires_grad for x in inputs):
+        marks, logs, hists, ratios, rates_log = _GenericScan.apply(plan, *inputs)
     else:
         if grad and steps:
             # nothing the scan can see requires grad: a parameter the intensity closes over without
@@ -323,7 +362,9 @@ def generic_scan(
                 if intensity.log_rates(pytree.tree_unflatten(list(leaves), spec), times[..., 0]).requires_grad:
                     raise _hidden_tensor("")
         with torch.no_grad():
-            marks, logs, hists, ratios = _forward(plan, leaves, times, ctx_w, bound, None)
+            marks, logs, hists, ratios, rates_log = _forward(plan, leaves, times, ctx_w, bound, None)
         plan.stats.update(steps=steps, every=every, checkpoints=0)
+    if log_rates is not None:
+        log_rates.append(rates_log)
     # the summed rates, as the engine returns them (the caller's bound check divides by the bound)
     return marks, logs, hists, ratios * bound.detach().unsqueeze(-1)
