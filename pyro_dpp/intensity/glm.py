@@ -160,6 +160,11 @@ class GLM(Intensity):
         poly = getattr(self.basis, "polynomial_coefficients", None)
         if poly is None or self.future is not None:
             return None
+        whole = getattr(self.basis, "polynomial_compensator", None)
+        if whole is not None:
+            total = whole(times, weights, centre, half, self.weight, self.bias, self.amplitude, self.activation, nodes)
+            if total is not None:
+                return total
         fused = getattr(self.basis, "polynomial_potential", None)
         coef = None if fused is None else fused(times, weights, centre, self.weight)  # batch x P x 3 x K
         if coef is None:
