@@ -147,6 +147,11 @@ class GLM(Intensity):
 
     def _potential(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``batch x Q x K`` membrane potential at ``query`` from a whole history."""
+        fused = getattr(self.basis, "polynomial_potential", None)
+        coef = None if fused is None else fused(times, weights, query, self.weight)  # batch x Q x 3 x K
+        if coef is not None:  # the kernel projects the events onto the targets: O(L K) per query
+            potential = self.bias.unsqueeze(-2) + coef[..., 0, :].to(self.bias.dtype)
+            return potential + self._anticausal(query)
         features = self.basis.features(times, weights, query)  # batch x Q x L x D
         potential = self.bias.unsqueeze(-2) + torch.einsum("...qld,...lkd->...qk", features, self.weight)
         return potential + self._anticausal(query)
