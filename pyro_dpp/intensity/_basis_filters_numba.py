@@ -109,6 +109,7 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
         # Epanechnikov: moments of the window's events about ref, in float64 (O(1) per step)
         sums = np.zeros((num, 3, sources if store else 1), np.float64)
         psums = np.zeros((num, 3, k_marks), np.float64)
+        ptr = np.zeros((num, k_marks), keys.dtype)
         ref = np.zeros(num, np.float64)
         last = np.zeros(num, np.int64)
         vq = np.zeros(num, np.float64)
@@ -117,12 +118,23 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
         for s in range(steps):
             t = keys[b, s]
             if kind == EXPONENTIAL:
+                # per-target traces (O(K) per nonzero weight pushed, O(L K) per step); the
+                # per-source traces only where the surrogate needs them (store)
                 for q in range(num):
                     g = decay[b, s, q]
-                    for d in range(sources):
-                        if s > 0:
-                            f[q, d] += hist[b, s - 1, d]
-                        f[q, d] *= g
+                    if s > 0:
+                        for d in range(sources):
+                            x = hist[b, s - 1, d]
+                            if x != 0:
+                                for k in range(k_marks):
+                                    ptr[q, k] += wb[k, q, d] * x
+                    for k in range(k_marks):
+                        ptr[q, k] *= g
+                    if store:
+                        for d in range(sources):
+                            if s > 0:
+                                f[q, d] += hist[b, s - 1, d]
+                            f[q, d] *= g
             elif kind == EPANECHNIKOV:
                 # per-target drive state: the window moments of the events projected onto the
                 # targets (O(K) per nonzero weight entering or leaving, O(L K) per step); the
@@ -175,6 +187,9 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
                 if kind == EPANECHNIKOV:
                     for q in range(num):
                         u += _epan_from_moments(psums, q, vq[q], width, k)
+                elif kind == EXPONENTIAL:
+                    for q in range(num):
+                        u += ptr[q, k]
                 else:
                     for q in range(num):
                         for d in range(sources):
@@ -202,7 +217,7 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
         ref = np.zeros(num, np.float64)
         last = np.full(num, steps, np.int64)
         wb = weight[b]
-        r = np.zeros((num, sources), keys.dtype)
+        r = np.zeros((num, k_marks), keys.dtype)
         gw = np.empty(sources, keys.dtype)
         g = np.empty(k_marks, keys.dtype)
         ys = np.empty(k_marks + 1, keys.dtype)
@@ -211,14 +226,20 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
             for d in range(sources):
                 gw[d] = 0.0
             if kind == EXPONENTIAL:
+                # per-target traces of the later drive cotangents (O(L K) per step); a candidate's
+                # own weights take them through the filter weights (O(L K^2), K its marks)
                 if s + 1 < steps:
                     for q in range(num):
                         dq = decay[b, s + 1, q]
-                        for d in range(sources):
-                            r[q, d] *= dq
-                for q in range(num):
-                    for d in range(sources):
-                        gw[d] += r[q, d]
+                        for k in range(k_marks):
+                            r[q, k] *= dq
+                if cand[b, s] != 0:
+                    for q in range(num):
+                        for k in range(k_marks):
+                            e = r[q, k]
+                            if e != 0.0:
+                                for d in range(k_marks):
+                                    gw[d] += wb[k, q, d] * e
             elif kind == EPANECHNIKOV:
                 for q in range(num):
                     # add the events that enter at the near end before removing those that leave
@@ -260,15 +281,17 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                 for k in range(k_marks):
                     gq[s, k] = g[k]
                 continue
+            if kind == EXPONENTIAL:
+                for q in range(num):
+                    for k in range(k_marks):
+                        r[q, k] += g[k]
+                continue
             for q in range(num):
                 for d in range(sources):
                     v = 0.0
                     for k in range(k_marks):
                         v += weight[b, k, q, d] * g[k]
-                    if kind == EXPONENTIAL:
-                        r[q, d] += v
-                    else:
-                        back[q, s, d] = v
+                    back[q, s, d] = v
 
 
 def _np(x: torch.Tensor):
