@@ -1,7 +1,9 @@
 """numba twins of the Epanechnikov scoring features (:meth:`pyro_dpp.intensity.basis.EpanechnikovBasis.
 polynomial_features` and its fused potential), CPU: block-relative prefix sums of ``w``, ``w t`` and
 ``w t^2``, one pass per sequence, with autograd wrappers (gradients with respect to the weights by
-adjoint kernels).
+adjoint kernels). The potential and the compensator (:func:`epan_compensator`, the GLM's
+Gauss-Legendre integrals fused with the potential) take the prefix sums of the event weights
+projected onto the targets, so a query costs O(L K) whatever the number of sources.
 """
 
 from __future__ import annotations
