@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .events import event_mask
+from .intensity._support import SupportWindows
 from .intensity.base import Intensity, safe_log
 from .relaxed import carried_log_weights, plain
 from .scan.backend import get_backend
@@ -101,7 +102,9 @@ def evaluate(intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, q
     fn = intensity.log_forward if log else intensity
     if query.shape[-1] <= _QUERY_CHUNK:
         return fn(times, weights, query)
-    parts = [fn(times, weights, q) for q in query.split(_QUERY_CHUNK, dim=-1)]
+    # a kernel of finite support: each chunk sees only the events within it (linear total cost)
+    windows = SupportWindows(times, weights, intensity.history_support())
+    parts = [fn(*windows.covering(q, q), q) for q in query.split(_QUERY_CHUNK, dim=-1)]
     return torch.cat(parts, -2)
 
 
@@ -141,13 +144,16 @@ def quadrature_compensator(
     times = times.gather(-1, order)
     weights = weights.expand(batch + weights.shape[-2:]).gather(
         -2, order.unsqueeze(-1).expand(order.shape + weights.shape[-1:]))
+    # a kernel of finite support: each chunk sees only the events within it (linear total cost)
+    windows = SupportWindows(times, weights, intensity.history_support(), presorted=True)
     total = 0.0
     chunk = max(1, _QUERY_CHUNK // nodes)
     for c, h in zip(centre.split(chunk, -1), half.split(chunk, -1)):
-        part = intensity.integrate_intervals(times, weights, c, h, nodes)
+        near_t, near_w = windows.covering(c - h, c + h)
+        part = intensity.integrate_intervals(near_t, near_w, c, h, nodes)
         if part is None:
             query = c.unsqueeze(-1) + h.unsqueeze(-1) * x  # batch x P x nodes
-            rates = evaluate(intensity, times, weights, query.flatten(-2)).sum(-1).reshape(query.shape)
+            rates = evaluate(intensity, near_t, near_w, query.flatten(-2)).sum(-1).reshape(query.shape)
             part = (rates * h.unsqueeze(-1) * w).sum((-1, -2))
         total = total + part
     return total

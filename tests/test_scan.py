@@ -146,7 +146,7 @@ def test_engine_matches_reference(name, mode, with_context, batched, backend):
 @needs_numba
 def test_numba_epanechnikov_window_moments_over_long_sequences():
     """The numba scan keeps each Epanechnikov window as running moments (added and removed as events
-    enter and leave, recomputed every 32 steps), in both passes: over hundreds of steps with dozens
+    enter and leave, recomputed every max(32, window) steps), in both passes: over hundreds of steps with dozens
     of events per window it agrees with the reference window sums to float64 rounding."""
     gen = torch.Generator().manual_seed(1)
     weight = (torch.randn(3, 2, 3, generator=gen, dtype=DT) * 0.8).requires_grad_()

@@ -38,8 +38,8 @@ def _phi(kind, lag, c, width, scale, offset):
     return 0.0
 
 
-#: Steps between recomputations of the Epanechnikov window sums from scratch (bounds the float
-#: error that adding and removing events accumulates).
+#: Least steps between recomputations of the Epanechnikov window sums from scratch (bounds the
+#: float error that adding and removing events accumulates; see :func:`_due`).
 _REBASE = 32
 
 
@@ -54,20 +54,37 @@ def _add_moments(sums, q, u, w, sign):
 
 
 @nb.njit(inline="always", **OPTS)
-def _recentre(sums, ref, q, t, s, keys, lo, hi, weights):
-    """Move window ``q``'s moments to the origin ``t`` where that is cheap or due: an empty window
-    gets exact zeros; every ``_REBASE`` steps the moments of events ``lo .. hi - 1`` (``weights``:
-    steps x sources) are recomputed from scratch, so that adding and removing events does not
-    accumulate float error. The reverse pass starts with an empty window, so both passes start
-    centred on their first time."""
-    if lo == hi:
-        ref[q] = t
-        sums[q] = 0.0
-    elif s % _REBASE == 0:
-        ref[q] = t
-        sums[q] = 0.0
-        for n in range(lo, hi):
-            _add_moments(sums, q, keys[n] - t, weights[n], 1.0)
+def _add_projected(sums, q, u, w, weight, sign):
+    """``sums[q, :, k] += sign * v_k (1, u, u^2)`` with ``v_k = sum_d weight[k, q, d] w_d``: the
+    window moments of one event projected onto the targets, O(K) per nonzero weight (a one-hot
+    event costs O(K), not O(K D))."""
+    for d in range(w.shape[0]):
+        x = w[d]
+        if x != 0:
+            x *= sign
+            for k in range(weight.shape[0]):
+                v = x * weight[k, q, d]
+                sums[q, 0, k] += v
+                sums[q, 1, k] += v * u
+                sums[q, 2, k] += v * u * u
+
+
+@nb.njit(inline="always", **OPTS)
+def _add_plain(sums, q, u, g, sign):
+    """``sums[q, :, k] += sign * g_k (1, u, u^2)``."""
+    for k in range(g.shape[0]):
+        v = sign * g[k]
+        sums[q, 0, k] += v
+        sums[q, 1, k] += v * u
+        sums[q, 2, k] += v * u * u
+
+
+@nb.njit(inline="always", **OPTS)
+def _due(s, last, q, count):
+    """Whether window ``q`` is recomputed from scratch at step ``s``: every ``_REBASE`` steps, or
+    every ``count`` steps for a window of ``count`` events, so that the recomputation costs O(1)
+    per step amortized however many events the support holds."""
+    return abs(s - last[q]) >= max(_REBASE, count)
 
 
 @nb.njit(inline="always", **OPTS)
@@ -90,30 +107,64 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
         f = np.zeros((num, sources), keys.dtype)
         z = np.empty(k_marks + 1, keys.dtype)
         # Epanechnikov: moments of the window's events about ref, in float64 (O(1) per step)
-        sums = np.zeros((num, 3, sources), np.float64)
+        sums = np.zeros((num, 3, sources if store else 1), np.float64)
+        psums = np.zeros((num, 3, k_marks), np.float64)
+        ptr = np.zeros((num, k_marks), keys.dtype)
         ref = np.zeros(num, np.float64)
+        last = np.zeros(num, np.int64)
+        vq = np.zeros(num, np.float64)
+        wb = weight[b]
         la, a = log_amp[b], amp[b]
         for s in range(steps):
             t = keys[b, s]
             if kind == EXPONENTIAL:
+                # per-target traces (O(K) per nonzero weight pushed, O(L K) per step); the
+                # per-source traces only where the surrogate needs them (store)
                 for q in range(num):
                     g = decay[b, s, q]
-                    for d in range(sources):
-                        if s > 0:
-                            f[q, d] += hist[b, s - 1, d]
-                        f[q, d] *= g
+                    if s > 0:
+                        for d in range(sources):
+                            x = hist[b, s - 1, d]
+                            if x != 0:
+                                for k in range(k_marks):
+                                    ptr[q, k] += wb[k, q, d] * x
+                    for k in range(k_marks):
+                        ptr[q, k] *= g
+                    if store:
+                        for d in range(sources):
+                            if s > 0:
+                                f[q, d] += hist[b, s - 1, d]
+                            f[q, d] *= g
             elif kind == EPANECHNIKOV:
+                # per-target drive state: the window moments of the events projected onto the
+                # targets (O(K) per nonzero weight entering or leaving, O(L K) per step); the
+                # per-source features only where the surrogate needs them (store)
                 for q in range(num):
                     while hi[q] < s and keys[b, hi[q]] < t - low[q]:
-                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], hist[b, hi[q]], 1.0)
+                        n = hi[q]
+                        _add_projected(psums, q, keys[b, n] - ref[q], hist[b, n], wb, 1.0)
+                        if store:
+                            _add_moments(sums, q, keys[b, n] - ref[q], hist[b, n], 1.0)
                         hi[q] += 1
                     while lo[q] < hi[q] and keys[b, lo[q]] <= t - high[q]:
-                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], hist[b, lo[q]], -1.0)
+                        n = lo[q]
+                        _add_projected(psums, q, keys[b, n] - ref[q], hist[b, n], wb, -1.0)
+                        if store:
+                            _add_moments(sums, q, keys[b, n] - ref[q], hist[b, n], -1.0)
                         lo[q] += 1
-                    _recentre(sums, ref, q, t, s, keys[b], lo[q], hi[q], hist[b])
-                    v = t - centres[q] - ref[q]
-                    for d in range(sources):
-                        f[q, d] = _epan_from_moments(sums, q, v, width, d)
+                    if lo[q] == hi[q] or _due(s, last, q, hi[q] - lo[q]):
+                        ref[q] = t
+                        last[q] = s
+                        psums[q] = 0.0
+                        sums[q] = 0.0
+                        for n in range(lo[q], hi[q]):
+                            _add_projected(psums, q, keys[b, n] - t, hist[b, n], wb, 1.0)
+                            if store:
+                                _add_moments(sums, q, keys[b, n] - t, hist[b, n], 1.0)
+                    vq[q] = t - centres[q] - ref[q]
+                    if store:
+                        for d in range(sources):
+                            f[q, d] = _epan_from_moments(sums, q, vq[q], width, d)
             else:
                 for q in range(num):
                     while hi[q] < s and keys[b, hi[q]] < t - low[q]:
@@ -133,9 +184,16 @@ def glm_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, const,
                         feats[b, s, q, d] = f[q, d]
             for k in range(k_marks):
                 u = const[b, s, k]
-                for q in range(num):
-                    for d in range(sources):
-                        u += weight[b, k, q, d] * f[q, d]
+                if kind == EPANECHNIKOV:
+                    for q in range(num):
+                        u += _epan_from_moments(psums, q, vq[q], width, k)
+                elif kind == EXPONENTIAL:
+                    for q in range(num):
+                        u += ptr[q, k]
+                else:
+                    for q in range(num):
+                        for d in range(sources):
+                            u += weight[b, k, q, d] * f[q, d]
                 if store:
                     drive[b, s, k] = u
                 log_pi[b, s, k] = log_act(u, act, la, a) - log_bound[b]
@@ -152,10 +210,14 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
     for b in nb.prange(bsz):
         lo = np.full(num, steps, np.int64)
         hi = np.full(num, steps, np.int64)
-        back = np.zeros((num, steps if kind != EXPONENTIAL else 1, sources), keys.dtype)
-        sums = np.zeros((num, 3, sources), np.float64)
+        back = np.zeros((num, steps if kind == RAISED_COSINE else 1, sources), keys.dtype)
+        # Epanechnikov: the drive cotangents of later steps (K per step) and their window moments
+        gq = np.zeros((steps if kind == EPANECHNIKOV else 1, k_marks), keys.dtype)
+        sums = np.zeros((num, 3, k_marks), np.float64)
         ref = np.zeros(num, np.float64)
-        r = np.zeros((num, sources), keys.dtype)
+        last = np.full(num, steps, np.int64)
+        wb = weight[b]
+        r = np.zeros((num, k_marks), keys.dtype)
         gw = np.empty(sources, keys.dtype)
         g = np.empty(k_marks, keys.dtype)
         ys = np.empty(k_marks + 1, keys.dtype)
@@ -164,28 +226,43 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
             for d in range(sources):
                 gw[d] = 0.0
             if kind == EXPONENTIAL:
+                # per-target traces of the later drive cotangents (O(L K) per step); a candidate's
+                # own weights take them through the filter weights (O(L K^2), K its marks)
                 if s + 1 < steps:
                     for q in range(num):
                         dq = decay[b, s + 1, q]
-                        for d in range(sources):
-                            r[q, d] *= dq
-                for q in range(num):
-                    for d in range(sources):
-                        gw[d] += r[q, d]
+                        for k in range(k_marks):
+                            r[q, k] *= dq
+                if cand[b, s] != 0:
+                    for q in range(num):
+                        for k in range(k_marks):
+                            e = r[q, k]
+                            if e != 0.0:
+                                for d in range(k_marks):
+                                    gw[d] += wb[k, q, d] * e
             elif kind == EPANECHNIKOV:
                 for q in range(num):
                     # add the events that enter at the near end before removing those that leave
                     # at the far end: after a long gap one event can do both in this step
                     while lo[q] > s + 1 and keys[b, lo[q] - 1] > t + low[q]:
                         lo[q] -= 1
-                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], back[q, lo[q]], 1.0)
+                        _add_plain(sums, q, keys[b, lo[q]] - ref[q], gq[lo[q]], 1.0)
                     while hi[q] > lo[q] and keys[b, hi[q] - 1] >= t + high[q]:
                         hi[q] -= 1
-                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], back[q, hi[q]], -1.0)
-                    _recentre(sums, ref, q, t, s, keys[b], lo[q], hi[q], back[q])
-                    v = t + centres[q] - ref[q]
-                    for d in range(sources):
-                        gw[d] += _epan_from_moments(sums, q, v, width, d)
+                        _add_plain(sums, q, keys[b, hi[q]] - ref[q], gq[hi[q]], -1.0)
+                    if lo[q] == hi[q] or _due(s, last, q, hi[q] - lo[q]):
+                        ref[q] = t
+                        last[q] = s
+                        sums[q] = 0.0
+                        for n in range(lo[q], hi[q]):
+                            _add_plain(sums, q, keys[b, n] - t, gq[n], 1.0)
+                    if cand[b, s] != 0:  # only a candidate's own weights take this cotangent
+                        v = t + centres[q] - ref[q]
+                        for k in range(k_marks):
+                            e = _epan_from_moments(sums, q, v, width, k)
+                            if e != 0.0:
+                                for d in range(k_marks):
+                                    gw[d] += wb[k, q, d] * e
             else:
                 for q in range(num):
                     while hi[q] > s + 1 and keys[b, hi[q] - 1] >= t + high[q]:
@@ -200,15 +277,21 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
             adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
             for k in range(k_marks):
                 g[k] = glr[b, s, k] * dlog_act(drive[b, s, k], act)
+            if kind == EPANECHNIKOV:
+                for k in range(k_marks):
+                    gq[s, k] = g[k]
+                continue
+            if kind == EXPONENTIAL:
+                for q in range(num):
+                    for k in range(k_marks):
+                        r[q, k] += g[k]
+                continue
             for q in range(num):
                 for d in range(sources):
                     v = 0.0
                     for k in range(k_marks):
                         v += weight[b, k, q, d] * g[k]
-                    if kind == EXPONENTIAL:
-                        r[q, d] += v
-                    else:
-                        back[q, s, d] = v
+                    back[q, s, d] = v
 
 
 def _np(x: torch.Tensor):

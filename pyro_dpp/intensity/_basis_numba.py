@@ -1,7 +1,9 @@
 """numba twins of the Epanechnikov scoring features (:meth:`pyro_dpp.intensity.basis.EpanechnikovBasis.
 polynomial_features` and its fused potential), CPU: block-relative prefix sums of ``w``, ``w t`` and
 ``w t^2``, one pass per sequence, with autograd wrappers (gradients with respect to the weights by
-adjoint kernels).
+adjoint kernels). The potential and the compensator (:func:`epan_compensator`, the GLM's
+Gauss-Legendre integrals fused with the potential) take the prefix sums of the event weights
+projected onto the targets, so a query costs O(L K) whatever the number of sources.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from ..scan._numba_step import OPTS
 from ..scan.backend import numba_threads
+from ._glm_numba import ADAPTIVE_TOL, CODES, _gauss_tables, integrate_interval
 
 
 @nb.njit(inline="always", **OPTS)
@@ -194,62 +197,189 @@ def epan_features_grad(t, q, centres, width, block, order, grad_out, grad_w):
         _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
+@nb.njit(inline="always", **OPTS)
+def _projected_prefix(w, local, weight):
+    """``prefix[n, m, l, k] = sum_{e < n} v_elk u_e^m`` of the event weights projected onto the
+    targets, ``v_elk = sum_d weight[k, l, d] w_ed`` (``u = local``): O(L K) per nonzero weight, so a
+    one-hot event costs a gather, and a query then costs O(L K), not O(L K D)."""
+    n_events, sources = w.shape
+    k_marks, num = weight.shape[0], weight.shape[1]
+    prefix = np.zeros((n_events + 1, 3, num, k_marks))
+    for n in range(n_events):
+        u = local[n]
+        prefix[n + 1] = prefix[n]
+        for d in range(sources):
+            x = w[n, d]
+            if x != 0:
+                for i in range(num):
+                    for kk in range(k_marks):
+                        v = weight[kk, i, d] * x
+                        prefix[n + 1, 0, i, kk] += v
+                        prefix[n + 1, 1, i, kk] += v * u
+                        prefix[n + 1, 2, i, kk] += v * u * u
+    return prefix
+
+
+@nb.njit(inline="always", **OPTS)
+def _projected_adjoint(gp, local, w, weight, want_w, grad_w, grad_weight):
+    """Adjoint of :func:`_projected_prefix`: from the prefix cotangents ``gp`` the cotangent of
+    ``v_e`` is ``sum_{n > e} gp[n] . (1, u_e, u_e^2)``; then ``grad_w`` (if ``want_w``, written)
+    and ``grad_weight`` (written) through the projection."""
+    n_events, sources = w.shape
+    k_marks, num = weight.shape[0], weight.shape[1]
+    acc = np.zeros((3, num, k_marks))
+    gv = np.empty((num, k_marks))
+    grad_weight[:] = 0.0
+    for e in range(n_events - 1, -1, -1):
+        u = local[e]
+        acc += gp[e + 1]
+        for i in range(num):
+            for kk in range(k_marks):
+                gv[i, kk] = acc[0, i, kk] + u * (acc[1, i, kk] + u * acc[2, i, kk])
+        for d in range(sources):
+            x = w[e, d]
+            if want_w:
+                g = 0.0
+                for i in range(num):
+                    for kk in range(k_marks):
+                        g += gv[i, kk] * weight[kk, i, d]
+                grad_w[e, d] = g
+            if x != 0:
+                for i in range(num):
+                    for kk in range(k_marks):
+                        grad_weight[kk, i, d] += gv[i, kk] * x
+
+
 @nb.njit(parallel=True, **OPTS)
 def epan_potential(t, w, q, centres, width, block, weight, out):
     """``out[b, j, m, k] = sum_{l, d} weight[b, k, l, d] F^(m)_ld(q_j)``: the potential's quadratic
-    coefficients (bias excluded) without materialising the features of all queries."""
-    num, sources = centres.shape[0], w.shape[2]
+    coefficients (bias excluded) without materialising the features of all queries, from prefix
+    moments of the event weights projected onto the targets (:func:`_projected_prefix`)."""
+    num, k_marks = centres.shape[0], weight.shape[1]
+    h2 = width * width
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        prefix = _prefix_moments(w[b], local)
+        prefix = _projected_prefix(w[b], local, weight[b])
         bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for m in range(3):
-                for kk in range(weight.shape[1]):
-                    out[b, j, m, kk] = 0.0
+            out[b, j] = 0.0
             for i in range(num):
                 for p in range(counts[i]):
-                    for d in range(sources):
-                        f0, f1, f2 = _piece_features(prefix, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p],
-                                                     width * width)
-                        for kk in range(weight.shape[1]):
-                            wk = weight[b, kk, i, d]
-                            out[b, j, 0, kk] += wk * f0
-                            out[b, j, 1, kk] += wk * f1
-                            out[b, j, 2, kk] += wk * f2
+                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
+                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
+                    m10, m11 = -1.5 * a / h2, 1.5 / h2
+                    for kk in range(k_marks):
+                        s0 = prefix[stop, 0, i, kk] - prefix[start, 0, i, kk]
+                        s1 = prefix[stop, 1, i, kk] - prefix[start, 1, i, kk]
+                        s2 = prefix[stop, 2, i, kk] - prefix[start, 2, i, kk]
+                        out[b, j, 0, kk] += m00 * s0 + m01 * s1 + m02 * s2
+                        out[b, j, 1, kk] += m10 * s0 + m11 * s1
+                        out[b, j, 2, kk] += m02 * s0
 
 
 @nb.njit(parallel=True, **OPTS)
-def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, grad_w, grad_weight):
-    """Adjoint of :func:`epan_potential` with respect to the event weights and the filter weights."""
-    num, sources, k_marks = centres.shape[0], w.shape[2], weight.shape[1]
+def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, want_w, grad_w, grad_weight):
+    """Adjoint of :func:`epan_potential` with respect to the event weights (if ``want_w``) and the
+    filter weights: the cotangents of the projected prefix moments, then of the projection."""
+    num, k_marks = centres.shape[0], weight.shape[1]
+    h2 = width * width
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        prefix = _prefix_moments(w[b], local)
-        gp = np.zeros((t.shape[1] + 1, 3, sources))
-        gweight = np.zeros((k_marks, num, sources))
+        n_events = t.shape[1]
+        gp = np.zeros((n_events + 1, 3, num, k_marks))
         bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             for i in range(num):
                 for p in range(counts[i]):
                     start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    for d in range(sources):
-                        f0, f1, f2 = _piece_features(prefix, start, stop, d, a, width * width)
-                        g0 = 0.0
-                        g1 = 0.0
-                        g2 = 0.0
-                        for kk in range(k_marks):
-                            c0, c1, c2 = grad_out[b, j, 0, kk], grad_out[b, j, 1, kk], grad_out[b, j, 2, kk]
-                            gweight[kk, i, d] += c0 * f0 + c1 * f1 + c2 * f2
-                            wk = weight[b, kk, i, d]
-                            g0 += wk * c0
-                            g1 += wk * c1
-                            g2 += wk * c2
-                        _piece_scatter(gp, start, stop, d, a, width * width, g0, g1, g2)
-        grad_weight[b] = gweight
-        _prefix_moments_adjoint(gp, local, grad_w[b])
+                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
+                    m10, m11 = -1.5 * a / h2, 1.5 / h2
+                    for kk in range(k_marks):
+                        c0, c1, c2 = grad_out[b, j, 0, kk], grad_out[b, j, 1, kk], grad_out[b, j, 2, kk]
+                        a0 = m00 * c0 + m10 * c1 + m02 * c2
+                        a1 = m01 * c0 + m11 * c1
+                        a2 = m02 * c0
+                        gp[stop, 0, i, kk] += a0
+                        gp[start, 0, i, kk] -= a0
+                        gp[stop, 1, i, kk] += a1
+                        gp[start, 1, i, kk] -= a1
+                        gp[stop, 2, i, kk] += a2
+                        gp[start, 2, i, kk] -= a2
+        _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
+
+
+@nb.njit(parallel=True, **OPTS)
+def epan_compensator(t, w, q, half, centres, width, block, weight, bias, amp, act, nodes, x_table, w_table,
+                     adaptive, tol, want_grad, want_w, total, grad_w, grad_weight, grad_bias, grad_amp):
+    """``total[b]``: the Gauss-Legendre integrals of the GLM's summed intensity over the intervals
+    ``[q_j - half_j, q_j + half_j]`` (no event or kink inside), the potential a quadratic on each
+    (:func:`epan_potential` plus ``bias``), integrated by
+    :func:`pyro_dpp.intensity._glm_numba.integrate_interval` without materialising the
+    coefficients; with ``want_grad`` also its derivatives in the event weights (if ``want_w``), the
+    filter weights ``weight`` (``rows x K x L x D``), ``bias`` (``rows x K``) and ``amp`` (``rows``),
+    computed in the same pass (the adjoint needs only each interval's coefficient cotangents)."""
+    num, k_marks = centres.shape[0], weight.shape[1]
+    h2 = width * width
+    for b in nb.prange(t.shape[0]):
+        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
+        n_events = t.shape[1]
+        prefix = _projected_prefix(w[b], local, weight[b])
+        gp = np.zeros((n_events + 1 if want_grad else 1, 3, num, k_marks))
+        coef = np.empty((3, k_marks))
+        gcoef = np.empty((3, k_marks))
+        gbias = np.zeros(k_marks)
+        bounds, shifts, counts = pieces
+        acc = 0.0
+        ga = 0.0
+        for j in range(q.shape[1]):
+            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
+            for kk in range(k_marks):
+                coef[0, kk] = bias[b, kk]
+                coef[1, kk] = 0.0
+                coef[2, kk] = 0.0
+            for i in range(num):
+                for p in range(counts[i]):
+                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
+                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
+                    m10, m11 = -1.5 * a / h2, 1.5 / h2
+                    for kk in range(k_marks):
+                        s0 = prefix[stop, 0, i, kk] - prefix[start, 0, i, kk]
+                        s1 = prefix[stop, 1, i, kk] - prefix[start, 1, i, kk]
+                        s2 = prefix[stop, 2, i, kk] - prefix[start, 2, i, kk]
+                        coef[0, kk] += m00 * s0 + m01 * s1 + m02 * s2
+                        coef[1, kk] += m10 * s0 + m11 * s1
+                        coef[2, kk] += m02 * s0
+            part, dpart = integrate_interval(coef, half[b, j], amp[b], act, nodes, x_table, w_table, adaptive, tol,
+                                             gcoef)
+            acc += part
+            ga += dpart
+            if not want_grad:
+                continue
+            for kk in range(k_marks):
+                gbias[kk] += gcoef[0, kk]
+            for i in range(num):
+                for p in range(counts[i]):
+                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
+                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
+                    m10, m11 = -1.5 * a / h2, 1.5 / h2
+                    for kk in range(k_marks):
+                        c0, c1, c2 = gcoef[0, kk], gcoef[1, kk], gcoef[2, kk]
+                        a0 = m00 * c0 + m10 * c1 + m02 * c2
+                        a1 = m01 * c0 + m11 * c1
+                        a2 = m02 * c0
+                        gp[stop, 0, i, kk] += a0
+                        gp[start, 0, i, kk] -= a0
+                        gp[stop, 1, i, kk] += a1
+                        gp[start, 1, i, kk] -= a1
+                        gp[stop, 2, i, kk] += a2
+                        gp[start, 2, i, kk] -= a2
+        total[b] = acc
+        if want_grad:
+            grad_amp[b] = ga
+            grad_bias[b] = gbias
+            _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
 
 
 class EpanechnikovFeatures(torch.autograd.Function):
@@ -298,10 +428,48 @@ class EpanechnikovPotential(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         w, weight, t, q, centres = ctx.saved_tensors
         width, block = ctx.params
-        grad_w = torch.empty(w.shape, dtype=torch.float64)
+        want_w = ctx.needs_input_grad[0]
+        grad_w = torch.zeros(w.shape if want_w else (1, 1, 1), dtype=torch.float64)
         grad_weight = torch.empty(weight.shape, dtype=torch.float64)
         numba_threads()
         epan_potential_grad(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), width, block,
-                                weight.detach().numpy(), grad.contiguous().numpy(), grad_w.numpy(),
-                                grad_weight.numpy())
-        return grad_w, grad_weight, None, None, None, None, None
+                            weight.detach().numpy(), grad.contiguous().numpy(), want_w, grad_w.numpy(),
+                            grad_weight.numpy())
+        return grad_w if want_w else None, grad_weight, None, None, None, None, None
+
+
+class EpanechnikovCompensator(torch.autograd.Function):
+    """``rows``: the GLM's compensator over the intervals ``[q - half, q + half]`` (``rows x P``)
+    for sorted events, by :func:`epan_compensator`; differentiable in the event weights ``w``
+    (``rows x E x D``), the filter weights ``weight`` (``rows x K x L x D``), ``bias``
+    (``rows x K``) and ``amplitude`` (``rows``). The derivatives are computed in the forward pass
+    (when any is needed) and kept, so no per-interval tensor outlives the call."""
+
+    @staticmethod
+    def forward(ctx, w, weight, bias, amplitude, t, q, half, centres, width, block, activation, nodes):  # noqa: D102
+        rows = q.shape[0]
+        want_w = ctx.needs_input_grad[0]
+        want = any(ctx.needs_input_grad[:4])
+        total = torch.empty(rows, dtype=torch.float64)
+        grad_w = torch.empty(w.shape if want and want_w else (rows, 1, 1), dtype=torch.float64)
+        grad_weight = torch.empty(weight.shape if want else (rows, 1, 1, 1), dtype=torch.float64)
+        grad_bias = torch.empty(bias.shape if want else (rows, 1), dtype=torch.float64)
+        grad_amp = torch.empty(rows, dtype=torch.float64)
+        x, wt = _gauss_tables(nodes)
+        code = CODES[activation]
+        numba_threads()
+        epan_compensator(t.numpy(), w.detach().numpy(), q.numpy(), half.numpy(), centres.numpy(), float(width),
+                         float(block), weight.detach().numpy(), bias.detach().numpy(), amplitude.detach().numpy(),
+                         code, nodes, x, wt, code == 0, ADAPTIVE_TOL, want, want_w, total.numpy(), grad_w.numpy(),
+                         grad_weight.numpy(), grad_bias.numpy(), grad_amp.numpy())
+        ctx.save_for_backward(grad_w, grad_weight, grad_bias, grad_amp)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        grad_w, grad_weight, grad_bias, grad_amp = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        return (grad_w * grad[:, None, None] if need[0] else None,
+                grad_weight * grad[:, None, None, None] if need[1] else None,
+                grad_bias * grad[:, None] if need[2] else None,
+                grad_amp * grad if need[3] else None) + (None,) * 8

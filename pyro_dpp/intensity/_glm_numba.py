@@ -81,52 +81,65 @@ def act_and_grad(u, act):
     return 0.5 * (min(max(u, -1.0), 1.0) + 1.0), (0.5 if -1 < u < 1 else 0.0)
 
 
+@nb.njit(inline="always", **OPTS)
+def integrate_interval(coef, h, amp, act, nodes, x_table, w_table, adaptive, tol, gcoef):
+    """The Gauss-Legendre integral over ``s in [-h, h]`` of ``sum_k amp g(u_k(s))`` with
+    ``u_k(s) = coef[0, k] + coef[1, k] s + coef[2, k] s^2`` (``coef``: ``3 x K``); returns it and
+    its derivative in ``amp``, and writes its derivatives in ``coef`` to ``gcoef``. With
+    ``adaptive`` (sigmoid only) the fewest nodes (at most ``nodes``) whose Bernstein-ellipse error
+    bound, relative to ``amp * length``, is below ``tol``: the integrand is analytic while
+    ``|Im u| < pi``, so on the ellipse where ``|Im u| <= pi / 2`` it is bounded by ``amp``."""
+    k_marks = coef.shape[1]
+    n = nodes
+    if adaptive and h > 0:
+        c1 = 0.0
+        c2 = 0.0
+        for k in range(k_marks):
+            c1 = max(c1, abs(coef[1, k]) * h)
+            c2 = max(c2, 2 * abs(coef[2, k]) * h * h)
+        s12 = c1 + c2
+        if c2 > 0:
+            semi = (-s12 + math.sqrt(s12 * s12 + 2 * math.pi * c2)) / (2 * c2)
+        elif c1 > 0:
+            semi = math.pi / (2 * c1)
+        else:
+            semi = 1e30
+        rho = semi + math.sqrt(semi * semi + 1)
+        if rho > 1.0001:
+            n = 1
+            factor = 32.0 / 15.0 / (rho * rho - 1)
+            while n < nodes and factor * rho ** (-2 * n) > tol:
+                n += 1
+    acc = 0.0
+    ga = 0.0
+    gcoef[:] = 0.0
+    for i in range(n):
+        s = h * x_table[n, i]
+        wt = h * w_table[n, i]
+        for k in range(k_marks):
+            u = coef[0, k] + s * (coef[1, k] + s * coef[2, k])
+            g, dg = act_and_grad(u, act)
+            acc += wt * amp * g
+            ga += wt * g
+            gu = wt * amp * dg
+            gcoef[0, k] += gu
+            gcoef[1, k] += gu * s
+            gcoef[2, k] += gu * s * s
+    return acc, ga
+
+
 @nb.njit(parallel=True, **OPTS)
 def interval_integrals(coef, half, amp, act, nodes, x_table, w_table, adaptive, tol, total, grad_coef, grad_amp):
-    """Gauss-Legendre integrals of ``sum_k a g(u_k(c + s))`` over ``s in [-half, half]`` for every
-    interval, ``u_k(c + s) = coef[.., 0, k] + coef[.., 1, k] s + coef[.., 2, k] s^2``; ``total[b]``
-    sums them, ``grad_coef`` and ``grad_amp`` are its derivatives. With ``adaptive`` (sigmoid only)
-    an interval uses the fewest nodes (at most ``nodes``) whose Bernstein-ellipse error bound,
-    relative to ``a * length``, is below ``tol``: the integrand is analytic while
-    ``|Im u| < pi``, so on the ellipse where ``|Im u| <= pi / 2`` it is bounded by ``a``."""
-    bsz, n_int, _, k_marks = coef.shape
-    for b in nb.prange(bsz):
+    """:func:`integrate_interval` over every interval: ``total[b]`` sums the integrals of row ``b``
+    (``coef``: ``rows x P x 3 x K``), ``grad_coef`` and ``grad_amp`` are its derivatives."""
+    for b in nb.prange(coef.shape[0]):
         acc = 0.0
         ga = 0.0
-        for p in range(n_int):
-            h = half[b, p]
-            n = nodes
-            if adaptive and h > 0:
-                c1 = 0.0
-                c2 = 0.0
-                for k in range(k_marks):
-                    c1 = max(c1, abs(coef[b, p, 1, k]) * h)
-                    c2 = max(c2, 2 * abs(coef[b, p, 2, k]) * h * h)
-                s12 = c1 + c2
-                if c2 > 0:
-                    semi = (-s12 + math.sqrt(s12 * s12 + 2 * math.pi * c2)) / (2 * c2)
-                elif c1 > 0:
-                    semi = math.pi / (2 * c1)
-                else:
-                    semi = 1e30
-                rho = semi + math.sqrt(semi * semi + 1)
-                if rho > 1.0001:
-                    n = 1
-                    factor = 32.0 / 15.0 / (rho * rho - 1)
-                    while n < nodes and factor * rho ** (-2 * n) > tol:
-                        n += 1
-            for i in range(n):
-                s = h * x_table[n, i]
-                wt = h * w_table[n, i]
-                for k in range(k_marks):
-                    u = coef[b, p, 0, k] + s * (coef[b, p, 1, k] + s * coef[b, p, 2, k])
-                    g, dg = act_and_grad(u, act)
-                    acc += wt * amp[b] * g
-                    ga += wt * g
-                    gu = wt * amp[b] * dg
-                    grad_coef[b, p, 0, k] += gu
-                    grad_coef[b, p, 1, k] += gu * s
-                    grad_coef[b, p, 2, k] += gu * s * s
+        for p in range(coef.shape[1]):
+            a, g = integrate_interval(coef[b, p], half[b, p], amp[b], act, nodes, x_table, w_table, adaptive, tol,
+                                      grad_coef[b, p])
+            acc += a
+            ga += g
         total[b] = acc
         grad_amp[b] = ga
 

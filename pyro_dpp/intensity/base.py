@@ -163,6 +163,12 @@ class Intensity(torch.nn.Module):
         """``batch x P`` extra times where the intensity has kinks (besides event times), or None."""
         return None
 
+    def history_support(self) -> float:
+        """The largest lag at which a history event still changes the intensity (``inf``, the
+        default: any). Scoring evaluates each chunk of query times from the events within this lag
+        before it only, which makes its cost linear in the events for kernels of finite support."""
+        return math.inf
+
     def max_rate(self) -> torch.Tensor | None:
         """A constant bound on the summed intensity over any history (parameter batch shape), or None."""
         return None

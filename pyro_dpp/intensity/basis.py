@@ -285,6 +285,32 @@ class EpanechnikovBasis(Basis):
                                                    self.width, 2.5 * self.width)
         return out.reshape(batch + out.shape[1:])
 
+    def polynomial_compensator(self, times: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor,
+                               half: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, amplitude: torch.Tensor,
+                               activation: str, nodes: int) -> torch.Tensor | None:
+        """``batch``: a GLM's compensator over the intervals ``[centre - half, centre + half]``
+        (``batch x P``, no event or kink inside) with filter weights ``weight``
+        (``batch x L x K x D``), ``bias`` (``batch x K``) and ``amplitude`` (``batch``), fused in one
+        kernel pass (float64) that never holds a per-interval tensor; None off the kernel path."""
+        batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], centre.shape[:-1], half.shape[:-1],
+                                       weight.shape[:-3], bias.shape[:-1], amplitude.shape)
+        if times.shape[-1] == 0 or half.requires_grad or not numba_usable(times, weights, centre, weight, bias,
+                                                                          amplitude):
+            return None
+        wide = torch.float64
+        w, t, q = _kernel_inputs(times, weights, centre, batch)
+        rows = t.shape[0]
+        filt = weight.to(wide).expand(batch + weight.shape[-3:]).reshape((rows,) + weight.shape[-3:])
+        filt = filt.permute(0, 2, 1, 3).contiguous()  # rows x K x L x D
+        b = bias.to(wide).expand(batch + bias.shape[-1:]).reshape(rows, -1).contiguous()
+        amp = amplitude.to(wide).expand(batch).reshape(rows).contiguous()
+        h = half.detach().to(wide).expand(batch + half.shape[-1:]).reshape(rows, -1).contiguous()
+        from ._basis_numba import EpanechnikovCompensator
+
+        total = EpanechnikovCompensator.apply(w, filt, b, amp, t, q, h, self.centres.detach().to(wide).contiguous(),
+                                              self.width, 2.5 * self.width, activation, nodes)
+        return total.reshape(batch).to(times.dtype)
+
     def _polynomial(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int
                     ) -> tuple[torch.Tensor, ...]:
         batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1])

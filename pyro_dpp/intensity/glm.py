@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..scan.backend import numba_usable
+from ._support import SupportWindows
 from .base import Intensity, State, as_param, check_finite, keeps_math, safe_log
 from .basis import Basis
 
 ACTIVATIONS = ("sigmoid", "hardtanh", "softplus", "exp")
+_ANTICAUSAL_CHUNK = 1 << 12  # queries per evaluation of the anticausal features (bounds memory)
 
 
 def activate(name: str, potential: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
@@ -104,6 +107,7 @@ class GLM(Intensity):
                     f"marks, got {tuple(future_weight.shape)} and future {tuple(future.shape)}"
                 )
         self.future, self.future_weight = future, future_weight
+        self._ahead: SupportWindows | None = None  # the future events, reversed and sorted (on first use)
         self.num_marks = k
         self.num_context_marks = weight.shape[-1] - k
 
@@ -121,9 +125,17 @@ class GLM(Intensity):
         """``batch x Q x K`` potential from future events at ``query`` (``batch x Q``)."""
         if self.future is None:
             return 0.0
-        lead = self.future[..., 0].unsqueeze(-2) - query.unsqueeze(-1)  # batch x Q x M
-        features = torch.einsum("...qml,...mf->...qlf", self.basis(lead), self.future[..., 1:-1])
-        return torch.einsum("...qlf,...lkf->...qk", features, self.future_weight)
+        # The events ahead of a query at lag t_n - q are the events before it in reversed time
+        # (-t_n < -q): the basis's causal features of the reversed events at the reversed queries,
+        # each chunk of queries from the events within one support length of it (linear cost, no
+        # queries x events tensor).
+        if self._ahead is None:
+            self._ahead = SupportWindows(-self.future[..., 0], self.future[..., 1:-1], self.basis.support)
+        parts = []
+        for q in (-query).split(_ANTICAUSAL_CHUNK, -1):
+            features = self.basis.features(*self._ahead.covering(q, q), q)  # batch x Q x L x F
+            parts.append(torch.einsum("...qlf,...lkf->...qk", features, self.future_weight))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -2)
 
     def _state_potential(self, state: State, time: torch.Tensor) -> torch.Tensor:
         """``batch x K`` membrane potential at ``time`` from the scan state."""
@@ -135,6 +147,11 @@ class GLM(Intensity):
 
     def _potential(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``batch x Q x K`` membrane potential at ``query`` from a whole history."""
+        fused = getattr(self.basis, "polynomial_potential", None)
+        coef = None if fused is None else fused(times, weights, query, self.weight)  # batch x Q x 3 x K
+        if coef is not None:  # the kernel projects the events onto the targets: O(L K) per query
+            potential = self.bias.unsqueeze(-2) + coef[..., 0, :].to(self.bias.dtype)
+            return potential + self._anticausal(query)
         features = self.basis.features(times, weights, query)  # batch x Q x L x D
         potential = self.bias.unsqueeze(-2) + torch.einsum("...qld,...lkd->...qk", features, self.weight)
         return potential + self._anticausal(query)
@@ -148,6 +165,11 @@ class GLM(Intensity):
         poly = getattr(self.basis, "polynomial_coefficients", None)
         if poly is None or self.future is not None:
             return None
+        whole = getattr(self.basis, "polynomial_compensator", None)
+        if whole is not None:
+            total = whole(times, weights, centre, half, self.weight, self.bias, self.amplitude, self.activation, nodes)
+            if total is not None:
+                return total
         fused = getattr(self.basis, "polynomial_potential", None)
         coef = None if fused is None else fused(times, weights, centre, self.weight)  # batch x P x 3 x K
         if coef is None:
@@ -213,6 +235,10 @@ class GLM(Intensity):
             batch = torch.broadcast_shapes(points.shape[:-1], ahead.shape[:-1])
             points = torch.cat([points.expand(batch + points.shape[-1:]), ahead.expand(batch + ahead.shape[-1:])], -1)
         return points
+
+    def history_support(self) -> float:
+        # a subclass that changes the math may look further back
+        return self.basis.support if keeps_math(self, GLM) else math.inf
 
     def max_rate(self) -> torch.Tensor | None:
         if self.activation in ("sigmoid", "hardtanh"):

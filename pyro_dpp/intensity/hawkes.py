@@ -25,6 +25,8 @@ from .base import (
 #: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
 #: cost) instead of the pairwise lag matrix.
 _PAIRWISE_MAX = 64
+#: Elements of the ``events x K x D`` tensor one chunk of the compensator (matrix decay) may build.
+_COMPENSATOR_ELEMENTS = 1 << 22
 
 
 class ExpHawkes(Intensity):
@@ -157,11 +159,21 @@ class ExpHawkes(Intensity):
     def compensator(self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
         remaining = (duration.unsqueeze(-1) - times).clamp(min=0)  # batch x E
         elapsed = (-times).clamp(min=0)  # batch x E: > 0 for events before the window (past)
+        if self._uniform_decay:
+            # batch x E: the mass each event's kernel puts inside the window, the same for every pair
+            d = self.decay.reshape(())
+            inside = torch.expm1(-d * elapsed) - torch.expm1(-d * remaining)
+            triggered = torch.einsum("...e,...ed,...d->...", inside, weights, self.adjacency.sum(-2))
+            return self.baseline.sum(-1) * duration + triggered
         decay = self._decay_matrix()
-        # batch x E x K x D: the mass each event's kernel puts inside the window
-        inside = torch.expm1(-decay.unsqueeze(-3) * elapsed[..., None, None]) - torch.expm1(
-            -decay.unsqueeze(-3) * remaining[..., None, None])
-        triggered = (self.adjacency.unsqueeze(-3) * inside * weights.unsqueeze(-2)).sum((-3, -2, -1))
+        # batch x E' x K x D per chunk of events (memory bounded, not events x K x D at once)
+        batch = torch.broadcast_shapes(remaining.shape[:-1], decay.shape[:-2])
+        chunk = max(1, _COMPENSATOR_ELEMENTS // max(1, math.prod(batch) * decay.shape[-2:].numel()))
+        triggered = 0.0
+        for r, e, wc in zip(remaining.split(chunk, -1), elapsed.split(chunk, -1), weights.split(chunk, -2)):
+            inside = torch.expm1(-decay.unsqueeze(-3) * e[..., None, None]) - torch.expm1(
+                -decay.unsqueeze(-3) * r[..., None, None])
+            triggered = triggered + (self.adjacency.unsqueeze(-3) * inside * wc.unsqueeze(-2)).sum((-3, -2, -1))
         return self.baseline.sum(-1) * duration + triggered
 
     # ---- sampling helpers ------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from ._branching import stationary_count
 from ._window import empty_window, push_event
-from .base import Intensity, State, as_param, check_finite
+from .base import Intensity, State, as_param, check_finite, keeps_math
 
 #: Elements of the ``queries x window x K x D`` kernel tensor one chunk of the parallel evaluation may build.
 _CHUNK_ELEMENTS = 1 << 22
@@ -230,6 +230,10 @@ class PowerLawHawkes(Intensity):
                                                  self._pair(self.exponent, 1))
                 triggered = triggered + torch.einsum("...ekd,...ed,...kd->...", mass, wc, self.multiplier)
         return self.baseline.sum(-1) * duration + triggered
+
+    def history_support(self) -> float:
+        # a subclass that changes the math may look further back
+        return float(self.support) if keeps_math(self, PowerLawHawkes) else math.inf
 
     def breakpoints(self, times: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         # the kernel drops to zero one support length after each event
