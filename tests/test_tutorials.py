@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,10 @@ TUTORIALS = sorted((Path(__file__).resolve().parent.parent / "tutorials").glob("
 KERNEL = "python3"
 #: notebooks whose figures must come out inline (as PNG outputs)
 WITH_FIGURES = {"01_point_processes", "02_snn_hidden_neurons", "03_reproducing_the_paper",
-                "04_grasshopper_spike_trains", "05_writing_your_own_intensity", "06_bayesian_hawkes"}
+                "04_grasshopper_spike_trains", "05_writing_your_own_intensity", "06_bayesian_hawkes",
+                "07_brian2_network"}
+#: notebooks that need a peer package (installed by the test extras; skipped where it is missing)
+REQUIRES = {"07_brian2_network": "brian2"}
 TIMEOUT = 300  # seconds per cell; a small-size notebook runs in well under a minute
 
 
@@ -52,9 +56,22 @@ def test_kernel_is_this_interpreter(small_env, tmp_path):
     assert text[1] == "1"
 
 
+def _require(package: str, notebook: str) -> None:
+    """Skip when ``package`` is not installed; fail, saying why, when it is installed but broken."""
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        pytest.skip(f"{notebook} needs {package}, which is not installed (it is in the test extras)")
+    except Exception as err:  # e.g. Brian2 2.9 under numpy 2.4: AttributeError on numpy.ndarray.ptp
+        pytest.fail(f"{package} is installed but does not import ({type(err).__name__}: {err}); "
+                    "install with -c constraints.txt (numpy<2.4 for brian2)", pytrace=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_runs(path, small_env):
+    if path.stem in REQUIRES:
+        _require(REQUIRES[path.stem], path.name)
     nb = nbformat.read(path, as_version=4)
     # notebooks are stored without outputs (reviewable diffs, no stale figures)
     for cell in nb.cells:
