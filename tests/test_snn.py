@@ -398,3 +398,38 @@ def test_windowed_evaluation():
         assert windowed.shape == (2,) and torch.isfinite(windowed).all()
     with pytest.raises(ValueError, match="SpikeTrains"):
         exact_elbo(true, true, observed.to_tensor(), duration=observed.duration, window=3.0)
+
+
+def _joint_trains(observed, hidden):
+    lists = [a + b for a, b in zip(observed.to_lists(), hidden.to_lists())]
+    return SpikeTrains.from_lists(lists, observed.duration, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("carry_past", [True, False])
+def test_simulate_in_pieces_is_the_same_process(carry_past, monkeypatch):
+    """Pieces carry the spikes within the history reach as past: the recording is a draw of the whole
+    process (time-rescaling KS under the joint intensity on the whole window). Without the past, the
+    same check fails: the strong paper weights make every piece boundary visible."""
+    import pyro_dpp.windows as windows
+    from pyro_dpp.testing import ks_pvalue, rescaled_gaps
+
+    if not carry_past:
+        monkeypatch.setattr(windows, "history_reach", lambda *args, **kwargs: 0.0)
+    torch.manual_seed(0)
+    net = SNN(3, 2, init="paper").double()
+    observed, hidden = net.simulate(32, 40.0, seed=2, piece=2.0)
+    assert observed.times.dtype == torch.float64 and (observed.duration == 40.0).all()
+    value = _joint_trains(observed, hidden).to_tensor()
+    p = ks_pvalue(rescaled_gaps(net.intensity(list(range(5)), [], None), value, 40.0))
+    assert (p > 1e-3) if carry_past else (p < 1e-6)
+
+
+def test_simulate_in_pieces_options():
+    torch.manual_seed(0)
+    net = SNN(3, 0, init="small").double()
+    observed, hidden = net.simulate(2, 20.0, seed=1, piece=3.0)
+    assert hidden.num_marks == 0 and observed.num_marks == 3 and (observed.num_events > 0).all()
+    whole = net.simulate(2, 20.0, seed=1, piece=float("inf"))[0]
+    assert whole.batch_shape == observed.batch_shape
+    with pytest.raises(ValueError, match="piece must be a positive"):
+        net.simulate(2, 20.0, piece=0.0)

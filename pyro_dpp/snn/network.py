@@ -15,6 +15,9 @@ from ..thinning import default_max_events
 
 BASES = ("epanechnikov", "exponential", "raised_cosine")
 
+#: Thinning candidates per sequence in one piece of :meth:`SNN.simulate` (bounds its memory).
+SIMULATION_PIECE_CANDIDATES = 200_000
+
 
 def make_basis(name: str | Basis, num_basis: int = 2) -> Basis:
     """A basis by name: ``"epanechnikov"`` (the paper's: centres 0..10, width 1), ``"exponential"``
@@ -287,20 +290,94 @@ class SNN(torch.nn.Module):
                             max_events=max_events)
 
     @torch.no_grad()
-    def simulate(self, num_sequences: int, duration: float, seed: int | None = None) -> tuple[SpikeTrains, SpikeTrains]:
+    def simulate(self, num_sequences: int, duration: float, seed: int | None = None,
+                 piece: float | None = None) -> tuple[SpikeTrains, SpikeTrains]:
         """Sample ``num_sequences`` sequences of all neurons jointly by exact thinning.
 
+        A long recording is sampled in pieces of ``piece`` seconds, each given the spikes of the
+        pieces before it within the basis's history reach (:func:`pyro_dpp.windows.history_reach`) as
+        ``past``: the same process (the intensity on a piece depends only on those spikes), with
+        memory bounded by a piece rather than by ``duration``.
+
+        :param piece: seconds per piece; default: about :data:`SIMULATION_PIECE_CANDIDATES` thinning
+            candidates per sequence and piece (``bound x piece``); ``inf``: one piece.
         :returns: ``(observed, hidden)`` spike trains.
         """
         if seed is not None:
             torch.manual_seed(seed)
-        process = self.joint_process(duration)
-        value = process.sample((num_sequences,))
-        durations = process.duration.expand(num_sequences)
-        observed = select_marks(value, self.observed_index, durations)
-        hidden = select_marks(value, self.hidden_index, durations)
-        return SpikeTrains.from_tensor(_trim(observed), durations), SpikeTrains.from_tensor(_trim(hidden), durations)
+        duration = float(duration)
+        bound = self.neuron_bound * self.num_neurons
+        if piece is None:
+            piece = SIMULATION_PIECE_CANDIDATES / bound
+        if not piece > 0:
+            raise ValueError(f"piece must be a positive number of seconds, got {piece}")
+        if piece >= duration:
+            process = self.joint_process(duration)
+            value = process.sample((num_sequences,))
+            durations = process.duration.expand(num_sequences)
+            observed = select_marks(value, self.observed_index, durations)
+            hidden = select_marks(value, self.hidden_index, durations)
+            return (SpikeTrains.from_tensor(_trim(observed), durations),
+                    SpikeTrains.from_tensor(_trim(hidden), durations))
+        return self._simulate_in_pieces(num_sequences, duration, piece, bound)
 
+    def _simulate_in_pieces(self, num_sequences: int, duration: float, piece: float,
+                            bound: float) -> tuple[SpikeTrains, SpikeTrains]:
+        from ..windows import history_reach
+
+        like = self.weight
+        reach = history_reach(self.basis, like.dtype)
+        times: list[list[torch.Tensor]] = [[] for _ in range(num_sequences)]
+        marks: list[list[torch.Tensor]] = [[] for _ in range(num_sequences)]
+        start = 0.0
+        while start < duration:
+            length = min(piece, duration - start)
+            past = self._past(times, marks, start, reach)
+            window = self._window(bound, past)
+            intensity = self.intensity(list(range(self.num_neurons)), [], window)
+            process = PointProcess(intensity, torch.as_tensor(length, dtype=like.dtype, device=like.device),
+                                   bound=bound, past=past)
+            value = process.sample(() if past is not None else (num_sequences,))  # past has the batch
+            real = event_mask(value)
+            for s in range(num_sequences):
+                rows = value[s][real[s]]
+                times[s].append(rows[:, 0].double().cpu() + start)
+                marks[s].append(rows[:, 1:-1].argmax(-1).cpu())
+            start += length
+        t = [torch.cat(x) if x else torch.zeros(0, dtype=torch.float64) for x in times]
+        m = [torch.cat(x) if x else torch.zeros(0, dtype=torch.long) for x in marks]
+        durations = torch.full((num_sequences,), duration, dtype=like.dtype, device=like.device)
+        out = []
+        for lo, count in ((0, self.n_observed), (self.n_observed, self.n_hidden)):
+            if count == 0:  # no neurons: one padding row per sequence, as the one-piece path returns
+                empty = torch.cat([durations[:, None, None], durations.new_zeros(num_sequences, 1, 1)], -1)
+                out.append(SpikeTrains.from_tensor(empty, durations))
+                continue
+            keep = [(mm >= lo) & (mm < lo + count) for mm in m]
+            trains = SpikeTrains.from_events([tt[k] for tt, k in zip(t, keep)], [mm[k] - lo for mm, k in zip(m, keep)],
+                                             count, durations, dtype=like.dtype, device=like.device)
+            out.append(trains)
+        return out[0], out[1]
+
+    def _past(self, times: list[list[torch.Tensor]], marks: list[list[torch.Tensor]], start: float,
+              reach: float) -> torch.Tensor | None:
+        """``batch x P x (D + 2)``: the spikes of ``times``/``marks`` within ``reach`` before
+        ``start``, shifted by ``-start`` (padding rows last)."""
+        if start == 0:
+            return None
+        like = self.weight
+        rows = []
+        for t_seq, m_seq in zip(times, marks):
+            t = torch.cat(t_seq) if t_seq else torch.zeros(0, dtype=torch.float64)
+            m = torch.cat(m_seq) if m_seq else torch.zeros(0, dtype=torch.long)
+            keep = t >= start - reach
+            rows.append((t[keep] - start, m[keep]))
+        most = max(1, max(len(t) for t, _ in rows))
+        past = torch.zeros(len(rows), most, self.num_neurons + 2, dtype=like.dtype, device=like.device)
+        for s, (t, m) in enumerate(rows):
+            past[s, : len(t), 0] = t.to(like)
+            past[s, torch.arange(len(t), device=like.device), 1 + m.to(like.device)] = 1.0
+        return past
 
 def _trim(value: torch.Tensor) -> torch.Tensor:
     """Drop trailing all-padding rows, keeping one."""
