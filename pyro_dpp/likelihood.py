@@ -13,6 +13,11 @@ Differentiable point process (temperature tau > 0)::
     log q = N log lambda_bar - lambda_bar T + sum_n log Concrete_tau(y_n ; pi_n)
 
 with the Concrete density evaluated in log space from the log-weights.
+
+**Exact data in the index layout** (``batch x events x 2``: time, mark id; see
+:mod:`pyro_dpp.events`) is scored by :func:`index_log_likelihood` without the one-hot weights of
+all events: the first sum needs the log-intensity of each event at its own mark only, and the
+compensator is computed a chunk of events at a time (see there).
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import math
 import numpy as np
 import torch
 
-from .events import event_mask
+from .events import dense_to_index, event_mask, index_marks, index_to_dense, is_index
 from .intensity.base import Intensity, safe_log
 from .relaxed import carried_log_weights, plain
 from .scan.backend import get_backend
-from .scan.generic_scoring import scan_score, scores_by_scan
+from .scan.generic_scoring import _one_hot, has_scan, scan_score, scores_by_scan
 from .thinning import bound_tolerance
 
 #: Gauss-Legendre nodes per interval between breakpoints used by default.
@@ -157,7 +162,10 @@ def exact_log_likelihood(
     intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None = None,
     nodes: int = DEFAULT_QUADRATURE_NODES,
 ) -> torch.Tensor:
-    """``batch`` exact log-likelihood of the events in ``value`` (realization tensor)."""
+    """``batch`` exact log-likelihood of the events in ``value``: a dense realization tensor, or an
+    index value (``batch x events x 2``, scored by :func:`index_log_likelihood`)."""
+    if is_index(value):
+        return index_log_likelihood(intensity, value, duration, context, nodes)
     k = intensity.num_marks
     value, context = trim_padding(value), trim_padding(context)
     times, weights = history(value, k, context, intensity.num_context_marks)
@@ -283,3 +291,151 @@ def dpp_log_density(
     per_row = torch.where(real, per_row, torch.zeros_like(per_row))
     count = real.sum(-1).to(value.dtype)
     return count * torch.log(bound) - bound * duration + per_row.sum(-1)
+
+
+# ---- exact data in the index layout -------------------------------------------------------------
+#: An index value whose one-hot weights (events x (K + C), over the history) would hold at most this
+#: many numbers is scored by the dense path: the same values, through the intensity's fastest
+#: kernels, with working memory of this bound (32 MiB in float64). Larger data take the chunked path
+#: of :func:`index_log_likelihood`. Set it to 0 to always take the chunked path.
+INDEX_DENSE_ENTRIES = 1 << 22
+
+#: History rows per chunk of the chunked compensator and of history-free log-rates.
+INDEX_CHUNK = 1 << 12
+
+
+def _trim_index(value: torch.Tensor) -> torch.Tensor:
+    """An index value without the padding rows that every sequence has (all rows under tracing)."""
+    if torch.jit.is_tracing() or not value.numel():
+        return value
+    rows = int((value[..., 1] >= 0).sum(-1).max())
+    return value[..., :rows, :] if rows < value.shape[-2] else value
+
+
+def _history_free(intensity: Intensity) -> bool:
+    """Stock intensities whose rates ignore the history (their log-rates need no scan)."""
+    from .intensity.base import keeps_math
+    from .intensity.inhomogeneous import InhomogeneousPoisson, PiecewisePoisson
+    from .intensity.poisson import Poisson
+
+    return any(isinstance(intensity, kind) and keeps_math(intensity, kind)
+               for kind in (Poisson, PiecewisePoisson, InhomogeneousPoisson))
+
+
+def additive_compensator(intensity: Intensity) -> bool:
+    """Whether the intensity's closed-form :meth:`~pyro_dpp.intensity.base.Intensity.compensator` is a
+    history-free term plus one term per history event (linear in the weights), so that it can be
+    summed over chunks of events: the stock Poisson, inhomogeneous Poisson and Hawkes compensators,
+    or any intensity with the attribute ``additive_compensator = True`` (a user's declaration)."""
+    declared = getattr(intensity, "additive_compensator", None)
+    if declared is not None:
+        return bool(declared)
+    from .intensity.hawkes import ExpHawkes
+    from .intensity.inhomogeneous import InhomogeneousPoisson, PiecewisePoisson
+    from .intensity.poisson import Poisson
+    from .intensity.powerlaw import PowerLawHawkes
+    from .intensity.sumexp import SumExpHawkes
+
+    method = type(intensity).compensator
+    return any(method is kind.compensator
+               for kind in (ExpHawkes, SumExpHawkes, PowerLawHawkes, Poisson, PiecewisePoisson, InhomogeneousPoisson))
+
+
+def _index_history(value: torch.Tensor, num_marks: int, context: torch.Tensor | None, num_context_marks: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The history of an index value and a dense context as ``times`` (batch x H), integer ``marks``
+    (batch x H: modelled marks 0..K-1, exact context events K..K+C-1, -1 otherwise) and ``soft``
+    (batch x H x c: the weights of a soft context in its C columns, c = 0 for an exact one)."""
+    times, marks = value[..., 0], index_marks(value)
+    soft = times.new_zeros(times.shape + (0,))
+    if context is None or context.shape[-2] == 0:
+        return times, marks, soft
+    batch = torch.broadcast_shapes(value.shape[:-2], context.shape[:-2])
+    ctx = context.expand(batch + context.shape[-2:])
+    times = torch.cat([times.expand(batch + times.shape[-1:]), ctx[..., 0]], -1)
+    marks = marks.expand(batch + marks.shape[-1:])
+    ctx_w = ctx[..., 1 : 1 + num_context_marks]
+    hard = not ctx_w.requires_grad and bool(((ctx_w == 0) | (ctx_w == 1)).all()) and not bool(ctx[..., -1].any())
+    if hard:
+        ctx_marks = index_marks(dense_to_index(ctx))
+        ctx_marks = torch.where(ctx_marks >= 0, ctx_marks + num_marks, ctx_marks)
+        return times, torch.cat([marks, ctx_marks], -1), soft
+    none = marks.new_full(ctx.shape[:-1], -1)
+    soft = torch.cat([ctx_w.new_zeros(marks.shape + (num_context_marks,)), ctx_w], -2)
+    return times, torch.cat([marks, none], -1), soft
+
+
+def index_log_likelihood(
+    intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None = None,
+    nodes: int = DEFAULT_QUADRATURE_NODES,
+) -> torch.Tensor:
+    """``batch`` exact log-likelihood of an index value (``batch x events x 2``: time, mark id; see
+    :mod:`pyro_dpp.events`), equal to :func:`exact_log_likelihood` of its dense realization.
+
+    Data whose one-hot history would hold at most :data:`INDEX_DENSE_ENTRIES` numbers take the dense
+    path. Larger data never hold the one-hot weights of all events:
+
+    - the log-intensity of each event at its own mark: for history-free stock intensities (Poisson,
+      inhomogeneous Poisson) from the rates at the event times, a chunk at a time; otherwise by the
+      scan over the events (:func:`~pyro_dpp.scan.generic_scoring.scan_score` with integer marks:
+      one checkpointed segment's one-hot rows at a time, ``batch x events`` out);
+    - the compensator: a closed form that is additive over events (:func:`additive_compensator`) is
+      summed over chunks of :data:`INDEX_CHUNK` events; without a closed form, Gauss-Legendre
+      quadrature on the scan (the intervals and nodes of :func:`quadrature_compensator`).
+
+    Two cases fall back to the dense layout (built under the memory check of
+    :mod:`pyro_dpp.memory`): an intensity with a closed-form compensator not declared additive (set
+    ``additive_compensator = True`` on it if it is a sum over events) or without the scan interface,
+    and a ``duration`` that requires a gradient (the scan's intervals carry none).
+    """
+    k, c = intensity.num_marks, intensity.num_context_marks
+    value, context = _trim_index(value), trim_padding(context)
+    batch = torch.broadcast_shapes(value.shape[:-2], duration.shape, () if context is None else context.shape[:-2])
+    rows = value.shape[-2] + (0 if context is None else context.shape[-2])
+    closed = type(intensity).compensator is not Intensity.compensator
+    dense = (batch.numel() * rows * (k + c) <= INDEX_DENSE_ENTRIES or duration.requires_grad
+             or (closed and not additive_compensator(intensity))
+             or not (_history_free(intensity) or has_scan(intensity)))
+    if dense:
+        return exact_log_likelihood(intensity, index_to_dense(value, k), duration, context, nodes)
+    times, marks, soft = _index_history(value, k, context, c)
+    events = value.shape[-2]
+    duration = duration.expand(batch)
+    if _history_free(intensity):
+        own = _history_free_log_rates(intensity, value)
+    else:
+        grid = None if closed else torch.stack(gauss_legendre(nodes, times))
+        own, comp = scan_score(intensity, times, soft, duration, grid, marks=marks)
+        own = own[..., :events]
+    total = own.sum(-1)
+    if closed:
+        comp = _chunked_compensator(intensity, times, marks, soft, duration)
+    return total - comp
+
+
+def _history_free_log_rates(intensity: Intensity, value: torch.Tensor) -> torch.Tensor:
+    """``batch x events``: the log-rate of each event at its own mark (0 on padding), for an intensity
+    that ignores the history (an empty history is passed), a chunk of events at a time."""
+    k = intensity.num_marks
+    empty_t = value.new_zeros(value.shape[:-2] + (0,))
+    empty_w = value.new_zeros(value.shape[:-2] + (0, intensity.num_history_marks))
+    parts = []
+    for chunk in value.split(INDEX_CHUNK, -2):
+        marks = index_marks(chunk)
+        log_rates = intensity.log_forward(empty_t, empty_w, chunk[..., 0])  # batch x chunk x K
+        log_rates = log_rates.expand(torch.broadcast_shapes(log_rates.shape[:-1], marks.shape) + (k,))
+        picked = log_rates.gather(-1, marks.expand(log_rates.shape[:-1]).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        parts.append(torch.where(marks >= 0, picked, torch.zeros_like(picked)))
+    return torch.cat(parts, -1)
+
+
+def _chunked_compensator(intensity: Intensity, times: torch.Tensor, marks: torch.Tensor, soft: torch.Tensor,
+                         duration: torch.Tensor) -> torch.Tensor:
+    """An additive closed-form compensator (:func:`additive_compensator`) summed over chunks of the
+    history, each with its one-hot rows: the history-free term once, each chunk's events' terms."""
+    width = intensity.num_history_marks
+    empty = intensity.compensator(times[..., :0], times.new_zeros(times.shape[:-1] + (0, width)), duration)
+    total = empty
+    for t, m, w in zip(times.split(INDEX_CHUNK, -1), marks.split(INDEX_CHUNK, -1), soft.split(INDEX_CHUNK, -2)):
+        total = total + (intensity.compensator(t, _one_hot(m, width, w), duration) - empty)
+    return total
