@@ -294,14 +294,27 @@ def dpp_log_density(
 
 
 # ---- exact data in the index layout -------------------------------------------------------------
-#: An index value whose one-hot weights (events x (K + C), over the history) would hold at most this
-#: many numbers is scored by the dense path: the same values, through the intensity's fastest
-#: kernels, with working memory of this bound (32 MiB in float64). Larger data take the chunked path
-#: of :func:`index_log_likelihood`. Set it to 0 to always take the chunked path.
+#: An index value whose dense scoring would hold at most this many numbers (its one-hot history,
+#: ``events x (K + C)``; times ``K`` for an intensity with a closed-form compensator, whose stock
+#: forms evaluate ``events x K x (K + C)`` terms) is scored by the dense path: the same values,
+#: through the intensity's fastest kernels, with working memory of this bound (32 MiB in float64).
+#: Larger data take the chunked path of :func:`index_log_likelihood`. Set it to 0 to always take
+#: the chunked path.
 INDEX_DENSE_ENTRIES = 1 << 22
 
-#: History rows per chunk of the chunked compensator and of history-free log-rates.
+#: Most history rows per chunk of the chunked compensator and of history-free log-rates, and per
+#: checkpointed segment of the scan (:data:`INDEX_SEGMENT`).
 INDEX_CHUNK = 1 << 12
+INDEX_SEGMENT = 64
+
+#: The working-memory budget of the chunked path, in numbers: a chunk or segment of ``r`` rows of a
+#: batch of ``B`` sequences is capped at ``r * B * K * (K + C) <= INDEX_WORK`` (the size of an
+#: evaluation of all ``K`` rates from ``K + C`` traces per row, as Hawkes intensities do).
+INDEX_WORK = 1 << 20
+
+
+def _index_rows(most: int, batch: torch.Size, k: int, d: int) -> int:
+    return max(1, min(most, INDEX_WORK // max(1, batch.numel() * k * d)))
 
 
 def _trim_index(value: torch.Tensor) -> torch.Tensor:
@@ -359,7 +372,7 @@ def _index_history(value: torch.Tensor, num_marks: int, context: torch.Tensor | 
     if hard:
         ctx_marks = index_marks(dense_to_index(ctx))
         ctx_marks = torch.where(ctx_marks >= 0, ctx_marks + num_marks, ctx_marks)
-        return times, torch.cat([marks, ctx_marks], -1), soft
+        return times, torch.cat([marks, ctx_marks], -1), times.new_zeros(times.shape + (0,))
     none = marks.new_full(ctx.shape[:-1], -1)
     soft = torch.cat([ctx_w.new_zeros(marks.shape + (num_context_marks,)), ctx_w], -2)
     return times, torch.cat([marks, none], -1), soft
@@ -372,8 +385,8 @@ def index_log_likelihood(
     """``batch`` exact log-likelihood of an index value (``batch x events x 2``: time, mark id; see
     :mod:`pyro_dpp.events`), equal to :func:`exact_log_likelihood` of its dense realization.
 
-    Data whose one-hot history would hold at most :data:`INDEX_DENSE_ENTRIES` numbers take the dense
-    path. Larger data never hold the one-hot weights of all events:
+    Small data (see :data:`INDEX_DENSE_ENTRIES`) take the dense path. Larger data never hold the
+    one-hot weights of all events:
 
     - the log-intensity of each event at its own mark: for history-free stock intensities (Poisson,
       inhomogeneous Poisson) from the rates at the event times, a chunk at a time; otherwise by the
@@ -393,7 +406,10 @@ def index_log_likelihood(
     batch = torch.broadcast_shapes(value.shape[:-2], duration.shape, () if context is None else context.shape[:-2])
     rows = value.shape[-2] + (0 if context is None else context.shape[-2])
     closed = type(intensity).compensator is not Intensity.compensator
-    dense = (batch.numel() * rows * (k + c) <= INDEX_DENSE_ENTRIES or duration.requires_grad
+    # the dense path's own working memory: the one-hot history, and with a closed-form compensator
+    # (the Hawkes family's) an events x K x (K + C) temporary
+    small = batch.numel() * rows * (k + c) * (k if closed else 1) <= INDEX_DENSE_ENTRIES
+    dense = (small or duration.requires_grad
              or (closed and not additive_compensator(intensity))
              or not (_history_free(intensity) or has_scan(intensity)))
     if dense:
@@ -402,27 +418,28 @@ def index_log_likelihood(
     events = value.shape[-2]
     duration = duration.expand(batch)
     if _history_free(intensity):
-        own = _history_free_log_rates(intensity, value)
+        own = _history_free_log_rates(intensity, value, _index_rows(INDEX_CHUNK, batch, k, 1))
     else:
         grid = None if closed else torch.stack(gauss_legendre(nodes, times))
-        own, comp = scan_score(intensity, times, soft, duration, grid, marks=marks)
+        every = _index_rows(INDEX_SEGMENT, batch, k, k + c)
+        own, comp = scan_score(intensity, times, soft, duration, grid, checkpoint_every=every, marks=marks)
         own = own[..., :events]
     total = own.sum(-1)
     if closed:
-        comp = _chunked_compensator(intensity, times, marks, soft, duration)
+        comp = _chunked_compensator(intensity, times, marks, soft, duration, _index_rows(INDEX_CHUNK, batch, k, k + c))
     return total - comp
 
 
-def _history_free_log_rates(intensity: Intensity, value: torch.Tensor) -> torch.Tensor:
+def _history_free_log_rates(intensity: Intensity, value: torch.Tensor, chunk: int) -> torch.Tensor:
     """``batch x events``: the log-rate of each event at its own mark (0 on padding), for an intensity
     that ignores the history (an empty history is passed), a chunk of events at a time."""
     k = intensity.num_marks
     empty_t = value.new_zeros(value.shape[:-2] + (0,))
     empty_w = value.new_zeros(value.shape[:-2] + (0, intensity.num_history_marks))
     parts = []
-    for chunk in value.split(INDEX_CHUNK, -2):
-        marks = index_marks(chunk)
-        log_rates = intensity.log_forward(empty_t, empty_w, chunk[..., 0])  # batch x chunk x K
+    for rows in value.split(chunk, -2):
+        marks = index_marks(rows)
+        log_rates = intensity.log_forward(empty_t, empty_w, rows[..., 0])  # batch x chunk x K
         log_rates = log_rates.expand(torch.broadcast_shapes(log_rates.shape[:-1], marks.shape) + (k,))
         picked = log_rates.gather(-1, marks.expand(log_rates.shape[:-1]).clamp(min=0).unsqueeze(-1)).squeeze(-1)
         parts.append(torch.where(marks >= 0, picked, torch.zeros_like(picked)))
@@ -430,12 +447,12 @@ def _history_free_log_rates(intensity: Intensity, value: torch.Tensor) -> torch.
 
 
 def _chunked_compensator(intensity: Intensity, times: torch.Tensor, marks: torch.Tensor, soft: torch.Tensor,
-                         duration: torch.Tensor) -> torch.Tensor:
+                         duration: torch.Tensor, chunk: int) -> torch.Tensor:
     """An additive closed-form compensator (:func:`additive_compensator`) summed over chunks of the
     history, each with its one-hot rows: the history-free term once, each chunk's events' terms."""
     width = intensity.num_history_marks
     empty = intensity.compensator(times[..., :0], times.new_zeros(times.shape[:-1] + (0, width)), duration)
     total = empty
-    for t, m, w in zip(times.split(INDEX_CHUNK, -1), marks.split(INDEX_CHUNK, -1), soft.split(INDEX_CHUNK, -2)):
+    for t, m, w in zip(times.split(chunk, -1), marks.split(chunk, -1), soft.split(chunk, -2)):
         total = total + (intensity.compensator(t, _one_hot(m, width, w), duration) - empty)
     return total
