@@ -343,8 +343,9 @@ class SpikeTrains:
                 raise ValueError(
                     f"sequence {s} has neuron ids outside 0..{num_marks - 1}; raise num_marks or fix the ids"
                 )
-            order = torch.argsort(t64, stable=True)
-            t64, m = t64[order], m[order]
+            if len(t64) > 1 and bool((t64[1:] < t64[:-1]).any()):  # files are mostly sorted already
+                order = torch.argsort(t64, stable=True)
+                t64, m = t64[order], m[order]
             t = t64.to(dtype)
             if outside_window(t, duration[s].to(dtype)).any():
                 raise ValueError(
