@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..distribution import PointProcess
-from ..events import SpikeTrains, event_mask, select_marks
+from ..events import SpikeTrains, event_mask, index_marks, index_to_dense, is_index, select_marks
 from ..intensity.basis import Basis, EpanechnikovBasis, ExponentialBasis, RaisedCosineBasis
 from ..intensity.glm import ACTIVATIONS, GLM
 from ..thinning import default_max_events
@@ -232,6 +232,13 @@ class SNN(torch.nn.Module):
         return window
 
     def _check_data(self, value: torch.Tensor, marks: int, what: str) -> None:
+        if marks > 0 and is_index(value):  # an index value (time, neuron id)
+            ids = index_marks(value)
+            if ids.numel() and int(ids.max()) >= marks:
+                raise ValueError(
+                    f"{what} spikes have neuron id {int(ids.max())} but the network has {marks} {what} neurons"
+                )
+            return
         if value.dim() < 2 or value.shape[-1] != marks + 2:
             raise ValueError(
                 f"{what} spikes have {value.shape[-1] - 2 if value.dim() >= 2 else '?'} neurons but the network "
@@ -245,9 +252,13 @@ class SNN(torch.nn.Module):
     ) -> PointProcess:
         """The hidden neurons' process given the observed spikes (context; for an acausal network
         also seen ahead of time). ``temperature > 0``: the DPP; 0: exact. ``relaxed_log_prob``: see
-        :class:`~pyro_dpp.PointProcess`."""
+        :class:`~pyro_dpp.PointProcess`. The observed spikes may be :class:`~pyro_dpp.SpikeTrains`,
+        a dense realization or an index value (``batch x events x 2``); the context itself is dense
+        (``batch x events x (D_o + 2)``: the samplers read context weights)."""
         observed, duration = _value_and_duration(observed, duration)
         self._check_data(observed, self.n_observed, "observed")
+        if is_index(observed):
+            observed = index_to_dense(observed, self.n_observed)
         observed = observed.to(self.weight)
         bound = self.neuron_bound * self.n_hidden
         future = observed if self.future_weight is not None else None
@@ -260,7 +271,9 @@ class SNN(torch.nn.Module):
     def observed_process(
         self, hidden: torch.Tensor | SpikeTrains, duration: Any = None, params: dict[str, torch.Tensor] | None = None,
     ) -> PointProcess:
-        """The observed neurons' exact process given hidden events (soft or hard) as context."""
+        """The observed neurons' exact process given hidden events (soft or hard) as context. Its
+        ``log_prob`` scores the observed spikes as a dense realization or, at O(events) memory, as an
+        index value (``SpikeTrains.to_tensor(format="index")``; see :class:`~pyro_dpp.PointProcess`)."""
         hidden, duration = _value_and_duration(hidden, duration)
         self._check_data(hidden, self.n_hidden, "hidden")
         bound = self.neuron_bound * self.n_observed

@@ -166,7 +166,8 @@ def fit(
     guide = model if shared else guide
     if estimator == "score_function_baseline" and baseline is None:
         baseline = CountBaseline(model.n_observed).to(model.weight)
-    values, durations = _data(observed, None, model.weight)
+    # the observed spikes as an index value (time, neuron id): O(events) memory at the observed site
+    values, durations = _data(observed, None, model.weight, format="index")
     num_sequences = values.shape[0]
     batch_size = num_sequences if batch_size is None else int(batch_size)
     modules = [model] + ([] if shared else [guide]) + ([baseline] if baseline is not None else [])
