@@ -258,7 +258,9 @@ def dense_to_index(value: torch.Tensor) -> torch.Tensor:
     weights = value[..., 1:-1]
     real = event_mask(value)
     hot = weights > 0.5
-    if bool((real & ((hot.sum(-1) != 1) | (value[..., -1] > 0.5))).any()):
+    atol = _atol(value.dtype)
+    one_hot = ((weights - hot.to(value.dtype)).abs() <= atol).all(-1) & (hot.sum(-1) == 1)
+    if bool((real & ~(one_hot & (value[..., -1].abs() <= atol))).any()):
         raise ValueError(
             "only exact realizations (one-hot marks) have an index layout; this value has soft or 'no event' "
             "rows (a relaxed draw): keep it dense"
