@@ -130,12 +130,16 @@ def _build(
         if n.size:
             if not np.all(np.isfinite(n)) or not np.all(n == np.round(n)):
                 raise ValueError(f"{where}: neuron ids must be integers (found NaN or fractional ids)")
-            if id_map is not None:
-                unknown = sorted({int(x) for x in n.tolist()} - set(id_map))
-                if unknown:
+            if id_map is not None:  # vectorised lookup: sorted file ids, their positions
+                keys = np.asarray(list(id_map), dtype=np.float64)
+                order = np.argsort(keys)
+                found = np.clip(np.searchsorted(keys[order], n), 0, len(keys) - 1)
+                known = keys[order][found] == n
+                if not known.all():
+                    unknown = sorted({int(x) for x in np.unique(n[~known]).tolist()})
                     raise ValueError(f"{where}: neuron ids {unknown[:5]} are not in neuron_ids; add them or fix "
                                      "the file")
-                n = np.asarray([id_map[int(x)] for x in n.tolist()], dtype=np.int64)
+                n = np.asarray(list(id_map.values()), dtype=np.int64)[order][found]
             n = n.astype(np.int64)
             if n.min() < 0:
                 raise ValueError(f"{where}: negative neuron id {int(n.min())}; ids must be 0, 1, ...")
