@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .events import dense_to_index, event_mask, index_marks, index_to_dense, is_index
-from .intensity.base import Intensity, safe_log
+from .intensity.base import Intensity, keeps_math, safe_log
 from .relaxed import carried_log_weights, plain
 from .scan.backend import get_backend
 from .scan.generic_scoring import _one_hot, has_scan, scan_score, scores_by_scan
@@ -327,7 +327,6 @@ def _trim_index(value: torch.Tensor) -> torch.Tensor:
 
 def _history_free(intensity: Intensity) -> bool:
     """Stock intensities whose rates ignore the history (their log-rates need no scan)."""
-    from .intensity.base import keeps_math
     from .intensity.inhomogeneous import InhomogeneousPoisson, PiecewisePoisson
     from .intensity.poisson import Poisson
 
@@ -389,11 +388,14 @@ def index_log_likelihood(
     one-hot weights of all events:
 
     - the log-intensity of each event at its own mark: for history-free stock intensities (Poisson,
-      inhomogeneous Poisson) from the rates at the event times, a chunk at a time; otherwise by the
+      inhomogeneous Poisson) from the rates at the event times, a chunk at a time; for an
+      :class:`~pyro_dpp.intensity.ExpHawkes` with one decay (and an exact context) by a chunked
+      recursion on integer marks (:func:`_exphawkes_log_rates`, O(events x (chunk + K)) work); otherwise by the
       scan over the events (:func:`~pyro_dpp.scan.generic_scoring.scan_score` with integer marks:
       one checkpointed segment's one-hot rows at a time, ``batch x events`` out);
-    - the compensator: a closed form that is additive over events (:func:`additive_compensator`) is
-      summed over chunks of :data:`INDEX_CHUNK` events; without a closed form, Gauss-Legendre
+    - the compensator: one decay's ExpHawkes compensator from per-source masses (O(events)); another
+      closed form that is additive over events (:func:`additive_compensator`) summed over chunks of
+      at most :data:`INDEX_CHUNK` events; without a closed form, Gauss-Legendre
       quadrature on the scan (the intervals and nodes of :func:`quadrature_compensator`).
 
     Two cases fall back to the dense layout (built under the memory check of
@@ -419,15 +421,115 @@ def index_log_likelihood(
     duration = duration.expand(batch)
     if _history_free(intensity):
         own = _history_free_log_rates(intensity, value, _index_rows(INDEX_CHUNK, batch, k, 1))
+    elif _uniform_exphawkes(intensity) and _stock_exphawkes_rates(intensity) and not soft.shape[-1]:
+        own = _exphawkes_log_rates(intensity, times, marks, events, _index_rows(INDEX_SEGMENT, batch, 1, k + c))
     else:
         grid = None if closed else torch.stack(gauss_legendre(nodes, times))
         every = _index_rows(INDEX_SEGMENT, batch, k, k + c)
         own, comp = scan_score(intensity, times, soft, duration, grid, checkpoint_every=every, marks=marks)
         own = own[..., :events]
     total = own.sum(-1)
-    if closed:
+    if closed and _uniform_exphawkes(intensity):
+        comp = _exphawkes_compensator(intensity, times, marks, soft, duration)
+    elif closed:
         comp = _chunked_compensator(intensity, times, marks, soft, duration, _index_rows(INDEX_CHUNK, batch, k, k + c))
     return total - comp
+
+
+def _exphawkes_log_rates(intensity: Intensity, times: torch.Tensor, marks: torch.Tensor, events: int,
+                         chunk: int) -> torch.Tensor:
+    r"""``batch x events``: the log-intensity of each of the first ``events`` history rows at its own
+    mark for an :class:`~pyro_dpp.intensity.ExpHawkes` with one decay, from integer marks, in chunks
+    of sorted rows: :math:`\lambda_{k_e}(t_e) = \mu_{k_e} + \beta \sum_n \alpha_{k_e k_n}
+    e^{-\beta (t_e - t_n)} [t_n < t_e]`, with the rows of earlier chunks folded into one trace per
+    source (``batch x (K + C)``) and those of the chunk paired directly. Each chunk is recomputed in
+    the backward pass (:func:`torch.utils.checkpoint.checkpoint`), so the saved memory is O(rows)."""
+    from torch.utils.checkpoint import checkpoint
+
+    k, d = intensity.num_marks, intensity.num_history_marks
+    order = times.detach().argsort(dim=-1, stable=True)
+    sorted_t, sorted_m = times.gather(-1, order), marks.gather(-1, order)
+    batch = sorted_t.shape[:-1]
+    trace = sorted_t.new_zeros(batch + (d,))  # rows of earlier chunks, decayed to ``last``
+    tie = sorted_t.new_zeros(batch + (d,))  # those of them at time ``last`` (not strictly before it)
+    last = sorted_t.new_zeros(batch)
+    parts = []
+    for lo in range(0, sorted_t.shape[-1], chunk):
+        t, m = sorted_t[..., lo: lo + chunk], sorted_m[..., lo: lo + chunk]
+        if torch.is_grad_enabled():
+            rates, trace, tie, last = checkpoint(_exphawkes_chunk, intensity.baseline, intensity.adjacency,
+                                                 intensity.decay, t, m, trace, tie, last, use_reentrant=False)
+        else:
+            rates, trace, tie, last = _exphawkes_chunk(intensity.baseline, intensity.adjacency, intensity.decay,
+                                                       t, m, trace, tie, last)
+        parts.append(rates)
+    rates = torch.cat(parts, -1)  # batch x H, sorted rows
+    own = torch.where((sorted_m >= 0) & (sorted_m < k), torch.log(rates), torch.zeros_like(rates))
+    return own.gather(-1, order.argsort(-1))[..., :events]
+
+
+def _exphawkes_chunk(baseline: torch.Tensor, adjacency: torch.Tensor, decay: torch.Tensor, t: torch.Tensor,
+                     m: torch.Tensor, trace: torch.Tensor, tie: torch.Tensor, last: torch.Tensor
+                     ) -> tuple[torch.Tensor, ...]:
+    """One chunk of :func:`_exphawkes_log_rates`: the rates at its rows' own marks (1 where a row has
+    no modelled mark) and the folded trace, tie trace and time after it."""
+    k, d = adjacency.shape[-2], adjacency.shape[-1]
+    beta = decay.reshape(())
+    own = m.clamp(0, k - 1)
+    gain = beta * adjacency  # batch x K x D
+    # earlier chunks: (trace e^{-beta (t - last)} - tie [t == last]) . alpha_{k_e, :}
+    drive = (gain @ trace.unsqueeze(-1)).squeeze(-1)  # batch x K
+    drive_tie = (gain @ tie.unsqueeze(-1)).squeeze(-1)
+    past = drive.gather(-1, own) * torch.exp(-beta * (t - last.unsqueeze(-1)))
+    past = past - torch.where(t == last.unsqueeze(-1), drive_tie.gather(-1, own), torch.zeros_like(past))
+    # this chunk's rows, pairwise: alpha_{k_e k_n} e^{-beta (t_e - t_n)} [t_n < t_e]
+    lag = t.unsqueeze(-1) - t.unsqueeze(-2)  # batch x c (e) x c (n)
+    source = m.clamp(min=0)
+    pair = gain.expand(t.shape[:-1] + gain.shape[-2:])
+    pair = pair.gather(-2, own.unsqueeze(-1).expand(own.shape + (d,)))  # batch x c x D: rows alpha_{k_e}
+    pair = pair.gather(-1, source.unsqueeze(-2).expand(own.shape + source.shape[-1:]))  # batch x c x c
+    before = (lag > 0) & (m >= 0).unsqueeze(-2)
+    within = torch.where(before, pair * torch.exp(-beta * lag.clamp(min=0)), torch.zeros_like(pair)).sum(-1)
+    base = baseline.expand(t.shape[:-1] + baseline.shape[-1:]).gather(-1, own)
+    rates = torch.where((m >= 0) & (m < k), base + past + within, torch.ones_like(past))
+    # fold the chunk: decay the trace to the chunk's last time, add its rows
+    end = t[..., -1]
+    real = (m >= 0).to(t.dtype)
+    trace = trace * torch.exp(-beta * (end - last)).unsqueeze(-1)
+    trace = trace.scatter_add(-1, source, real * torch.exp(-beta * (end.unsqueeze(-1) - t)))
+    at_end = real * (t == end.unsqueeze(-1)).to(t.dtype)
+    tie = torch.where((end == last).unsqueeze(-1), tie, torch.zeros_like(tie)).scatter_add(-1, source, at_end)
+    return rates, trace, tie, end
+
+
+def _stock_exphawkes_rates(intensity: Intensity) -> bool:
+    from .intensity.hawkes import ExpHawkes
+
+    return keeps_math(intensity, ExpHawkes)
+
+
+def _uniform_exphawkes(intensity: Intensity) -> bool:
+    from .intensity.hawkes import ExpHawkes
+
+    return (isinstance(intensity, ExpHawkes) and type(intensity).compensator is ExpHawkes.compensator
+            and intensity.decay.numel() == 1)
+
+
+def _exphawkes_compensator(intensity: Intensity, times: torch.Tensor, marks: torch.Tensor, soft: torch.Tensor,
+                           duration: torch.Tensor) -> torch.Tensor:
+    """The :class:`~pyro_dpp.intensity.ExpHawkes` compensator with one decay ``beta`` from integer
+    marks, in O(history) memory: ``T sum_i mu_i + sum_j (sum_i alpha_ij) s_j`` with the per-source
+    masses ``s_j = sum_{n: k_n = j} (1 - exp(-beta (T - t_n)))`` (soft context rows by weight)."""
+    d = intensity.num_history_marks
+    remaining = (duration.unsqueeze(-1) - times).clamp(min=0)  # batch x H
+    inside = -torch.expm1(-intensity.decay.reshape(()) * remaining)
+    per_source = inside.new_zeros(inside.shape[:-1] + (d + 1,)).scatter_add(-1, marks + 1, inside)[..., 1:]
+    if soft.shape[-1]:  # soft context marks fill the last columns
+        extra = (inside.unsqueeze(-1) * soft).sum(-2)
+        split = d - soft.shape[-1]
+        per_source = torch.cat([per_source[..., :split], per_source[..., split:] + extra], -1)
+    triggered = (per_source * intensity.adjacency.sum(-2)).sum(-1)
+    return intensity.baseline.sum(-1) * duration + triggered
 
 
 def _history_free_log_rates(intensity: Intensity, value: torch.Tensor, chunk: int) -> torch.Tensor:

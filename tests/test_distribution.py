@@ -1216,27 +1216,42 @@ def test_index_log_prob_never_builds_the_one_hot_history():
     assert torch.allclose(got, want, rtol=1e-12)
 
 
-def test_index_scan_memory_does_not_grow_with_events(monkeypatch):
-    """An ExpHawkes of 300 marks scored through the chunked scan: the largest tensor is the same for
-    400 and 1,600 events and within the documented budget (``INDEX_WORK`` numbers): working memory
-    does not grow with the events (the dense layout grows as events x marks)."""
+@pytest.mark.parametrize("k, matrix_decay", [(300, False), (60, True)], ids=["uniform-decay", "matrix-decay-scan"])
+def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, k, matrix_decay):
+    """An ExpHawkes scored through the chunked path (one decay: its integer-mark recursion; a decay
+    matrix: the generic scan): the largest tensor is the same for 400 and 1,600 events and within
+    the documented budget (``INDEX_WORK`` numbers), while the dense layout grows as events x marks."""
     import pyro_dpp.likelihood as likelihood
 
     monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
-    k = 300
     gen = torch.Generator().manual_seed(8)
-    intensity = ExpHawkes(torch.rand(k, generator=gen, dtype=torch.float64) + 0.1,
-                          torch.rand(k, k, generator=gen, dtype=torch.float64) * 1e-3,
-                          torch.tensor(2.0, dtype=torch.float64))
+    decay = (torch.rand(k, k, generator=gen, dtype=torch.float64) + 1.0 if matrix_decay
+             else torch.tensor(2.0, dtype=torch.float64))
+    adjacency = (torch.rand(k, k, generator=gen, dtype=torch.float64) * 1e-3).requires_grad_()
+    intensity = ExpHawkes(torch.rand(k, generator=gen, dtype=torch.float64) + 0.1, adjacency, decay)
     most = []
     for events in (400, 1_600):
         times = torch.rand(events, generator=gen, dtype=torch.float64).sort().values * 50.0
         ids = torch.randint(k, (events,), generator=gen).to(torch.float64)
         xi = torch.stack([times, ids], -1)
         d = PointProcess(intensity, 50.0)
-        most.append(_largest(lambda d=d, xi=xi: d.log_prob(xi)))
+        most.append(_largest(lambda d=d, xi=xi: d.log_prob(xi).backward()))
     assert most[1] <= most[0] * 1.1
     assert most[1] <= likelihood.INDEX_WORK * 1.1
+
+
+def test_index_exphawkes_recursion_with_ties(monkeypatch):
+    """Events at equal times, across chunk boundaries: only strictly earlier events excite."""
+    import pyro_dpp.likelihood as likelihood
+
+    d, params = make(_case("hawkes-exact-bound"), torch.float64, leaf_param)
+    value = torch.tensor([[0.5, 0], [0.5, 1], [0.5, 0], [0.5, 1], [1.0, 1], [1.0, 0], [1.5, 0], [2.0, -1]],
+                         dtype=torch.float64)
+    dense = d.log_prob(likelihood.index_to_dense(value, 2))
+    for chunk in (1, 2, 3, 64):
+        monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
+        monkeypatch.setattr(likelihood, "INDEX_SEGMENT", chunk)
+        assert torch.allclose(d.log_prob(value), dense, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
