@@ -393,6 +393,10 @@ def index_log_likelihood(
       recursion on integer marks (:func:`_exphawkes_log_rates`, O(events x (chunk + K)) work); otherwise by the
       scan over the events (:func:`~pyro_dpp.scan.generic_scoring.scan_score` with integer marks:
       one checkpointed segment's one-hot rows at a time, ``batch x events`` out);
+    - a stock :class:`~pyro_dpp.intensity.GLM` with a finite-support basis (the SNN's Epanechnikov
+      and raised-cosine bases): its own parallel kernels (``log_forward``, ``integrate_intervals``)
+      on chunks of queries, each given only the history within one support length before it
+      (:func:`_windowed_log_likelihood`; memory set by the events within one support length);
     - the compensator: one decay's ExpHawkes compensator from per-source masses (O(events)); another
       closed form that is additive over events (:func:`additive_compensator`) summed over chunks of
       at most :data:`INDEX_CHUNK` events; without a closed form, Gauss-Legendre
@@ -423,6 +427,9 @@ def index_log_likelihood(
         own = _history_free_log_rates(intensity, value, _index_rows(INDEX_CHUNK, batch, k, 1))
     elif _uniform_exphawkes(intensity) and _stock_exphawkes_rates(intensity) and not soft.shape[-1]:
         own = _exphawkes_log_rates(intensity, times, marks, events, _index_rows(INDEX_SEGMENT, batch, 1, k + c))
+    elif _finite_support(intensity) is not None and not closed:
+        return _windowed_log_likelihood(intensity, times, marks, soft, duration, events, nodes,
+                                        _index_rows(INDEX_CHUNK, batch, k, k + c))
     else:
         grid = None if closed else torch.stack(gauss_legendre(nodes, times))
         every = _index_rows(INDEX_SEGMENT, batch, k, k + c)
@@ -558,3 +565,80 @@ def _chunked_compensator(intensity: Intensity, times: torch.Tensor, marks: torch
     for t, m, w in zip(times.split(chunk, -1), marks.split(chunk, -1), soft.split(chunk, -2)):
         total = total + (intensity.compensator(t, _one_hot(m, width, w), duration) - empty)
     return total
+
+
+# ---- stock GLMs with a finite-support basis: windows of the history -----------------------------
+def _finite_support(intensity: Intensity) -> float | None:
+    """The support of a stock :class:`~pyro_dpp.intensity.GLM`'s basis when finite (no anticausal
+    drive): events older than it change no rate, so a chunk of queries needs only the history
+    within one support length before it."""
+    from .intensity.glm import GLM
+
+    if not (isinstance(intensity, GLM) and keeps_math(intensity, GLM)):
+        return None
+    if getattr(intensity, "future", None) is not None:
+        return None
+    support = float(getattr(intensity.basis, "support", math.inf))
+    return support if math.isfinite(support) else None
+
+
+def _window_rows(keys: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, support: float) -> tuple[int, int]:
+    """Rows ``start:end`` of the sorted history ``keys`` (batch x H) that hold, for every sequence,
+    the events within ``[lo - support, hi]`` (``lo``, ``hi``: batch)."""
+    flat = keys.reshape(-1, keys.shape[-1])
+    start = torch.searchsorted(flat, (lo.reshape(-1, 1) - support).contiguous(), side="left")
+    end = torch.searchsorted(flat, hi.reshape(-1, 1).contiguous(), side="right")
+    return int(start.min()), int(end.max())
+
+
+def _windowed_log_likelihood(intensity: Intensity, times: torch.Tensor, marks: torch.Tensor, soft: torch.Tensor,
+                             duration: torch.Tensor, events: int, nodes: int, chunk: int) -> torch.Tensor:
+    """The exact log-likelihood of a finite-support GLM (:func:`_finite_support`) from integer marks:
+    its own ``log_forward`` and ``integrate_intervals`` on chunks of queries (the value's events; the
+    quadrature intervals of :func:`quadrature_compensator`, the same nodes), each given the one-hot
+    rows of the history within one support length before the chunk only."""
+    support = _finite_support(intensity)
+    k, width = intensity.num_marks, intensity.num_history_marks
+    batch = times.shape[:-1]
+    order = times.detach().argsort(dim=-1, stable=True)
+    hist_t, hist_m = times.gather(-1, order), marks.gather(-1, order)
+    hist_w = soft.gather(-2, order.unsqueeze(-1).expand(order.shape + soft.shape[-1:]))
+    keys = hist_t.detach().contiguous()
+
+    def window(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = _window_rows(keys, lo, hi, support)
+        return hist_t[..., start:end], _one_hot(hist_m[..., start:end], width, hist_w[..., start:end, :])
+
+    # the events at their own marks (the value's rows come first and are sorted)
+    total = 0.0
+    for q, m in zip(times[..., :events].split(chunk, -1), marks[..., :events].split(chunk, -1)):
+        t, w = window(q[..., 0].detach(), q[..., -1].detach())
+        log_rates = intensity.log_forward(t, w, q)  # batch x chunk x K
+        picked = log_rates.gather(-1, m.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
+        total = total + torch.where(m >= 0, picked, torch.zeros_like(picked)).sum(-1)
+    # the compensator: quadrature_compensator's intervals and chunks, with windows of the history
+    points = [keys.new_zeros(batch + (1,)), keys]
+    for t, m, w in zip(hist_t.detach().split(INDEX_CHUNK, -1), hist_m.split(INDEX_CHUNK, -1),
+                       hist_w.detach().split(INDEX_CHUNK, -2)):
+        extra = intensity.breakpoints(t, _one_hot(m, width, w))
+        if extra is not None:
+            points.append(extra.expand(batch + extra.shape[-1:]))
+    end = duration.unsqueeze(-1)
+    points = torch.cat(points + [end.expand(batch + (1,))], -1)
+    points = torch.minimum(points.clamp(min=0), end).sort(-1).values
+    if not torch.jit.is_tracing():
+        inside = int((points < end).sum(-1).max()) + 1
+        points = torch.cat([points[..., :inside], end.expand(batch + (1,))], -1)
+    left, right = points[..., :-1], points[..., 1:]
+    x, w_nodes = gauss_legendre(nodes, times)
+    half, centre = (right - left) / 2, (left + right) / 2
+    comp = 0.0
+    for c, h in zip(centre.split(max(1, _QUERY_CHUNK // nodes), -1), half.split(max(1, _QUERY_CHUNK // nodes), -1)):
+        t, w = window((c - h)[..., 0].detach(), (c + h)[..., -1].detach())
+        part = intensity.integrate_intervals(t, w, c, h, nodes)
+        if part is None:
+            query = c.unsqueeze(-1) + h.unsqueeze(-1) * x  # batch x P x nodes
+            rates = evaluate(intensity, t, w, query.flatten(-2)).sum(-1).reshape(query.shape)
+            part = (rates * h.unsqueeze(-1) * w_nodes).sum((-1, -2))
+        comp = comp + part
+    return total - comp

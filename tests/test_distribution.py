@@ -1216,28 +1216,46 @@ def test_index_log_prob_never_builds_the_one_hot_history():
     assert torch.allclose(got, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("k, matrix_decay", [(300, False), (60, True)], ids=["uniform-decay", "matrix-decay-scan"])
-def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, k, matrix_decay):
-    """An ExpHawkes scored through the chunked path (one decay: its integer-mark recursion; a decay
-    matrix: the generic scan): the largest tensor is the same for 400 and 1,600 events and within
-    the documented budget (``INDEX_WORK`` numbers), while the dense layout grows as events x marks."""
+def _big_exphawkes(k, matrix_decay, gen):
+    decay = (torch.rand(k, k, generator=gen, dtype=torch.float64) + 1.0 if matrix_decay
+             else torch.tensor(2.0, dtype=torch.float64))
+    adjacency = (torch.rand(k, k, generator=gen, dtype=torch.float64) * 1e-3).requires_grad_()
+    return ExpHawkes(torch.rand(k, generator=gen, dtype=torch.float64) + 0.1, adjacency, decay)
+
+
+def _big_glm(k, gen):
+    weight = (torch.randn(2, k, k, generator=gen, dtype=torch.float64) * 0.1).requires_grad_()
+    basis = EpanechnikovBasis(2, 0.0, 2.0, 1.0).double()
+    return GLM(torch.zeros(k, dtype=torch.float64), weight, basis, "sigmoid", torch.tensor(2.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name, k, events", [
+    ("uniform-decay", 300, (400, 1_600)), ("matrix-decay-scan", 60, (400, 1_600)), ("glm-windows", 100, (2_000, 8_000)),
+])
+def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, name, k, events):
+    """The chunked path (an ExpHawkes with one decay: its integer-mark recursion; with a decay
+    matrix: the generic scan; a finite-support GLM: windows of the history) at a fixed event rate:
+    the largest tensor of log_prob and its backward pass is the same for 4 times the events and
+    within the documented budget (``INDEX_WORK`` numbers), while the dense layout grows as events x
+    marks."""
     import pyro_dpp.likelihood as likelihood
 
     monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
     gen = torch.Generator().manual_seed(8)
-    decay = (torch.rand(k, k, generator=gen, dtype=torch.float64) + 1.0 if matrix_decay
-             else torch.tensor(2.0, dtype=torch.float64))
-    adjacency = (torch.rand(k, k, generator=gen, dtype=torch.float64) * 1e-3).requires_grad_()
-    intensity = ExpHawkes(torch.rand(k, generator=gen, dtype=torch.float64) + 0.1, adjacency, decay)
+    intensity = _big_glm(k, gen) if name == "glm-windows" else _big_exphawkes(k, name == "matrix-decay-scan", gen)
     most = []
-    for events in (400, 1_600):
-        times = torch.rand(events, generator=gen, dtype=torch.float64).sort().values * 50.0
-        ids = torch.randint(k, (events,), generator=gen).to(torch.float64)
+    for n in events:
+        duration = n / 20.0  # 20 events per unit time
+        times = torch.rand(n, generator=gen, dtype=torch.float64).sort().values * duration
+        ids = torch.randint(k, (n,), generator=gen).to(torch.float64)
         xi = torch.stack([times, ids], -1)
-        d = PointProcess(intensity, 50.0)
+        d = PointProcess(intensity, duration)
         most.append(_largest(lambda d=d, xi=xi: d.log_prob(xi).backward()))
     assert most[1] <= most[0] * 1.1
-    assert most[1] <= likelihood.INDEX_WORK * 1.1
+    if name == "glm-windows":  # the GLM's own interval kernels take chunks of 2048 intervals x 3 x K
+        assert most[1] < events[1] * (k + 2)  # below the dense layout
+    else:
+        assert most[1] <= likelihood.INDEX_WORK * 1.1
 
 
 def test_index_exphawkes_recursion_with_ties(monkeypatch):
