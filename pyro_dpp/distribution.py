@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from .events import (
     INDEX_COLUMNS,
     SpikeTrains,
     dense_to_index,
+    index_to_dense,
     is_index,
     num_marks_of,
     validate_index,
@@ -357,13 +359,38 @@ class PointProcess(TorchDistribution):
         if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
             return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context)
-        if self.temperature == 0 and type(self.intensity) is ExpHawkes and not is_index(value):
+        if self.temperature == 0 and type(self.intensity) is ExpHawkes:
             # the same data scored again (MCMC, SVI, MLE) reuses statistics that do not depend on
-            # baseline and adjacency
-            stats = cached_statistics(self.intensity, value, self.duration, self.context)
+            # baseline and adjacency (small index values through their dense twin, built once)
+            dense = _dense_twin(value, self.intensity) if is_index(value) else value
+            stats = None if dense is None else cached_statistics(self.intensity, dense, self.duration, self.context)
             if stats is not None:
                 return stats.log_likelihood(self.intensity.baseline, self.intensity.adjacency)
         return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes)
+
+
+_TWINS: list[tuple[weakref.ref, tuple, torch.Tensor]] = []
+
+
+def _dense_twin(value: torch.Tensor, intensity: Intensity) -> torch.Tensor | None:
+    """The dense realization of a small index value (the statistics of
+    :class:`~pyro_dpp.intensity.hawkes_stats.ExpHawkesStatistics` cost ``events x K x (K + C)``
+    anyway), the same tensor while the index value is unchanged, so that their cache applies; None
+    for larger values (scored by :func:`~pyro_dpp.likelihood.index_log_likelihood`)."""
+    from . import likelihood
+
+    k, d = intensity.num_marks, intensity.num_history_marks
+    if value.requires_grad or value[..., 0].numel() * k * d > likelihood.INDEX_DENSE_ENTRIES:
+        return None
+    key = (value._version, k, value.dtype, value.device)
+    _TWINS[:] = [entry for entry in _TWINS if entry[0]() is not None]
+    for ref, old, dense in _TWINS:
+        if ref() is value and old == key:
+            return dense
+    dense = index_to_dense(value, k)
+    _TWINS.append((weakref.ref(value), key, dense))
+    del _TWINS[:-4]
+    return dense
 
 
 def sample_rows(

@@ -23,6 +23,7 @@ compensator is computed a chunk of events at a time (see there).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -605,17 +606,30 @@ def _windowed_log_likelihood(intensity: Intensity, times: torch.Tensor, marks: t
     hist_w = soft.gather(-2, order.unsqueeze(-1).expand(order.shape + soft.shape[-1:]))
     keys = hist_t.detach().contiguous()
 
-    def window(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def window(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         start, end = _window_rows(keys, lo, hi, support)
-        return hist_t[..., start:end], _one_hot(hist_m[..., start:end], width, hist_w[..., start:end, :])
+        return hist_t[..., start:end], hist_m[..., start:end], hist_w[..., start:end, :]
+
+    def events_part(q: torch.Tensor, m: torch.Tensor, t: torch.Tensor, hm: torch.Tensor,
+                    hw: torch.Tensor) -> torch.Tensor:
+        log_rates = intensity.log_forward(t, _one_hot(hm, width, hw), q)  # batch x chunk x K
+        picked = log_rates.gather(-1, m.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
+        return torch.where(m >= 0, picked, torch.zeros_like(picked)).sum(-1)
+
+    def compensator_part(c: torch.Tensor, h: torch.Tensor, t: torch.Tensor, hm: torch.Tensor,
+                         hw: torch.Tensor) -> torch.Tensor:
+        w = _one_hot(hm, width, hw)
+        part = intensity.integrate_intervals(t, w, c, h, nodes)
+        if part is None:
+            query = c.unsqueeze(-1) + h.unsqueeze(-1) * x  # batch x P x nodes
+            rates = evaluate(intensity, t, w, query.flatten(-2)).sum(-1).reshape(query.shape)
+            part = (rates * h.unsqueeze(-1) * w_nodes).sum((-1, -2))
+        return part
 
     # the events at their own marks (the value's rows come first and are sorted)
     total = 0.0
     for q, m in zip(times[..., :events].split(chunk, -1), marks[..., :events].split(chunk, -1)):
-        t, w = window(q[..., 0].detach(), q[..., -1].detach())
-        log_rates = intensity.log_forward(t, w, q)  # batch x chunk x K
-        picked = log_rates.gather(-1, m.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
-        total = total + torch.where(m >= 0, picked, torch.zeros_like(picked)).sum(-1)
+        total = total + _recomputed(events_part, q, m, *window(q[..., 0].detach(), q[..., -1].detach()))
     # the compensator: quadrature_compensator's intervals and chunks, with windows of the history
     points = [keys.new_zeros(batch + (1,)), keys]
     for t, m, w in zip(hist_t.detach().split(INDEX_CHUNK, -1), hist_m.split(INDEX_CHUNK, -1),
@@ -633,12 +647,18 @@ def _windowed_log_likelihood(intensity: Intensity, times: torch.Tensor, marks: t
     x, w_nodes = gauss_legendre(nodes, times)
     half, centre = (right - left) / 2, (left + right) / 2
     comp = 0.0
-    for c, h in zip(centre.split(max(1, _QUERY_CHUNK // nodes), -1), half.split(max(1, _QUERY_CHUNK // nodes), -1)):
-        t, w = window((c - h)[..., 0].detach(), (c + h)[..., -1].detach())
-        part = intensity.integrate_intervals(t, w, c, h, nodes)
-        if part is None:
-            query = c.unsqueeze(-1) + h.unsqueeze(-1) * x  # batch x P x nodes
-            rates = evaluate(intensity, t, w, query.flatten(-2)).sum(-1).reshape(query.shape)
-            part = (rates * h.unsqueeze(-1) * w_nodes).sum((-1, -2))
-        comp = comp + part
+    size = max(1, _QUERY_CHUNK // nodes)
+    for c, h in zip(centre.split(size, -1), half.split(size, -1)):
+        comp = comp + _recomputed(compensator_part, c, h, *window((c - h)[..., 0].detach(), (c + h)[..., -1].detach()))
     return total - comp
+
+
+def _recomputed(fn: Any, *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)``, recomputed in the backward pass (:func:`torch.utils.checkpoint.checkpoint`)
+    when a gradient may be needed: a chunk's intermediate tensors (``chunk x K`` rates, the one-hot
+    rows of its window) are not kept for the backward pass, only its inputs."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *args, use_reentrant=False)

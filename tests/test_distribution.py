@@ -1316,3 +1316,21 @@ def test_value_format_index_samples_the_same_events(case):
     assert torch.allclose(di.log_prob(xi), d.log_prob(x), rtol=1e-10)
     # expand keeps the format
     assert di.expand((4,) + di.batch_shape).sample().shape[-1] == 2
+
+
+def test_small_index_values_reuse_exphawkes_statistics():
+    """MCMC-style loops over a small index value take ExpHawkes's cached statistics through one
+    dense twin of the value (built once while the value is unchanged)."""
+    from pyro_dpp.distribution import _dense_twin
+    from pyro_dpp.intensity.hawkes_stats import _CACHE
+
+    torch.manual_seed(10)
+    d, _ = make(_case("hawkes-exact-bound"), torch.float64)
+    x = d.sample((3,))
+    xi = _as_index(x)
+    twin = _dense_twin(xi, d.intensity)
+    assert twin is _dense_twin(xi, d.intensity)
+    assert torch.allclose(d.log_prob(xi), d.log_prob(x), rtol=1e-12)
+    assert any(entry.value() is twin for entry in _CACHE)
+    xi[0, 0, 0] = xi[0, 0, 0] * 0.5  # an in-place change: a new twin
+    assert _dense_twin(xi, d.intensity) is not twin
