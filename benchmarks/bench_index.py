@@ -59,13 +59,17 @@ print(json.dumps({"seconds": seconds, "peak_added_bytes": peak - before, "value_
 """
 
 
-def run(layout: str, neurons: int, duration: float, sequences: int) -> dict:
+def run(layout: str, neurons: int, duration: float, sequences: int, timeout: float | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run([sys.executable, "-c", CHILD, layout, str(neurons), str(duration), str(sequences)],
-                          capture_output=True, text=True, env=env, check=False)
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD, layout, str(neurons), str(duration), str(sequences)],
+                              capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s"}
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1]}
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit status {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=100.0)
     parser.add_argument("--sequences", type=int, default=4)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a run may take (default: no limit)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = parser.parse_args()
     if args.quick:
@@ -83,7 +88,8 @@ def main() -> None:
     print(f"{'neurons':>7} {'events':>8} {'dense s':>8} {'dense MB':>9} {'index s':>8} {'index MB':>9} "
           f"{'time x':>7} {'mem x':>6} {'max |diff|':>10}")
     for n in args.neurons:
-        dense, index = run("dense", n, args.duration, args.sequences), run("index", n, args.duration, args.sequences)
+        dense = run("dense", n, args.duration, args.sequences, args.timeout)
+        index = run("index", n, args.duration, args.sequences, args.timeout)
         row = {"neurons": n, "duration": args.duration, "sequences": args.sequences, "dense": dense, "index": index}
         if "error" not in dense and "error" not in index:
             row["time_ratio"] = index["seconds"] / dense["seconds"]

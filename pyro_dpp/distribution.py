@@ -377,10 +377,10 @@ def _dense_twin(value: torch.Tensor, intensity: Intensity) -> torch.Tensor | Non
     :class:`~pyro_dpp.intensity.hawkes_stats.ExpHawkesStatistics` cost ``events x K x (K + C)``
     anyway), the same tensor while the index value is unchanged, so that their cache applies; None
     for larger values (scored by :func:`~pyro_dpp.likelihood.index_log_likelihood`)."""
-    from . import likelihood
+    from . import index_likelihood
 
     k, d = intensity.num_marks, intensity.num_history_marks
-    if value.requires_grad or value[..., 0].numel() * k * d > likelihood.INDEX_DENSE_ENTRIES:
+    if value.requires_grad or value[..., 0].numel() * k * d > index_likelihood.INDEX_DENSE_ENTRIES:
         return None
     key = (value._version, k, value.dtype, value.device)
     _TWINS[:] = [entry for entry in _TWINS if entry[0]() is not None]

@@ -1087,7 +1087,7 @@ def _as_index(x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(params=["dense-fallback", "chunked"])
 def index_path(request, monkeypatch):
     """Score index values through the dense fallback (small data) or the chunked path (forced)."""
-    import pyro_dpp.likelihood as likelihood
+    import pyro_dpp.index_likelihood as likelihood
 
     if request.param == "chunked":
         monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
@@ -1139,7 +1139,7 @@ def test_index_log_prob_of_user_intensities(name, index_path):
 
 
 def test_index_log_prob_gradcheck():
-    import pyro_dpp.likelihood as likelihood
+    import pyro_dpp.index_likelihood as likelihood
 
     torch.manual_seed(5)
     d, _ = make(_case("hawkes-context-exact"), torch.float64)
@@ -1238,7 +1238,7 @@ def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, name, k, ev
     the largest tensor of log_prob and its backward pass is the same for 4 times the events and
     within the documented budget (``INDEX_WORK`` numbers), while the dense layout grows as events x
     marks."""
-    import pyro_dpp.likelihood as likelihood
+    import pyro_dpp.index_likelihood as likelihood
 
     monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
     gen = torch.Generator().manual_seed(8)
@@ -1260,7 +1260,7 @@ def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, name, k, ev
 
 def test_index_exphawkes_recursion_with_ties(monkeypatch):
     """Events at equal times, across chunk boundaries: only strictly earlier events excite."""
-    import pyro_dpp.likelihood as likelihood
+    import pyro_dpp.index_likelihood as likelihood
 
     d, params = make(_case("hawkes-exact-bound"), torch.float64, leaf_param)
     value = torch.tensor([[0.5, 0], [0.5, 1], [0.5, 0], [0.5, 1], [1.0, 1], [1.0, 0], [1.5, 0], [2.0, -1]],
