@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,16 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
-from .events import SpikeTrains, num_marks_of, validate_realization
+from .events import (
+    INDEX_COLUMNS,
+    SpikeTrains,
+    dense_to_index,
+    index_to_dense,
+    is_index,
+    num_marks_of,
+    validate_index,
+    validate_realization,
+)
 from .intensity.base import Intensity, broadcast_shapes, within
 from .intensity.hawkes import ExpHawkes
 from .intensity.hawkes_stats import cached_statistics
@@ -28,6 +38,9 @@ RELAXED_LOG_PROBS = ("dpp", "exact")
 #: row is added (the sizing rule of :class:`PointProcess`).
 DEFAULT_MAX_EVENTS = 1000
 
+#: The layouts :class:`PointProcess` draws in (``value_format``); see :mod:`pyro_dpp.events`.
+VALUE_FORMATS = ("dense", "index")
+
 #: The floating dtypes a :class:`PointProcess` computes in.
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -39,6 +52,9 @@ class _Realization(constraints.Constraint):
     event_dim = 2
 
     def check(self, value: torch.Tensor) -> torch.Tensor:
+        if value.shape[-1] == INDEX_COLUMNS:  # an index value: time, mark id (-1 padding)
+            ids = value[..., 1]
+            return (torch.isfinite(value).all(-1) & (ids >= -1) & (ids == ids.round())).all(-1)
         weights = value[..., 1:]
         total = weights.sum(-1)
         ok = torch.isfinite(value).all(-1) & (weights >= 0).all(-1) & (((total - 1).abs() < 1e-3) | (total == 0))
@@ -66,10 +82,24 @@ class PointProcess(TorchDistribution):
 
     .. math:: \log q = N\log\bar\lambda - \bar\lambda T + \sum_n \log\mathrm{Concrete}_\tau(y_n;\pi_n).
 
-    Values are padded realization tensors ``batch_shape + (max_events, K + 2)`` (layout in
-    :mod:`pyro_dpp.events`; :class:`~pyro_dpp.SpikeTrains` converts). :meth:`log_prob` accepts any
-    number of rows, so observed data need not be padded to ``max_events``, and scoring never needs a
-    size: any valid parameters (a supercritical Hawkes process included) can be scored.
+    **Value formats** (layouts in :mod:`pyro_dpp.events`; :class:`~pyro_dpp.SpikeTrains` converts
+    from and to both, ``to_tensor(format=...)``):
+
+    - *dense*: ``batch_shape + (events, K + 2)``: time, ``K`` mark weights, "no event" weight. What
+      :meth:`sample` and :meth:`rsample` return by default; the only format of relaxed values
+      (``temperature > 0``: soft weights over all marks).
+    - *index*: ``batch_shape + (events, 2)``: time and integer mark id (-1 on padding rows), for
+      exact events (``temperature == 0``) only. Two numbers per event whatever ``K``: observed spike
+      trains of hundreds of neurons cost O(events), and :meth:`log_prob` scores them without building
+      their one-hot weights (:func:`~pyro_dpp.likelihood.index_log_likelihood`; the same values as
+      the dense layout). Pass it as ``pyro.sample(name, process, obs=value)``: plates, masks,
+      ``poutine.scale``, ``Trace_ELBO`` and ``Predictive`` work as with dense values. With
+      ``value_format="index"``, :meth:`sample` draws in this layout (``event_shape = (max_events,
+      2)``), so that ``Predictive`` returns it too.
+
+    :meth:`log_prob` accepts either format (two columns: index; ``K + 2``: dense) and any number of
+    rows, so observed data need not be padded to ``max_events``, and scoring never needs a size: any
+    valid parameters (a supercritical Hawkes process included) can be scored.
 
     **Sample size.** ``event_shape = (max_events, K + 2)`` depends only on what the caller fixes, never
     on parameter values, so that draws under different parameters (``Predictive`` over latent
@@ -132,6 +162,8 @@ class PointProcess(TorchDistribution):
         path-wise ELBO built from it tends to the *exact* ELBO; the DPP density's
         Concrete log-ratios do not: per candidate, given its rates, the expected log-ratio (the
         relaxed KL) is the same at every :math:`\tau` and differs from the categorical KL.
+    :param str value_format: the layout :meth:`sample` returns: ``"dense"`` (default) or
+        ``"index"`` (exact process only); :meth:`log_prob` accepts both whatever this says.
     """
 
     arg_constraints: dict[str, constraints.Constraint] = {}
@@ -151,6 +183,7 @@ class PointProcess(TorchDistribution):
         quadrature_nodes: int = DEFAULT_QUADRATURE_NODES,
         relaxed_log_prob: str = "dpp",
         past: Any = None,
+        value_format: str = "dense",
     ) -> None:
         if not isinstance(intensity, Intensity):
             raise ValueError(f"intensity must be a pyro_dpp.intensity.Intensity, got {type(intensity).__name__}")
@@ -165,6 +198,14 @@ class PointProcess(TorchDistribution):
         if relaxed_log_prob not in RELAXED_LOG_PROBS:
             raise ValueError(f"relaxed_log_prob must be one of {RELAXED_LOG_PROBS}, got {relaxed_log_prob!r}")
         self.relaxed_log_prob = relaxed_log_prob
+        if value_format not in VALUE_FORMATS:
+            raise ValueError(f"value_format must be one of {VALUE_FORMATS}, got {value_format!r}")
+        if value_format == "index" and self.temperature > 0:
+            raise ValueError(
+                "value_format='index' holds exact events (integer marks); relaxed draws (temperature > 0) have "
+                "soft marks: use value_format='dense'"
+            )
+        self.value_format = value_format
         self.quadrature_nodes = int(quadrature_nodes)
         explicit_bound = bound is not None
         if bound is None:
@@ -204,7 +245,8 @@ class PointProcess(TorchDistribution):
         self.max_events = sample_rows(max_events, bound if explicit_bound else None, self.duration, self.context)
         self._explicit_size = max_events is not None
         self.has_rsample = self.temperature > 0
-        event_shape = torch.Size((self.max_events, intensity.num_marks + 2))
+        columns = INDEX_COLUMNS if value_format == "index" else intensity.num_marks + 2
+        event_shape = torch.Size((self.max_events, columns))
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
 
     @property
@@ -225,7 +267,7 @@ class PointProcess(TorchDistribution):
         new = self._get_checked_instance(PointProcess, _instance)
         new.intensity = self.intensity
         new.temperature, new.straight_through = self.temperature, self.straight_through
-        new.relaxed_log_prob = self.relaxed_log_prob
+        new.relaxed_log_prob, new.value_format = self.relaxed_log_prob, self.value_format
         new.quadrature_nodes, new.max_events = self.quadrature_nodes, self.max_events
         new._explicit_size = self._explicit_size
         new.has_rsample = self.has_rsample
@@ -272,8 +314,10 @@ class PointProcess(TorchDistribution):
             raise ValueError("this intensity offers no bound for exact sampling: pass bound=")
         with self._sizing_hint():
             if bound is not None:
-                return sample_exact(self.intensity, bound, duration, context, self.max_events, past=past)
-            return sample_ogata(self.intensity, duration, context, self.max_events, past=past)
+                value = sample_exact(self.intensity, bound, duration, context, self.max_events, past=past)
+            else:
+                value = sample_ogata(self.intensity, duration, context, self.max_events, past=past)
+        return dense_to_index(value) if self.value_format == "index" else value
 
     @contextlib.contextmanager
     def _sizing_hint(self) -> Iterator[None]:
@@ -293,10 +337,17 @@ class PointProcess(TorchDistribution):
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"value must be a torch.Tensor realization, got {type(value).__name__}")
         k = self.num_marks
-        if value.dim() < 2 or value.shape[-1] != k + 2:
+        index = is_index(value)
+        if index and self.temperature > 0:
             raise ValueError(
-                f"value must have shape batch x events x {k + 2} for {k} marks, got {tuple(value.shape)}; "
-                "check the number of neurons of the data against the process"
+                "an index value (batch x events x 2: time, mark id) holds exact events, but this process is "
+                "relaxed (temperature > 0): score dense relaxed values, or use temperature=0"
+            )
+        if value.dim() < 2 or (value.shape[-1] != k + 2 and not index):
+            raise ValueError(
+                f"value must have shape batch x events x {k + 2} for {k} marks (dense), or batch x events x 2 "
+                f"(index: time, mark id), got {tuple(value.shape)}; check the number of neurons of the data "
+                "against the process"
             )
         try:
             broadcast_shapes(value.shape[:-2], self.batch_shape)
@@ -305,13 +356,21 @@ class PointProcess(TorchDistribution):
                 f"value batch shape {tuple(value.shape[:-2])} does not broadcast with batch_shape "
                 f"{tuple(self.batch_shape)}"
             ) from err
-        validate_realization(value, k, self.duration, exact=self.temperature == 0)
+        if index:
+            validate_index(value, k, self.duration)
+        else:
+            validate_realization(value, k, self.duration, exact=self.temperature == 0)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """The exact log-likelihood (``temperature == 0``) or the DPP density (``temperature > 0``,
-        unless ``relaxed_log_prob="exact"``)."""
+        unless ``relaxed_log_prob="exact"``) of a dense or index value (see "Value formats")."""
         if self._validate_args:
             self._validate_sample(value)
+        if self.temperature > 0 and is_index(value):
+            raise ValueError(
+                "an index value (batch x events x 2: time, mark id) holds exact events, but this process is "
+                "relaxed (temperature > 0): score dense relaxed values, or use temperature=0"
+            )
         value = _as_dtype(value, self.duration)
         if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
@@ -319,12 +378,37 @@ class PointProcess(TorchDistribution):
                                    past=self.past)
         if self.temperature == 0 and type(self.intensity) is ExpHawkes and self.past is None:
             # the same data scored again (MCMC, SVI, MLE) reuses statistics that do not depend on
-            # baseline and adjacency
-            stats = cached_statistics(self.intensity, value, self.duration, self.context)
+            # baseline and adjacency (small index values through their dense twin, built once)
+            dense = _dense_twin(value, self.intensity) if is_index(value) else value
+            stats = None if dense is None else cached_statistics(self.intensity, dense, self.duration, self.context)
             if stats is not None:
                 return stats.log_likelihood(self.intensity.baseline, self.intensity.adjacency)
         return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes,
                                     past=self.past)
+
+
+_TWINS: list[tuple[weakref.ref, tuple, torch.Tensor]] = []
+
+
+def _dense_twin(value: torch.Tensor, intensity: Intensity) -> torch.Tensor | None:
+    """The dense realization of a small index value (the statistics of
+    :class:`~pyro_dpp.intensity.hawkes_stats.ExpHawkesStatistics` cost ``events x K x (K + C)``
+    anyway), the same tensor while the index value is unchanged, so that their cache applies; None
+    for larger values (scored by :func:`~pyro_dpp.likelihood.index_log_likelihood`)."""
+    from . import index_likelihood
+
+    k, d = intensity.num_marks, intensity.num_history_marks
+    if value.requires_grad or value[..., 0].numel() * k * d > index_likelihood.INDEX_DENSE_ENTRIES:
+        return None
+    key = (value._version, k, value.dtype, value.device)
+    _TWINS[:] = [entry for entry in _TWINS if entry[0]() is not None]
+    for ref, old, dense in _TWINS:
+        if ref() is value and old == key:
+            return dense
+    dense = index_to_dense(value, k)
+    _TWINS.append((weakref.ref(value), key, dense))
+    del _TWINS[:-4]
+    return dense
 
 
 def sample_rows(

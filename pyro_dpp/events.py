@@ -12,6 +12,19 @@ Real rows come first, in nondecreasing time order; their weights (marks and "no 
 sum to one. *Padding* rows come last: all weights are zero and the time equals the duration, so
 padding never enters a history sum and keeps times sorted. :func:`event_mask` tells them apart.
 
+**The index layout (exact data).** Exact events need no weights: an *index value* is a tensor of
+shape ``batch_shape + (events, 2)`` whose row ``e`` holds::
+
+    value[..., e, 0]       time t_e in [0, duration]
+    value[..., e, 1]       mark id k_e in 0..K-1 (a whole number stored in the time's dtype); -1 for padding
+
+with the same ordering rules (real rows first, nondecreasing times; padding rows last, their time
+the duration). It costs two numbers per event whatever the number of marks ``K``, where the dense
+layout above costs ``K + 2``: ``PointProcess.log_prob`` (at ``temperature == 0``) scores it without
+ever building the one-hot weights. Ids are exact in float64 up to 2**53 and in float32 up to 2**24.
+:func:`dense_to_index` and :func:`index_to_dense` convert; :func:`is_index` tells the layouts apart
+(a dense value has ``K + 2 >= 3`` columns); :func:`validate_index` checks one.
+
 **How many rows.** Data to score may have any number of rows: scoring never needs a size. A draw
 has ``max_events`` rows, fixed before the draw by a rule that depends only on what the caller fixes,
 never on parameter values (so that draws under different parameters stack, as in ``Predictive``):
@@ -212,7 +225,113 @@ def select_marks(value: torch.Tensor, marks: Sequence[int], duration: torch.Tens
     return pad_realization(times, weights, torch.zeros_like(times), duration.expand(times.shape[:-1]))
 
 
-# the container lives in its own module; importing it from here keeps ``from .events import SpikeTrains``
+# ---- the index layout ------------------------------------------------------------------------
+#: Columns of an index value: time, mark id.
+INDEX_COLUMNS = 2
+#: The mark id of a padding row of an index value.
+PADDING_MARK = -1
+
+
+def is_index(value: torch.Tensor) -> bool:
+    """Whether ``value`` has the index layout (``... x events x 2``) rather than the dense one."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[-1] == INDEX_COLUMNS
+
+
+def index_mask(value: torch.Tensor) -> torch.Tensor:
+    """Boolean ``batch x events`` mask of the real (non-padding) rows of an index value."""
+    return value[..., 1] >= 0
+
+
+def index_marks(value: torch.Tensor) -> torch.Tensor:
+    """``batch x events`` integer (int64) mark ids of an index value, -1 on padding rows."""
+    return value[..., 1].round().to(torch.long).clamp(min=PADDING_MARK)
+
+
+def dense_to_index(value: torch.Tensor) -> torch.Tensor:
+    """The index value (``batch x events x 2``) of an exact dense realization (``batch x events x
+    (K + 2)``, one-hot rows): each row's time and the column of its one. Padding stays padding.
+
+    :raises ValueError: for rows with soft or "no event" weights (a relaxed realization has no marks
+        to index)."""
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[-1] < 3:
+        raise ValueError("value must be a dense realization tensor of shape batch x events x (marks + 2)")
+    weights = value[..., 1:-1]
+    real = event_mask(value)
+    hot = weights > 0.5
+    atol = _atol(value.dtype)
+    one_hot = ((weights - hot.to(value.dtype)).abs() <= atol).all(-1) & (hot.sum(-1) == 1)
+    if bool((real & ~(one_hot & (value[..., -1].abs() <= atol))).any()):
+        raise ValueError(
+            "only exact realizations (one-hot marks) have an index layout; this value has soft or 'no event' "
+            "rows (a relaxed draw): keep it dense"
+        )
+    marks = torch.where(real, weights.argmax(-1), torch.full_like(real, PADDING_MARK, dtype=torch.long))
+    return torch.stack([value[..., 0], marks.to(value.dtype)], -1)
+
+
+def index_to_dense(value: torch.Tensor, num_marks: int) -> torch.Tensor:
+    """The dense realization (``batch x events x (num_marks + 2)``, one-hot rows) of an index value.
+    Costs ``num_marks + 2`` numbers per row: the size is checked against the memory limit first
+    (:mod:`pyro_dpp.memory`)."""
+    from .memory import check_allocation
+
+    if not is_index(value):
+        raise ValueError(f"value must be an index value of shape batch x events x 2, got {tuple(value.shape)}")
+    check_allocation(
+        value[..., 0].numel() * (num_marks + 2) * value.element_size(),
+        f"the dense (one-hot) realization of {value[..., 0].numel()} rows x {num_marks} marks",
+        "keep the data in the index layout (PointProcess.log_prob scores it directly)", value.device,
+    )
+    marks = index_marks(value)
+    real = marks >= 0
+    weights = torch.zeros(marks.shape + (num_marks,), dtype=value.dtype, device=value.device)
+    weights.scatter_(-1, marks.clamp(min=0).unsqueeze(-1), real.unsqueeze(-1).to(value.dtype))
+    times = value[..., 0]
+    return torch.cat([times.unsqueeze(-1), weights, torch.zeros_like(times).unsqueeze(-1)], -1)
+
+
+def validate_index(value: torch.Tensor, num_marks: int, duration: Any, name: str = "value") -> None:
+    """Check an index value and raise :class:`ValueError` saying what to change: its shape, NaN or
+    inf entries, mark ids that are not whole numbers in ``-1..num_marks-1``, real rows after padding,
+    times outside the window or unsorted. Large values that passed are remembered, as in
+    :func:`validate_realization`."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    key = _validation_key(value, num_marks, duration, "index")
+    if key is not None and any(ref() is value and k == key for ref, k in _VALIDATED):
+        return
+    _validate_index(value, num_marks, duration, name)
+    if key is not None:
+        _VALIDATED.append((weakref.ref(value), key))
+        del _VALIDATED[:-_VALIDATED_SIZE]
+
+
+def _validate_index(value: torch.Tensor, num_marks: int, duration: Any, name: str) -> None:
+    if value.dim() < 2 or value.shape[-1] != INDEX_COLUMNS or not value.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating tensor of shape batch x events x 2 (time, mark id), got "
+            f"{tuple(value.shape)} {value.dtype}; build it with SpikeTrains(...).to_tensor(format='index')"
+        )
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or inf; remove or fix those rows")
+    times, ids = value[..., 0], value[..., 1]
+    if bool((ids != ids.round()).any()):
+        raise ValueError(f"{name} has mark ids that are not whole numbers; column 1 must hold integer mark ids")
+    if bool(((ids < PADDING_MARK) | (ids >= num_marks)).any()):
+        raise ValueError(
+            f"{name} has mark ids outside 0..{num_marks - 1} (and -1 for padding); check the number of marks "
+            "(neurons) of the process against the data"
+        )
+    real = ids >= 0
+    if bool((real[..., 1:] & ~real[..., :-1]).any()):
+        raise ValueError(f"{name} has real events after padding rows (mark -1); put padding rows last")
+    duration = torch.as_tensor(duration, dtype=value.dtype, device=value.device)
+    if bool((outside_window(times, duration) & (real | (times < 0))).any()):
+        raise ValueError(
+            f"{name} has event times outside the window [0, duration]; drop them or enlarge the duration"
+        )
+    if bool((real[..., 1:] & real[..., :-1] & (times[..., 1:] < times[..., :-1])).any()):
+        raise ValueError(f"{name} has unsorted event times; sort events by time within each sequence")
 
 
 # the container lives in its own module; importing it from here keeps ``from .events import SpikeTrains``

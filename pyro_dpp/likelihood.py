@@ -13,6 +13,11 @@ Differentiable point process (temperature tau > 0)::
     log q = N log lambda_bar - lambda_bar T + sum_n log Concrete_tau(y_n ; pi_n)
 
 with the Concrete density evaluated in log space from the log-weights.
+
+**Exact data in the index layout** (``batch x events x 2``: time, mark id; see
+:mod:`pyro_dpp.events`) is scored without the one-hot weights of all events: the first sum needs
+the log-intensity of each event at its own mark only, and the compensator is computed a chunk of
+events at a time (:func:`~pyro_dpp.index_likelihood.index_log_likelihood`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from .events import event_mask
+from .events import event_mask, index_to_dense, is_index
 from .intensity._support import SupportWindows
 from .intensity.base import Intensity, safe_log
 from .relaxed import carried_log_weights, plain
@@ -174,8 +179,18 @@ def exact_log_likelihood(
     intensity: Intensity, value: torch.Tensor, duration: torch.Tensor, context: torch.Tensor | None = None,
     nodes: int = DEFAULT_QUADRATURE_NODES, past: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``batch`` exact log-likelihood of the events in ``value`` (realization tensor), given the
-    ``context`` and the ``past`` events before the window (:mod:`pyro_dpp.past`; not scored)."""
+    """``batch`` exact log-likelihood of the events in ``value``, given the ``context`` and the
+    ``past`` events before the window (:mod:`pyro_dpp.past`; not scored): a dense realization
+    tensor, or an index value (``batch x events x 2``, scored by
+    :func:`~pyro_dpp.index_likelihood.index_log_likelihood`)."""
+    if is_index(value):
+        if past is not None:
+            # a window with its past: bounded by the window, scored in the dense layout (memory-checked)
+            value = index_to_dense(value, intensity.num_marks)
+        else:
+            from .index_likelihood import index_log_likelihood  # it builds on this module
+
+            return index_log_likelihood(intensity, value, duration, context, nodes)
     k = intensity.num_marks
     value, context, past = trim_padding(value), trim_padding(context), trim_padding(past)
     times, weights = history(value, k, context, intensity.num_context_marks, past)

@@ -1,5 +1,5 @@
-"""The user-facing container of spike trains: :class:`SpikeTrains` (the realization layout it converts
-to and from is documented in :mod:`pyro_dpp.events`)."""
+"""The user-facing container of spike trains: :class:`SpikeTrains` (the realization layouts it converts
+to and from, dense and index, are documented in :mod:`pyro_dpp.events`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import numpy as np
 import torch
 
 from .events import (
+    PADDING_MARK,
     _resolution_error,
+    dense_to_index,
     event_mask,
+    index_marks,
+    index_to_dense,
+    is_index,
     merged_times,
-    num_marks_of,
     outside_window,
     pad_realization,
+    validate_index,
     validate_realization,
 )
 from .memory import check_allocation
@@ -50,8 +55,16 @@ class SpikeTrains:
     """A batch of marked event sequences (spike trains) on windows ``[0, duration]``.
 
     The container users hold. It converts from per-neuron spike-time lists and from
-    (times, marks) arrays, and to and from the padded realization tensor that
-    :class:`~pyro_dpp.PointProcess` samples and scores (see :mod:`pyro_dpp.events` for the layout).
+    (times, marks) arrays, and to and from the realization tensors that
+    :class:`~pyro_dpp.PointProcess` samples and scores (see :mod:`pyro_dpp.events` for the dense
+    and index layouts).
+
+    **Storage.** Exact trains (one-hot marks: data, exact draws) are stored compactly as event
+    :attr:`times` (``batch x events``, float64 unless another dtype is asked for) and integer
+    :attr:`marks` (``batch x events``, int64, -1 on padding rows): O(events) memory whatever the
+    number of neurons. The one-hot :attr:`weights` and the dense :meth:`to_tensor` are built only
+    when asked for (their size is checked against :mod:`pyro_dpp.memory`). Relaxed trains (soft
+    marks of DPP candidates) keep the dense layout.
 
     :param torch.Tensor times: ``batch x events`` event times.
     :param torch.Tensor weights: ``batch x events x marks`` mark weights (one-hot for exact events).
@@ -82,38 +95,82 @@ class SpikeTrains:
                 f"duration has shape {tuple(duration.shape)} but the trains have batch shape "
                 f"{tuple(times.shape[:-1])}; give a scalar or one window length per sequence"
             ) from None
-        self._value = pad_realization(times, weights, rest, duration.expand(times.shape[:-1]))
+        value = pad_realization(times, weights, rest, duration.expand(times.shape[:-1]))
         self.duration = duration.expand(times.shape[:-1])
-        validate_realization(self._value, weights.shape[-1], self.duration, name="spike trains")
+        self._num_marks = weights.shape[-1]
+        validate_realization(value, weights.shape[-1], self.duration, name="spike trains")
+        self._set_dense(value)
+
+    def _set_dense(self, value: torch.Tensor) -> None:
+        """Hold a checked dense realization: compactly if its rows are one-hot, else as it is."""
+        weights = value[..., 1:]
+        exact = (self._num_marks > 0 and not weights.requires_grad
+                 and bool(((weights == 0) | (weights == 1)).all()) and not bool(value[..., -1].any()))
+        if exact:
+            index = dense_to_index(value)
+            self._times, self._marks, self._value = index[..., 0], index_marks(index), None
+        else:
+            self._times, self._marks, self._value = value[..., 0], None, value
+
+    @classmethod
+    def _compact(cls, times: torch.Tensor, marks: torch.Tensor, num_marks: int, duration: torch.Tensor) -> SpikeTrains:
+        """Wrap checked ``times`` and int64 ``marks`` (-1 padding; padding times set to the duration)."""
+        new = cls.__new__(cls)
+        new.duration = duration.expand(times.shape[:-1])
+        new._num_marks = int(num_marks)
+        new._times = torch.where(marks >= 0, times, new.duration.unsqueeze(-1).expand_as(times))
+        new._marks, new._value = marks, None
+        return new
 
     # ---- views -------------------------------------------------------------------------------
     @property
+    def is_exact(self) -> bool:
+        """Whether the trains hold exact events (integer marks) rather than relaxed candidates."""
+        return self._marks is not None
+
+    @property
     def times(self) -> torch.Tensor:
         """``batch x events`` event times (padding rows hold the duration)."""
-        return self._value[..., 0]
+        return self._times
+
+    @property
+    def marks(self) -> torch.Tensor:
+        """``batch x events`` integer (int64) mark ids of exact trains, -1 on padding rows.
+
+        :raises ValueError: for relaxed trains (soft marks have no single id; see :attr:`weights`)."""
+        if self._marks is None:
+            raise ValueError("relaxed spike trains have soft marks, not integer ones: read .weights")
+        return self._marks
 
     @property
     def weights(self) -> torch.Tensor:
-        """``batch x events x marks`` mark weights: one-hot for exact events, soft for relaxed ones."""
-        return self._value[..., 1:-1]
+        """``batch x events x marks`` mark weights: one-hot for exact events (built on each access,
+        ``events x marks`` numbers: prefer :attr:`marks`), soft for relaxed ones."""
+        if self._value is not None:
+            return self._value[..., 1:-1]
+        return self._dense()[..., 1:-1]
 
     @property
     def rest(self) -> torch.Tensor:
         """``batch x events`` "no event" weights (nonzero only for relaxed candidates)."""
-        return self._value[..., -1]
+        if self._value is not None:
+            return self._value[..., -1]
+        return torch.zeros_like(self._times)
 
     @property
     def mask(self) -> torch.Tensor:
         """``batch x events`` boolean mask of real rows."""
-        return event_mask(self._value)
+        if self._value is not None:
+            return event_mask(self._value)
+        return self._marks >= 0
 
     @property
     def num_marks(self) -> int:
-        return num_marks_of(self._value)
+        return self._num_marks
 
     @property
     def batch_shape(self) -> torch.Size:
-        return self._value.shape[:-2]
+        return self._times.shape[:-1]
 
     @property
     def num_events(self) -> torch.Tensor:
@@ -121,22 +178,56 @@ class SpikeTrains:
         return self.mask.sum(-1)
 
     def __len__(self) -> int:
-        return self._value.shape[0] if self._value.dim() > 2 else 1
+        return self._times.shape[0] if self._times.dim() > 1 else 1
 
     def __repr__(self) -> str:
         return (
             f"SpikeTrains(batch_shape={tuple(self.batch_shape)}, num_marks={self.num_marks}, "
-            f"max_events={self._value.shape[-2]})"
+            f"max_events={self._times.shape[-1]})"
         )
 
     # ---- conversions -------------------------------------------------------------------------
+    def _index(self) -> torch.Tensor:
+        return torch.stack([self._times, self._marks.to(self._times.dtype)], -1)
+
+    def _dense(self) -> torch.Tensor:
+        if self._value is not None:
+            return self._value
+        return index_to_dense(self._index(), self._num_marks)
+
     @classmethod
-    def from_tensor(cls, value: torch.Tensor, duration: Any | None = None) -> SpikeTrains:
-        """Wrap a realization tensor (as returned by ``PointProcess.sample``/``rsample``).
+    def from_tensor(cls, value: torch.Tensor, duration: Any | None = None, num_marks: int | None = None
+                    ) -> SpikeTrains:
+        """Wrap a realization tensor (as returned by ``PointProcess.sample``/``rsample``): a dense
+        one (``batch x events x (marks + 2)``) or an index value (``batch x events x 2``, which needs
+        ``num_marks``); see :mod:`pyro_dpp.events` for both layouts.
 
         :param duration: window lengths; defaults to the time held by the last row, which is the
             duration whenever the last row is padding.
+        :param num_marks: the number of marks (neurons) of an index value.
         """
+        # two columns: an index value, or a dense value of zero marks (all padding, as the hidden
+        # events of a network without hidden neurons); num_marks= or nonzero ids say which
+        if is_index(value) and (num_marks is not None or bool((value[..., 1] != 0).any())):
+            if isinstance(num_marks, bool) or not isinstance(num_marks, (int, np.integer)) or num_marks < 1:
+                raise ValueError(
+                    "an index value (batch x events x 2) does not say how many marks there are: pass num_marks= "
+                    f"(the number of neurons), got {num_marks!r}"
+                )
+            if duration is None:
+                if bool((value[..., -1, 1] >= 0).any()):
+                    raise ValueError("value has no padding row to read the duration from; pass duration=")
+                duration = value[..., -1, 0]
+            duration = torch.as_tensor(duration, dtype=value.dtype, device=value.device)
+            try:
+                duration = duration.expand(value.shape[:-2])
+            except RuntimeError:
+                raise ValueError(
+                    f"duration has shape {tuple(duration.shape)} but the trains have batch shape "
+                    f"{tuple(value.shape[:-2])}; give a scalar or one window length per sequence"
+                ) from None
+            validate_index(value, int(num_marks), duration, name="spike trains")
+            return cls._compact(value[..., 0], index_marks(value), int(num_marks), duration)
         if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[-1] < 2:
             raise ValueError("value must be a realization tensor of shape batch x events x (marks + 2)")
         if duration is None:
@@ -145,20 +236,38 @@ class SpikeTrains:
             duration = value[..., -1, 0]
         return cls(value[..., 0], value[..., 1:-1], duration, rest=value[..., -1])
 
-    def to_tensor(self, max_events: int | None = None) -> torch.Tensor:
-        """The padded realization tensor with ``max_events`` rows (default: as many as needed, plus
-        one padding row so the duration can be recovered).
+    def to_tensor(self, max_events: int | None = None, format: str = "dense") -> torch.Tensor:
+        """The realization tensor with ``max_events`` rows (default: as many as needed, plus one
+        padding row so the duration can be recovered).
 
+        :param str format: ``"dense"`` (``batch x events x (marks + 2)``, one-hot or soft weights)
+            or ``"index"`` (``batch x events x 2``: time and mark id; exact trains only). The dense
+            tensor of exact trains costs ``marks + 2`` numbers per row and is checked against the
+            memory limit; the index value costs 2.
         :raises ValueError: if a sequence holds more than ``max_events`` events.
         """
-        most = int(self.num_events.max()) if self._value.numel() else 0
+        if format not in ("dense", "index"):
+            raise ValueError(f"format must be 'dense' or 'index', got {format!r}")
+        if format == "index" and not self.is_exact:
+            raise ValueError("relaxed spike trains (soft marks) have no index layout; use format='dense'")
+        most = int(self.num_events.max()) if self._times.numel() else 0
         if max_events is None:
             max_events = most + 1
         if most > max_events:
             raise ValueError(
                 f"a sequence holds {most} events but max_events={max_events}; pass a larger max_events"
             )
-        rows = self._value.shape[-2]
+        rows = self._times.shape[-1]
+        if self.is_exact:
+            times, marks = self._times, self._marks
+            if max_events <= rows:
+                times, marks = times[..., :max_events], marks[..., :max_events]
+            else:
+                extra = self.batch_shape + (max_events - rows,)
+                times = torch.cat([times, self.duration.unsqueeze(-1).expand(extra)], -1)
+                marks = torch.cat([marks, marks.new_full(extra, PADDING_MARK)], -1)
+            index = torch.stack([times, marks.to(times.dtype)], -1)
+            return index if format == "index" else index_to_dense(index, self._num_marks)
         if max_events <= rows:
             return self._value[..., :max_events, :].clone()
         pad = self._value.new_zeros(self.batch_shape + (max_events - rows, self._value.shape[-1]))
@@ -234,8 +343,9 @@ class SpikeTrains:
                 raise ValueError(
                     f"sequence {s} has neuron ids outside 0..{num_marks - 1}; raise num_marks or fix the ids"
                 )
-            order = torch.argsort(t64, stable=True)
-            t64, m = t64[order], m[order]
+            if len(t64) > 1 and bool((t64[1:] < t64[:-1]).any()):  # files are mostly sorted already
+                order = torch.argsort(t64, stable=True)
+                t64, m = t64[order], m[order]
             t = t64.to(dtype)
             if outside_window(t, duration[s].to(dtype)).any():
                 raise ValueError(
@@ -247,28 +357,42 @@ class SpikeTrains:
                 raise _resolution_error(f"sequence {s}", t64, merged, dtype)
             seqs.append((t, m))
         rows = max(1, max(len(t) for t, _ in seqs))
-        check_allocation(batch * rows * (num_marks + 3) * torch.finfo(dtype).bits / 8 * 2,
+        # the events cost O(events); per-neuron structures (to_lists, any model) cost O(neurons):
+        # about 100 bytes a neuron, which flags a mistyped count long before it is used
+        check_allocation(batch * (rows * (torch.finfo(dtype).bits / 8 + 8) * 2 + num_marks * 100),
                          f"spike trains of {batch} sequences x {rows} events x {num_marks} neurons",
                          "check num_marks (the number of neurons) and the neuron ids, or load fewer sequences")
-        out_t = torch.zeros(batch, rows, dtype=dtype)
-        out_w = torch.zeros(batch, rows, num_marks, dtype=dtype)
+        out_t = duration.to(dtype).unsqueeze(-1).repeat(1, rows)
+        out_m = torch.full((batch, rows), PADDING_MARK, dtype=torch.long)
         for s, (t, m) in enumerate(seqs):
             out_t[s, : len(t)] = t
-            out_w[s, torch.arange(len(t)), m] = 1.0
-        out_t, out_w, duration = out_t.to(device), out_w.to(device), duration.to(device)
+            out_m[s, : len(m)] = m
+        out_t, out_m, duration = out_t.to(device), out_m.to(device), duration.to(device)
         if single:
-            return cls(out_t[0], out_w[0], duration[0])
-        return cls(out_t, out_w, duration)
+            return cls._compact(out_t[0], out_m[0], num_marks, duration[0])
+        return cls._compact(out_t, out_m, num_marks, duration)
 
     def to_lists(self) -> list[list[np.ndarray]]:
         """Per-sequence, per-neuron spike-time arrays. Relaxed rows are read by their largest weight
         (rows whose largest weight is "no event" are not spikes)."""
+        k = self.num_marks
+        if self.is_exact:
+            times = self._times.detach().cpu().reshape(-1, self._times.shape[-1]).numpy()
+            marks = self._marks.detach().cpu().reshape(-1, self._marks.shape[-1]).numpy()
+            out = []
+            for t, m in zip(times, marks):
+                real = m >= 0
+                t, m = t[real], m[real]
+                order = np.argsort(m, kind="stable")  # by neuron, time order kept within each
+                bounds = np.searchsorted(m[order], np.arange(k + 1))
+                out.append([t[order[bounds[j]: bounds[j + 1]]] for j in range(k)])
+            return out
         value = self._value if self._value.dim() > 2 else self._value.unsqueeze(0)
         out = []
-        for seq in value.detach().cpu():
+        for seq in value.detach().cpu().reshape(-1, *value.shape[-2:]):
             mark = seq[:, 1:].argmax(-1)
             real = seq[:, 1:].sum(-1) > 0.5
-            out.append([seq[real & (mark == k), 0].numpy() for k in range(self.num_marks)])
+            out.append([seq[real & (mark == j), 0].numpy() for j in range(k)])
         return out
 
     def windows(self, length: float, history: float | None = None, model: Any = None,
@@ -294,9 +418,12 @@ class SpikeTrains:
     def to(self, *args: Any, **kwargs: Any) -> SpikeTrains:
         """Move to a device or dtype, like :meth:`torch.Tensor.to`; a dtype in which distinct
         neighbouring times become equal raises :class:`ValueError`."""
-        value = self._value.to(*args, **kwargs)
-        if value.dtype != self._value.dtype:
-            merged = merged_times(self._value[..., 0], value[..., 0], self.mask)
+        times = self._times.to(*args, **kwargs)
+        if times.dtype != self._times.dtype:
+            merged = merged_times(self._times, times, self.mask)
             if merged.any():
-                raise _resolution_error("SpikeTrains.to", self._value[..., 0], merged, value.dtype)
-        return SpikeTrains.from_tensor(value, self.duration.to(*args, **kwargs))
+                raise _resolution_error("SpikeTrains.to", self._times, merged, times.dtype)
+        duration = self.duration.to(*args, **kwargs)
+        if self.is_exact:
+            return SpikeTrains._compact(times, self._marks.to(times.device), self._num_marks, duration)
+        return SpikeTrains.from_tensor(self._value.to(*args, **kwargs), duration)

@@ -1064,3 +1064,273 @@ def test_compiled_relaxed_sampling_matches_eager():
         x, lp = draw_and_score(seed)
         cx, clp = compiled(seed)
         assert torch.equal(x, cx) and torch.equal(lp, clp)
+
+
+# --------------------------------------------------------------------------------------------
+# Index values (time, mark id): the compact exact layout
+# --------------------------------------------------------------------------------------------
+
+EXACT_CASES = [c for c in CASES if not c.values[0].relaxed]
+
+
+def _case(case_id: str) -> Case:
+    return next(c.values[0] for c in CASES if c.id == case_id)
+
+
+def _as_index(x: torch.Tensor) -> torch.Tensor:
+    """The index value of a dense exact draw, built here independently of pyro_dpp's converters."""
+    real = x[..., 1:-1].sum(-1) > 0.5
+    ids = torch.where(real, x[..., 1:-1].argmax(-1).to(x.dtype), torch.full_like(x[..., 0], -1.0))
+    return torch.stack([x[..., 0], ids], -1)
+
+
+@pytest.fixture(params=["dense-fallback", "chunked"])
+def index_path(request, monkeypatch):
+    """Score index values through the dense fallback (small data) or the chunked path (forced)."""
+    import pyro_dpp.index_likelihood as likelihood
+
+    if request.param == "chunked":
+        monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
+        monkeypatch.setattr(likelihood, "INDEX_CHUNK", 3)  # several chunks even for short draws
+    return request.param
+
+
+@pytest.mark.parametrize("case", EXACT_CASES)
+def test_index_log_prob_equals_dense(case, index_path):
+    torch.manual_seed(3)
+    d, params = make(case, torch.float64, leaf_param)
+    x = d.sample((2,))
+    xi = _as_index(x)
+    assert xi.shape == x.shape[:-1] + (2,)
+    dense, index = d.log_prob(x), d.log_prob(xi)
+    assert index.shape == dense.shape
+    assert torch.allclose(index, dense, rtol=1e-10, atol=1e-10)
+    leaves = [p for p in params.values() if p.requires_grad]
+    g_dense = torch.autograd.grad(dense.sum(), leaves, allow_unused=True)
+    g_index = torch.autograd.grad(index.sum(), leaves, allow_unused=True)
+    for a, b in zip(g_dense, g_index, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["user-exphawkes", "user-exphawkes-additive", "powerlaw", "neural"])
+def test_index_log_prob_of_user_intensities(name, index_path):
+    from test_scan_generic import make as make_user  # user intensities as a user writes them
+
+    intensity, leaves, bound, build = make_user(name.replace("-additive", ""))
+    ctx = _ctx([0.4, 1.5, 3.0], [0, 0, 0], duration=5.0).double() if intensity.num_context_marks else None
+
+    def process():
+        intensity = build(*leaves)
+        if name.endswith("additive"):
+            intensity.additive_compensator = True  # its closed compensator is a sum over events
+        return PointProcess(intensity, 5.0, bound=bound, context=ctx)
+
+    torch.manual_seed(4)
+    with torch.no_grad():
+        x = process().sample((2,))
+    dense, index = process().log_prob(x), process().log_prob(_as_index(x))
+    assert torch.allclose(index, dense, rtol=1e-10, atol=1e-10)
+    g_dense = torch.autograd.grad(dense.sum(), leaves)
+    g_index = torch.autograd.grad(index.sum(), leaves)
+    for a, b in zip(g_dense, g_index, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_index_log_prob_gradcheck():
+    import pyro_dpp.index_likelihood as likelihood
+
+    torch.manual_seed(5)
+    d, _ = make(_case("hawkes-context-exact"), torch.float64)
+    xi = _as_index(d.sample())
+    old = likelihood.INDEX_DENSE_ENTRIES
+    likelihood.INDEX_DENSE_ENTRIES = 0
+    try:
+        def f(baseline, adjacency):
+            return PointProcess(ExpHawkes(baseline, adjacency, torch.tensor(1.0, dtype=torch.float64)), 2.0,
+                                context=CTX1.double()).log_prob(xi)
+
+        base = torch.tensor([0.4, 0.3], dtype=torch.float64, requires_grad=True)
+        adj = torch.tensor(_HAWKES_ADJ_CTX, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(f, (base, adj))
+    finally:
+        likelihood.INDEX_DENSE_ENTRIES = old
+
+
+def test_index_log_prob_with_soft_context_equals_dense(index_path):
+    """A GLM scored given soft (relaxed) context events, as the SNN's observed process is."""
+    torch.manual_seed(6)
+    d, params = make(_case("glm-exp2-context-batched-exact"), torch.float64, leaf_param)
+    soft = PointProcess(Poisson(torch.tensor([1.5], dtype=torch.float64)), 2.0, temperature=0.5).rsample((2,))
+    d = PointProcess(d.intensity, 2.0, context=soft.detach())
+    x = d.sample()
+    dense, index = d.log_prob(x), d.log_prob(_as_index(x))
+    assert torch.allclose(index, dense, rtol=1e-10, atol=1e-10)
+    leaves = [p for p in params.values() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(dense.sum(), leaves), torch.autograd.grad(index.sum(), leaves), strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the most elements of any tensor an operation returns (factories included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.most = max(self.most, t.numel())
+        return out
+
+
+def _largest(fn):
+    mode = _LargestTensor()
+    with mode:
+        fn()
+    return mode.most
+
+
+def test_index_log_prob_never_builds_the_one_hot_history():
+    """300 marks x 50,000 events: the dense layout would hold 15.1 million numbers, the index value
+    holds 100,000; no tensor of the chunked scoring comes near the dense size."""
+    k, events = 300, 50_000
+    gen = torch.Generator().manual_seed(7)
+    times = torch.rand(events, generator=gen, dtype=torch.float64).sort().values * 100.0
+    ids = torch.randint(k, (events,), generator=gen).to(torch.float64)
+    xi = torch.cat([torch.stack([times, ids], -1), torch.tensor([[100.0, -1.0]], dtype=torch.float64)])
+    rates = torch.rand(k, generator=gen, dtype=torch.float64) + 0.5
+    d = PointProcess(Poisson(rates), 100.0)
+    got = torch.tensor(0.0)
+
+    def score():
+        nonlocal got
+        got = d.log_prob(xi)
+
+    most = _largest(score)
+    assert most < events * (k + 2) / 10
+    want = torch.log(rates)[ids.long()].sum() - rates.sum() * 100.0
+    assert torch.allclose(got, want, rtol=1e-12)
+
+
+def _big_exphawkes(k, matrix_decay, gen):
+    decay = (torch.rand(k, k, generator=gen, dtype=torch.float64) + 1.0 if matrix_decay
+             else torch.tensor(2.0, dtype=torch.float64))
+    adjacency = (torch.rand(k, k, generator=gen, dtype=torch.float64) * 1e-3).requires_grad_()
+    return ExpHawkes(torch.rand(k, generator=gen, dtype=torch.float64) + 0.1, adjacency, decay)
+
+
+def _big_glm(k, gen):
+    weight = (torch.randn(2, k, k, generator=gen, dtype=torch.float64) * 0.1).requires_grad_()
+    basis = EpanechnikovBasis(2, 0.0, 2.0, 1.0).double()
+    return GLM(torch.zeros(k, dtype=torch.float64), weight, basis, "sigmoid", torch.tensor(2.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name, k, events", [
+    ("uniform-decay", 300, (400, 1_600)), ("matrix-decay-scan", 60, (400, 1_600)), ("glm-windows", 100, (2_000, 8_000)),
+])
+def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, name, k, events):
+    """The chunked path (an ExpHawkes with one decay: its integer-mark recursion; with a decay
+    matrix: the generic scan; a finite-support GLM: windows of the history) at a fixed event rate:
+    the largest tensor of log_prob and its backward pass is the same for 4 times the events and
+    within the documented budget (``INDEX_WORK`` numbers), while the dense layout grows as events x
+    marks."""
+    import pyro_dpp.index_likelihood as likelihood
+
+    monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
+    gen = torch.Generator().manual_seed(8)
+    intensity = _big_glm(k, gen) if name == "glm-windows" else _big_exphawkes(k, name == "matrix-decay-scan", gen)
+    most = []
+    for n in events:
+        duration = n / 20.0  # 20 events per unit time
+        times = torch.rand(n, generator=gen, dtype=torch.float64).sort().values * duration
+        ids = torch.randint(k, (n,), generator=gen).to(torch.float64)
+        xi = torch.stack([times, ids], -1)
+        d = PointProcess(intensity, duration)
+        most.append(_largest(lambda d=d, xi=xi: d.log_prob(xi).backward()))
+    assert most[1] <= most[0] * 1.1
+    if name == "glm-windows":  # the GLM's own interval kernels take chunks of 2048 intervals x 3 x K
+        assert most[1] < events[1] * (k + 2)  # below the dense layout
+    else:
+        assert most[1] <= likelihood.INDEX_WORK * 1.1
+
+
+def test_index_exphawkes_recursion_with_ties(monkeypatch):
+    """Events at equal times, across chunk boundaries: only strictly earlier events excite."""
+    import pyro_dpp.index_likelihood as likelihood
+
+    d, params = make(_case("hawkes-exact-bound"), torch.float64, leaf_param)
+    value = torch.tensor([[0.5, 0], [0.5, 1], [0.5, 0], [0.5, 1], [1.0, 1], [1.0, 0], [1.5, 0], [2.0, -1]],
+                         dtype=torch.float64)
+    dense = d.log_prob(likelihood.index_to_dense(value, 2))
+    for chunk in (1, 2, 3, 64):
+        monkeypatch.setattr(likelihood, "INDEX_DENSE_ENTRIES", 0)
+        monkeypatch.setattr(likelihood, "INDEX_SEGMENT", chunk)
+        assert torch.allclose(d.log_prob(value), dense, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([(0.5, 0), (0.2, 1)], "unsorted event times"),
+        ([(0.5, 0), (2.5, 1)], "outside the window"),
+        ([(-0.1, 0), (0.5, 1)], "outside the window"),
+        ([(float("nan"), 0)], "NaN or inf"),
+        ([(0.5, 0.5)], "not whole numbers"),
+        ([(0.5, 2)], r"mark ids outside 0\.\.1"),
+        ([(0.5, -3)], r"mark ids outside 0\.\.1"),
+        ([(2.0, -1), (0.5, 1)], "real events after padding"),
+    ],
+)
+def test_index_value_errors_say_what_to_change(rows, match):
+    value = torch.tensor(rows, dtype=torch.float32)
+    with pytest.raises(ValueError, match=match):
+        _poisson().log_prob(value)
+
+
+def test_index_value_is_refused_by_a_relaxed_process():
+    d = PointProcess(Poisson(torch.tensor([0.6, 1.2])), 2.0, temperature=0.5)
+    with pytest.raises(ValueError, match="relaxed"):
+        d.log_prob(torch.tensor([[0.5, 0.0], [2.0, -1.0]]))
+    with pytest.raises(ValueError, match="value_format='index' holds exact events"):
+        PointProcess(Poisson(torch.tensor([0.6, 1.2])), 2.0, temperature=0.5, value_format="index")
+    with pytest.raises(ValueError, match="value_format must be one of"):
+        PointProcess(Poisson(torch.tensor([0.6, 1.2])), 2.0, value_format="sparse")
+
+
+@pytest.mark.parametrize("case", [c for c in EXACT_CASES if c.values[0].context is None][:6])
+def test_value_format_index_samples_the_same_events(case):
+    d, _ = make(case, torch.float64)
+    di, _ = make(case, torch.float64, value_format="index")
+    assert di.event_shape == (d.max_events, 2)
+    torch.manual_seed(9)
+    x = d.sample((3,))
+    torch.manual_seed(9)
+    xi = di.sample((3,))
+    assert xi.shape == (3,) + di.batch_shape + di.event_shape
+    assert torch.equal(xi, _as_index(x))
+    assert di.support.check(xi).all()
+    assert torch.allclose(di.log_prob(xi), d.log_prob(x), rtol=1e-10)
+    # expand keeps the format
+    assert di.expand((4,) + di.batch_shape).sample().shape[-1] == 2
+
+
+def test_small_index_values_reuse_exphawkes_statistics():
+    """MCMC-style loops over a small index value take ExpHawkes's cached statistics through one
+    dense twin of the value (built once while the value is unchanged)."""
+    from pyro_dpp.distribution import _dense_twin
+    from pyro_dpp.intensity.hawkes_stats import _CACHE
+
+    torch.manual_seed(10)
+    d, _ = make(_case("hawkes-exact-bound"), torch.float64)
+    x = d.sample((3,))
+    xi = _as_index(x)
+    twin = _dense_twin(xi, d.intensity)
+    assert twin is _dense_twin(xi, d.intensity)
+    assert torch.allclose(d.log_prob(xi), d.log_prob(x), rtol=1e-12)
+    assert any(entry.value() is twin for entry in _CACHE)
+    xi[0, 0, 0] = xi[0, 0, 0] * 0.5  # an in-place change: a new twin
+    assert _dense_twin(xi, d.intensity) is not twin

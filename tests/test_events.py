@@ -293,3 +293,85 @@ def test_from_tensor_validates():
     bad = torch.tensor([[0.5, 1.0, 0.0], [0.2, 0.0, 1.0], [1.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="unsorted"):
         SpikeTrains.from_tensor(bad)
+
+
+# ---- compact storage and the index layout ----------------------------------------------------
+
+
+def test_exact_trains_are_stored_as_times_and_integer_marks():
+    trains = SpikeTrains.from_lists(SPIKES, duration=2.0, dtype=torch.float64)
+    assert trains.is_exact
+    assert trains.times.dtype == torch.float64 and trains.marks.dtype == torch.int64
+    expected_marks = [[0, 1, 0, -1], [1, 1, 1, 2]]  # sorted by time: 0.1 (n0), 0.3 (n1), 0.5 (n0)
+    assert trains.marks.tolist() == expected_marks
+    assert trains.times[0, -1] == 2.0  # a padding row holds the duration
+    # the one-hot weights are built from the marks when asked for
+    weights = trains.weights
+    assert weights.shape == (2, 4, 3)
+    marks = torch.tensor(expected_marks)
+    assert torch.equal(weights, torch.nn.functional.one_hot(marks.clamp(min=0), 3).double()
+                       * (marks >= 0).unsqueeze(-1))
+    assert torch.equal(trains.mask, marks >= 0)
+
+
+def test_index_format_round_trip():
+    trains = SpikeTrains.from_lists(SPIKES, duration=2.0, dtype=torch.float64)
+    index = trains.to_tensor(format="index")
+    assert index.shape == (2, 5, 2)
+    assert torch.equal(index[..., 1], torch.tensor([[0.0, 1, 0, -1, -1], [1, 1, 1, 2, -1]], dtype=torch.float64))
+    assert torch.equal(index[..., 0], trains.to_tensor()[..., 0])
+    back = SpikeTrains.from_tensor(index, num_marks=3)
+    assert_lists_equal(back.to_lists(), SPIKES)
+    assert torch.equal(back.to_tensor(), trains.to_tensor())
+    # the converters of events.py agree with the container
+    from pyro_dpp.events import dense_to_index, index_to_dense
+
+    assert torch.equal(dense_to_index(trains.to_tensor()), index)
+    assert torch.equal(index_to_dense(index, 3), trains.to_tensor())
+    assert trains.to_tensor(max_events=7, format="index").shape == (2, 7, 2)
+
+
+def test_index_format_errors_say_what_to_change():
+    trains = SpikeTrains.from_lists(SPIKES, duration=2.0)
+    index = trains.to_tensor(format="index")
+    with pytest.raises(ValueError, match="pass num_marks="):
+        SpikeTrains.from_tensor(index)
+    with pytest.raises(ValueError, match=r"mark ids outside 0\.\.1"):
+        SpikeTrains.from_tensor(index, num_marks=2)
+    with pytest.raises(ValueError, match="format must be 'dense' or 'index'"):
+        trains.to_tensor(format="sparse")
+    relaxed = SpikeTrains.from_tensor(
+        PointProcess(Poisson(torch.tensor([1.0, 2.0])), 2.0, temperature=0.5).rsample((2,)))
+    assert not relaxed.is_exact
+    with pytest.raises(ValueError, match="no index layout"):
+        relaxed.to_tensor(format="index")
+    with pytest.raises(ValueError, match="soft marks"):
+        _ = relaxed.marks
+    from pyro_dpp.events import dense_to_index
+
+    with pytest.raises(ValueError, match="only exact realizations"):
+        dense_to_index(relaxed.to_tensor())
+
+
+def test_many_neurons_cost_o_events_memory():
+    """300 neurons x 100,000 spikes under a 16 MB memory limit: the container holds 16 bytes a
+    spike; the dense one-hot tensor (242 MB) is refused with a message naming the index layout."""
+    from pyro_dpp.memory import set_memory_limit
+
+    rng = np.random.default_rng(0)
+    times, neurons = rng.uniform(0, 1000.0, 100_000), rng.integers(0, 300, 100_000)
+    set_memory_limit("16M")
+    try:
+        trains = SpikeTrains.from_events(times, neurons, 300, 1000.0, dtype=torch.float64)
+        assert trains.to_tensor(format="index").shape == (100_001, 2)
+        lists = trains.to_lists()[0]
+        assert sum(len(x) for x in lists) == 100_000
+        np.testing.assert_array_equal(lists[7], np.sort(times[neurons == 7]))
+        with pytest.raises(ValueError, match="keep the data in the index layout"):
+            trains.to_tensor()
+        with pytest.raises(ValueError, match="become equal in torch.float32"):
+            trains.to(torch.float32)  # 100,000 spikes in 1000 s: float32 merges neighbours
+        moved = trains.to("cpu")
+        assert moved.is_exact and torch.equal(moved.marks, trains.marks)
+    finally:
+        set_memory_limit(None)

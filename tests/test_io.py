@@ -367,3 +367,49 @@ def test_missing_optional_dependency_message(monkeypatch):
         spio.from_neo([])
     with pytest.raises(ImportError, match=r"pip install 'pyro-dpp\[nwb\]'"):
         spio.from_nwb("whatever.nwb")
+
+
+# ---- large files ----------------------------------------------------------------------------
+
+
+def test_csv_bulk_reader_keeps_every_float64_digit(tmp_path):
+    """The bulk (numpy) csv reader returns the exact float64 times written with repr, as the
+    row-by-row reader does, and keeps SpikeTrains compact (integer marks, no one-hot weights)."""
+    rng = np.random.default_rng(0)
+    times = np.sort(rng.uniform(0, 3600.0, 2000)) + 1e6  # far from the origin: float32 would merge them
+    neurons = rng.integers(0, 300, 2000)
+    path = tmp_path / "big.csv"
+    path.write_text("# duration: 1003600.0\n# num_neurons: 300\ntime,neuron\n"
+                    + "".join(f"{float(t)!r},{n}\n" for t, n in zip(times, neurons)))
+    trains = spio.load_csv(path)
+    assert trains.times.dtype == torch.float64 and trains.marks.dtype == torch.int64
+    assert trains.times.shape == (1, 2000)
+    np.testing.assert_array_equal(trains.times[0].numpy(), times)
+    np.testing.assert_array_equal(trains.marks[0].numpy(), neurons)
+    quoted = tmp_path / "quoted.csv"  # quoted fields: the row-by-row reader, same result
+    quoted.write_text("# duration: 1003600.0\n# num_neurons: 300\ntime,neuron\n"
+                      + "".join(f'"{float(t)!r}",{n}\n' for t, n in zip(times, neurons)))
+    np.testing.assert_array_equal(spio.load_csv(quoted).times.numpy(), trains.times.numpy())
+    with pytest.raises(ValueError, match="become equal in torch.float32"):
+        spio.load_csv(path, dtype=torch.float32)
+
+
+def test_save_and_load_many_neurons_without_dense_weights(tmp_path):
+    """300 neurons x 20,000 spikes round-trip through npz and csv under a memory limit that the dense
+    one-hot tensor (20,000 x 302 float64 numbers, 48 MB) would exceed."""
+    from pyro_dpp.memory import set_memory_limit
+
+    rng = np.random.default_rng(1)
+    times, neurons = np.sort(rng.uniform(0, 100.0, 20_000)), rng.integers(0, 300, 20_000)
+    trains = SpikeTrains.from_events(times, neurons, 300, 100.0, dtype=torch.float64)
+    set_memory_limit("8M")
+    try:
+        for suffix in (".npz", ".csv"):
+            path = spio.save_spikes(trains, tmp_path / f"x{suffix}")
+            back = spio.load_spikes(path)
+            np.testing.assert_array_equal(back.times.numpy().reshape(-1), times)
+            np.testing.assert_array_equal(back.marks.numpy().reshape(-1), neurons)
+        with pytest.raises(ValueError, match="dense .* would need about"):
+            trains.to_tensor()  # the dense layout is what the limit refuses
+    finally:
+        set_memory_limit(None)

@@ -341,3 +341,88 @@ def test_nuts_recovers_hawkes_parameters():
         assert (z.abs() < 3.5).all(), (name, draws.mean(0), draws.std(0))
     diagnostics = mcmc.diagnostics()
     assert all((diagnostics[name]["n_eff"] > 20).all() for name in ("baseline", "adjacency"))
+
+
+# ---- observed index values (time, mark id) ------------------------------------------------------
+
+EXACT_ROWS = [row for row in ROWS if not row.relaxed]
+EXACT_IDS = [row.name for row in EXACT_ROWS]
+
+
+def _batched_data(row: Row, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three sequences as a dense value and as an index value (built independently of pyro_dpp)."""
+    torch.manual_seed(seed)
+    dense = row.process(row.truth).sample((3,))
+    real = event_mask(dense)
+    ids = torch.where(real, dense[..., 1:-1].argmax(-1).to(dense.dtype), torch.full_like(dense[..., 0], -1.0))
+    return dense, torch.stack([dense[..., 0], ids], -1)
+
+
+def plate_model(row: Row) -> Callable:
+    def model(data, mask=True, scale=1.0):
+        params = row.prior()
+        with pyro.plate("sequences", data.shape[0]), poutine.scale(scale=scale), poutine.mask(mask=mask):
+            pyro.sample("x", row.process(params), obs=data)
+    return model
+
+
+@pytest.mark.parametrize("row", EXACT_ROWS, ids=EXACT_IDS)
+def test_observed_index_values_through_handlers(row):
+    """Trace log-densities under a plate, a mask and a scale equal those of the dense value."""
+    dense, index = _batched_data(row)
+    model = plate_model(row)
+    mask = torch.tensor([True, False, True])
+    for kwargs in ({}, {"mask": mask}, {"scale": 0.25}):
+        torch.manual_seed(1)
+        trace_d = poutine.trace(model).get_trace(dense, **kwargs)
+        cond = poutine.condition(model, {name: site["value"] for name, site in trace_d.nodes.items()
+                                         if site["type"] == "sample" and not site["is_observed"]})
+        trace_i = poutine.trace(cond).get_trace(index, **kwargs)
+        trace_d.compute_log_prob()
+        trace_i.compute_log_prob()
+        assert trace_i.nodes["x"]["value"].shape == (3,) + index.shape[1:]
+        assert trace_i.nodes["x"]["log_prob"].shape == (3,)
+        assert torch.allclose(trace_i.nodes["x"]["log_prob"], trace_d.nodes["x"]["log_prob"], rtol=1e-5)
+        assert torch.allclose(trace_i.log_prob_sum(), trace_d.log_prob_sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("row", EXACT_ROWS, ids=EXACT_IDS)
+def test_observed_index_values_in_svi(row):
+    """Trace_ELBO with an AutoNormal guide: the same loss and gradients for dense and index data."""
+    dense, index = _batched_data(row)
+    model = plate_model(row)
+    guide = AutoNormal(model)
+    guide(dense)  # create the parameters
+    results = []
+    for data in (dense, index):
+        torch.manual_seed(2)
+        loss = Trace_ELBO().differentiable_loss(model, guide, data)
+        params = [p.unconstrained() for p in pyro.get_param_store().values()]
+        results.append((loss, torch.autograd.grad(loss, params)))
+    (loss_d, grads_d), (loss_i, grads_i) = results
+    assert torch.allclose(loss_i, loss_d, rtol=1e-5)
+    for a, b in zip(grads_d, grads_i, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("row", EXACT_ROWS, ids=EXACT_IDS)
+def test_predictive_in_index_format(row):
+    """A process built with value_format='index' draws index values that Predictive stacks."""
+    def model(data=None):
+        params = row.prior()
+        with pyro.plate("sequences", 2):
+            return pyro.sample("x", PointProcess(row.intensity(params), DURATION, value_format="index",
+                                                 **row.kwargs), obs=data)
+
+    samples = Predictive(model, num_samples=4)()["x"]
+    assert samples.shape[0] == 4 and samples.shape[1] == 2 and samples.shape[-1] == 2
+    ids = samples[..., 1]
+    assert ((ids == ids.round()) & (ids >= -1) & (ids < 2)).all()
+    real = ids >= 0
+    assert not (real[..., 1:] & ~real[..., :-1]).any()  # padding last
+    times = samples[..., 0]
+    assert (torch.where(real[..., 1:], times[..., 1:] - times[..., :-1], torch.zeros_like(times[..., 1:])) >= 0).all()
+    # and such draws score as observed data
+    trace = poutine.trace(model).get_trace(samples[0])
+    trace.compute_log_prob()
+    assert torch.isfinite(trace.nodes["x"]["log_prob"]).all()

@@ -433,3 +433,63 @@ def test_simulate_in_pieces_options():
     assert whole.batch_shape == observed.batch_shape
     with pytest.raises(ValueError, match="piece must be a positive"):
         net.simulate(2, 20.0, piece=0.0)
+
+
+# ---- the observed site in the index layout ----------------------------------------------------
+
+
+@pytest.mark.parametrize("tau, elbo_class", [(0.3, Trace_ELBO), (0.0, Trace_ELBO), (0.0, TraceGraph_ELBO)])
+def test_observed_site_scores_index_values_like_dense(tau, elbo_class):
+    """The model/guide pair with the observed spikes as an index value (what fit passes) gives the
+    loss and gradients of the dense value, for the same random numbers; the observed site's value
+    has two columns (time, neuron id) whatever the number of neurons."""
+    _, observed, _ = small_data()
+    model_net = SNN(2, 2, amplitude=2.0, init="small").double()
+    guide_net = SNN(2, 2, amplitude=2.0, init="small", acausal=True).double()
+    dense, index, duration = observed.to_tensor(), observed.to_tensor(format="index"), observed.duration
+    baseline = CountBaseline(2).double()
+    results = []
+    for value in (dense, index):
+        options = baseline.options(value, duration) if elbo_class is TraceGraph_ELBO else None
+        model = functools.partial(snn_model, network=model_net, temperature=tau)
+        guide = functools.partial(snn_guide, network=guide_net, temperature=tau, baseline=options)
+        torch.manual_seed(5)
+        loss = elbo_class().loss_and_grads(model, guide, value, duration)
+        results.append((loss, model_net.weight.grad.clone(), guide_net.weight.grad.clone()))
+        model_net.zero_grad()
+        guide_net.zero_grad()
+        trace = pyro.poutine.trace(model).get_trace(value, duration)
+        assert trace.nodes["observed"]["value"].shape == value.shape
+    (loss_d, gm_d, gg_d), (loss_i, gm_i, gg_i) = results
+    assert loss_i == pytest.approx(loss_d, rel=1e-10)
+    assert torch.allclose(gm_i, gm_d, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(gg_i, gg_d, rtol=1e-8, atol=1e-10)
+    assert torch.equal(CountBaseline.features(index, duration, 2), CountBaseline.features(dense, duration))
+
+
+def test_fit_passes_the_observed_spikes_as_an_index_value(monkeypatch):
+    """fit hands the model the observed spikes as ``batch x events x 2`` (not ``x (D_o + 2)``)."""
+    import pyro_dpp.snn.training as training
+
+    _, observed, _ = small_data(n_seq=2, duration=5.0)
+    seen = []
+
+    def spy(observed_value, *args, **kwargs):
+        seen.append(observed_value.shape)
+        return snn_model(observed_value, *args, **kwargs)
+
+    monkeypatch.setattr(training, "snn_model", spy)
+    model = SNN(2, 2, amplitude=2.0, init="small").double()
+    fit(model, observed, SNN(2, 2, amplitude=2.0, init="small").double(), estimator="pathwise_exact",
+        num_epochs=1, temperature=0.5, progress=False)
+    assert seen and all(shape[-1] == 2 for shape in seen)
+
+
+def test_evaluation_accepts_index_values():
+    torch.manual_seed(2)
+    true, observed, _ = small_data()
+    torch.manual_seed(3)
+    a = exact_elbo(true, true, observed, num_particles=8)
+    torch.manual_seed(3)
+    b = exact_elbo(true, true, observed.to_tensor(), duration=observed.duration, num_particles=8)
+    assert torch.allclose(a, b, rtol=1e-10)

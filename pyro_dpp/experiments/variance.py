@@ -61,7 +61,7 @@ def pathwise_source_draws(model: SNN, observed: Any, num_draws: int = 100, tempe
     """
     if temperature <= 0:
         raise ValueError("the path-wise estimator needs temperature > 0")
-    observed, duration = _checked_data(model, observed, duration)
+    observed, duration = _checked_data(model, observed, duration, format="dense")
     batch_dims = observed.dim() - 2
     pieces: dict[str, list[torch.Tensor]] = {name: [] for name in PIECES}
     with _trusted_values():
@@ -122,7 +122,7 @@ def pathwise_variance_sources(num_draws: int = 200, num_sequences: int = 10,
 def _exact_observed_score(model: SNN, observed: Any, num_draws: int, chunk: int) -> torch.Tensor:
     """``num_draws x P``: the gradient of ``log p(X | Z)`` with exact hidden draws ``Z ~ p(Z | X)``
     held fixed (the observed site's direct score at ``tau = 0``)."""
-    observed, duration = _checked_data(model, observed, None)
+    observed, duration = _checked_data(model, observed, None, format="dense")
     batch_dims = observed.dim() - 2
     out = []
     with _trusted_values():

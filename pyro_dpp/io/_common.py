@@ -130,12 +130,16 @@ def _build(
         if n.size:
             if not np.all(np.isfinite(n)) or not np.all(n == np.round(n)):
                 raise ValueError(f"{where}: neuron ids must be integers (found NaN or fractional ids)")
-            if id_map is not None:
-                unknown = sorted({int(x) for x in n.tolist()} - set(id_map))
-                if unknown:
+            if id_map is not None:  # vectorised lookup: sorted file ids, their positions
+                keys = np.asarray(list(id_map), dtype=np.float64)
+                order = np.argsort(keys)
+                found = np.clip(np.searchsorted(keys[order], n), 0, len(keys) - 1)
+                known = keys[order][found] == n
+                if not known.all():
+                    unknown = sorted({int(x) for x in np.unique(n[~known]).tolist()})
                     raise ValueError(f"{where}: neuron ids {unknown[:5]} are not in neuron_ids; add them or fix "
                                      "the file")
-                n = np.asarray([id_map[int(x)] for x in n.tolist()], dtype=np.int64)
+                n = np.asarray(list(id_map.values()), dtype=np.int64)[order][found]
             n = n.astype(np.int64)
             if n.min() < 0:
                 raise ValueError(f"{where}: negative neuron id {int(n.min())}; ids must be 0, 1, ...")
@@ -189,16 +193,21 @@ def _events(trains: SpikeTrains) -> tuple[list[np.ndarray], list[np.ndarray], np
     """Per-sequence ``(times, neuron ids)`` and the durations of exact spike trains."""
     if not isinstance(trains, SpikeTrains):
         raise ValueError(f"expected SpikeTrains, got {type(trains).__name__}")
-    value = trains.to_tensor().detach().cpu().double()
-    value = value.reshape(-1, *value.shape[-2:])
-    mask = event_mask(value)
-    weights = value[..., 1:]
-    hard = (weights - (weights > 0.5).double()).abs().max(-1).values <= 1e-6
-    if (mask & (~hard | (weights[..., -1] > 0.5))).any():
-        raise ValueError("only exact (one-hot) spike trains can be written; these hold relaxed (soft) events")
+    if not trains.is_exact:
+        value = trains.to_tensor().detach().cpu().double()
+        value = value.reshape(-1, *value.shape[-2:])
+        mask = event_mask(value)
+        weights = value[..., 1:]
+        hard = (weights - (weights > 0.5).double()).abs().max(-1).values <= 1e-6
+        if (mask & (~hard | (weights[..., -1] > 0.5))).any():
+            raise ValueError("only exact (one-hot) spike trains can be written; these hold relaxed (soft) events")
+        value = torch.cat([value[..., :1], (weights > 0.5).double()], -1)  # the hard rows, rounded
+        trains = SpikeTrains.from_tensor(value, trains.duration.detach().cpu().double().reshape(-1))
+    times_all = trains.times.detach().cpu().double().reshape(-1, trains.times.shape[-1]).numpy()
+    marks_all = trains.marks.detach().cpu().reshape(-1, trains.marks.shape[-1]).numpy()
     times, neurons = [], []
-    for s in range(value.shape[0]):
-        real = mask[s]
-        times.append(value[s, real, 0].numpy())
-        neurons.append(value[s, real, 1:-1].argmax(-1).numpy().astype(np.int64))
+    for t, m in zip(times_all, marks_all):
+        real = m >= 0
+        times.append(t[real])
+        neurons.append(m[real].astype(np.int64))
     return times, neurons, trains.duration.detach().cpu().double().reshape(-1).numpy()

@@ -18,6 +18,11 @@ is batched over any leading shape), so a step costs one ``update`` call. The for
 state every ``k`` events (default ``ceil(sqrt(E))``); the backward pass (:class:`_ScanScore`)
 recomputes one segment at a time under autograd, last segment first, as
 :mod:`pyro_dpp.scan.generic` does for sampling.
+
+**Integer marks.** Exact data need not carry one-hot weights: given ``marks`` (an id per row),
+:func:`scan_score` builds each segment's one-hot rows only when it folds them (working memory of
+one segment, ``ceil(sqrt(rows))`` rows) and returns the log-intensity of each row's own mark
+(``batch x rows``) rather than of every mark (``batch x rows x K``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
 from .generic import _leaves, add_segment_grads, default_checkpoint_every, intensity_tensors, segment_vjp
+
+#: History rows per :meth:`~pyro_dpp.intensity.base.Intensity.breakpoints` call in marks mode.
+_BREAKPOINT_CHUNK = 1 << 12
 
 
 def has_scan(intensity: Intensity) -> bool:
@@ -60,6 +68,37 @@ class _Plan:
     every: int
     constant_states: bool  # the states need no gradient (only the evaluation on them does)
     stats: dict = field(default_factory=dict)
+    marks: torch.Tensor | None = None  # batch x R sorted integer marks (-1: none); None: dense weights
+    num_history: int = 0  # D = K + C, the one-hot width in marks mode
+
+
+def _row_weights(plan: _Plan, lo: int, hi: int, weights: torch.Tensor) -> torch.Tensor:
+    """The history weights of rows ``lo .. hi-1`` (``batch x m x D``): ``weights`` themselves, or in
+    marks mode the one-hot rows of the marks plus ``weights`` in the last columns."""
+    if plan.marks is None:
+        return weights
+    return _one_hot(plan.marks[..., lo:hi], plan.num_history, weights)
+
+
+def _one_hot(marks: torch.Tensor, width: int, extra: torch.Tensor) -> torch.Tensor:
+    """``batch x m x width`` one-hot rows of ``marks`` (-1: a zero row) plus ``extra`` (``batch x m x
+    c``, c <= width) in the last ``c`` columns."""
+    rows = torch.zeros(marks.shape + (width,), dtype=extra.dtype, device=extra.device)
+    rows.scatter_(-1, marks.clamp(min=0).unsqueeze(-1), (marks >= 0).unsqueeze(-1).to(extra.dtype))
+    if extra.shape[-1]:
+        rows = torch.cat([rows[..., : width - extra.shape[-1]], rows[..., width - extra.shape[-1]:] + extra], -1)
+    return rows
+
+
+def _own_mark(plan: _Plan, lo: int, hi: int, log_rates: torch.Tensor) -> torch.Tensor:
+    """In marks mode, ``batch x m`` log-rates at each row's own modelled mark (0 for other rows)."""
+    if plan.marks is None:
+        return log_rates
+    marks = plan.marks[..., lo:hi]
+    k = log_rates.shape[-1]
+    own = (marks >= 0) & (marks < k)
+    picked = log_rates.gather(-1, marks.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
+    return torch.where(own, picked, torch.zeros_like(picked))
 
 
 def _stack(states: list[State]) -> State:
@@ -105,6 +144,7 @@ def _evaluate(plan: _Plan, before: list[State], at: list[State], end: State, lo:
         log_rates = intensity.log_rates(_stack(at or before), _lead(times)).movedim(0, -2)
     else:
         log_rates = times.new_zeros(times.shape + (intensity.num_marks,))
+    log_rates = _own_mark(plan, lo, lo + times.shape[-1], log_rates)
     comp = None
     if plan.nodes is not None:
         intervals = before + [end] if last else before
@@ -140,13 +180,13 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, weigh
         if checkpoints is not None:
             checkpoints.append(([x.clone() for x in pytree.tree_leaves(state)],
                                 None if group is None else [x.clone() for x in pytree.tree_leaves(group)]))
-        state, group, lr, c = _segment(plan, state, group, lo, hi, times[..., lo:hi], weights[..., lo:hi, :],
-                                       last=hi == rows)
+        state, group, lr, c = _segment(plan, state, group, lo, hi, times[..., lo:hi],
+                                       _row_weights(plan, lo, hi, weights[..., lo:hi, :]), last=hi == rows)
         parts.append(lr)
         if c is not None:
             comp = comp + c
     comp = comp if isinstance(comp, torch.Tensor) else times.new_zeros(times.shape[:-1])
-    return torch.cat(parts, -2), comp
+    return torch.cat(parts, -1 if plan.marks is not None else -2), comp
 
 
 class _ScanScore(torch.autograd.Function):
@@ -184,12 +224,13 @@ class _ScanScore(torch.autograd.Function):
                 # differentiate only the evaluation on the stacked states
                 state = pytree.tree_unflatten(list(saved), plan.spec)
                 group = None if saved_group is None else pytree.tree_unflatten(list(saved_group), plan.spec)
-                end, _, before, at = _fold(plan, state, group, lo, hi, times[..., lo:hi], weights[..., lo:hi, :])
+                end, _, before, at = _fold(plan, state, group, lo, hi, times[..., lo:hi],
+                                           _row_weights(plan, lo, hi, weights[..., lo:hi, :]))
                 with torch.enable_grad():
                     lr, comp = _evaluate(plan, before, at, end, lo, times[..., lo:hi], last=hi == rows)
                     pairs = []
                     if grad_log_rates is not None and lr.requires_grad:
-                        pairs.append((lr, grad_log_rates[..., lo:hi, :]))
+                        pairs.append((lr, _rows_of(plan, grad_log_rates, lo, hi)))
                     if grad_comp is not None and comp is not None and comp.requires_grad:
                         pairs.append((comp, grad_comp))
                     grads = segment_vjp(pairs, plan.params, check=index == len(checkpoints) - 1)
@@ -203,10 +244,11 @@ class _ScanScore(torch.autograd.Function):
                 seg_weights = weights[..., lo:hi, :].detach().requires_grad_(need_weights)
                 group = None if group_leaves is None else pytree.tree_unflatten(list(group_leaves), plan.spec)
                 end, end_group, lr, comp = _segment(plan, pytree.tree_unflatten(list(leaves), plan.spec), group,
-                                                    lo, hi, seg_times, seg_weights, last=hi == rows)
+                                                    lo, hi, seg_times, _row_weights(plan, lo, hi, seg_weights),
+                                                    last=hi == rows)
                 pairs = []
                 if grad_log_rates is not None:
-                    pairs.append((lr, grad_log_rates[..., lo:hi, :]))
+                    pairs.append((lr, _rows_of(plan, grad_log_rates, lo, hi)))
                 if grad_comp is not None and comp is not None:
                     pairs.append((comp, grad_comp))
                 ends = pytree.tree_leaves(end) + ([] if end_group is None else pytree.tree_leaves(end_group))
@@ -225,6 +267,11 @@ class _ScanScore(torch.autograd.Function):
         return (None, *carry, *grad_params, grad_times, grad_weights)
 
 
+def _rows_of(plan: _Plan, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows ``lo .. hi-1`` of an output: ``batch x m`` in marks mode, else ``batch x m x K``."""
+    return x[..., lo:hi] if plan.marks is not None else x[..., lo:hi, :]
+
+
 def _tie_groups(keys: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor | None:
     """``batch x R``: which sorted rows start a group of equal times, or None if no row shares its
     time with an earlier row of nonzero weight (padding rows at the duration, say, change no state,
@@ -241,6 +288,7 @@ def _tie_groups(keys: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor | No
 def scan_score(
     intensity: Intensity, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor,
     nodes: torch.Tensor | None, checkpoint_every: int | None = None, stats: dict | None = None,
+    marks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-intensities at the history events and the compensator, by a checkpointed scan.
 
@@ -250,27 +298,48 @@ def scan_score(
     :param nodes: ``2 x n`` Gauss-Legendre nodes and weights on ``[-1, 1]``; None: no compensator.
     :param int checkpoint_every: events per checkpointed segment (default ``ceil(sqrt(events))``).
     :param dict stats: if given, filled with the checkpoint bookkeeping.
+    :param marks: ``batch x H`` integer history marks in ``0..K+C-1`` (-1: no mark) for exact rows;
+        then a row's weights are the one-hot of its mark plus ``weights`` (``batch x H x c``, ``c <=
+        K + C``, e.g. soft context marks) in the last ``c`` columns, built one segment at a time.
     :returns: ``batch x H x K`` log-intensities at the rows of ``times`` (in their order, each from the
-        events strictly before it) and the ``batch`` compensator over ``[0, duration]`` (None without
+        events strictly before it; with ``marks``, ``batch x H``: each row's own mark's, 0 for rows
+        without a modelled mark) and the ``batch`` compensator over ``[0, duration]`` (None without
         ``nodes``).
     """
-    batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], duration.shape)
+    width = intensity.num_history_marks
+    batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], duration.shape,
+                                   () if marks is None else marks.shape[:-1])
     times = times.expand(batch + times.shape[-1:])
     weights = weights.expand(batch + weights.shape[-2:])
     duration = duration.expand(batch)
     rows = times.shape[-1]
+    if marks is not None:
+        marks = marks.expand(batch + marks.shape[-1:])
     if nodes is not None:
-        extra = intensity.breakpoints(times.detach(), weights)
+        if marks is None:
+            extra = intensity.breakpoints(times.detach(), weights)
+        else:  # one-hot rows a chunk at a time (breakpoints of every chunk, a zero-length interval at most)
+            parts = [intensity.breakpoints(t, _one_hot(m, width, w.detach())) for t, m, w in zip(
+                times.detach().split(_BREAKPOINT_CHUNK, -1), marks.split(_BREAKPOINT_CHUNK, -1),
+                weights.split(_BREAKPOINT_CHUNK, -2))]
+            extra = None if not parts or parts[0] is None else torch.cat(
+                [p.expand(batch + p.shape[-1:]) for p in parts], -1)
         if extra is not None:
             extra = extra.detach().expand(batch + extra.shape[-1:])
             times = torch.cat([times, extra], -1)
             weights = torch.cat([weights, weights.new_zeros(batch + extra.shape[-1:] + weights.shape[-1:])], -2)
+            if marks is not None:
+                marks = torch.cat([marks, marks.new_full(batch + extra.shape[-1:], -1)], -1)
     order = times.detach().argsort(dim=-1, stable=True)
     times_sorted = times.gather(-1, order)
     weights_sorted = weights.gather(-2, order.unsqueeze(-1).expand(order.shape + weights.shape[-1:]))
+    marks_sorted = None if marks is None else marks.gather(-1, order)
     keys = times_sorted.detach()
     ends = torch.cat([torch.minimum(keys.clamp(min=0), duration.unsqueeze(-1)), duration.unsqueeze(-1)], -1)
-    new_group = _tie_groups(keys, (weights_sorted.detach() != 0).any(-1))
+    weighted = (weights_sorted.detach() != 0).any(-1)
+    if marks_sorted is not None:
+        weighted = weighted | (marks_sorted >= 0)
+    new_group = _tie_groups(keys, weighted)
     total = times_sorted.shape[-1]
     every = default_checkpoint_every(total) if checkpoint_every is None else int(checkpoint_every)
     if every < 1:
@@ -281,12 +350,15 @@ def scan_score(
     inputs = [*leaves, *params, times_sorted, weights_sorted]
     constant = grad and not any(x.requires_grad for x in [*leaves, times_sorted, weights_sorted])
     if constant and total:  # does the update itself use a tensor that requires grad?
+        first = weights_sorted[..., :1, :].detach()
+        if marks_sorted is not None:
+            first = _one_hot(marks_sorted[..., :1], width, first)
         with torch.enable_grad():
             probe = intensity.update(pytree.tree_unflatten(list(leaves), spec), times_sorted[..., 0].detach(),
-                                     weights_sorted[..., 0, :].detach())
+                                     first[..., 0, :])
         constant = not any(x.requires_grad for x in pytree.tree_leaves(probe))
     plan = _Plan(intensity, spec, len(leaves), len(params), params, new_group, ends, nodes, every, constant,
-                 {} if stats is None else stats)
+                 {} if stats is None else stats, marks_sorted, width)
     if grad and any(x.requires_grad for x in inputs):
         log_rates, comp = _ScanScore.apply(plan, *inputs)
     else:
@@ -294,5 +366,7 @@ def scan_score(
             log_rates, comp = _forward(plan, leaves, times_sorted, weights_sorted, None)
     # back to the rows' own order (the breakpoints' rows dropped)
     inverse = order.argsort(-1)[..., :rows]
+    if marks is not None:
+        return log_rates.gather(-1, inverse), (comp if nodes is not None else None)
     log_rates = log_rates.gather(-2, inverse.unsqueeze(-1).expand(inverse.shape + log_rates.shape[-1:]))
     return log_rates, (comp if nodes is not None else None)

@@ -9,7 +9,16 @@ from typing import Any
 
 import torch
 
-from ..events import SpikeTrains, event_mask, merged_times, validate_realization
+from ..events import (
+    SpikeTrains,
+    event_mask,
+    index_mask,
+    index_to_dense,
+    is_index,
+    merged_times,
+    validate_index,
+    validate_realization,
+)
 from .network import SNN
 
 ESTIMATORS = ("pathwise", "pathwise_exact", "score_function", "score_function_baseline")
@@ -19,14 +28,20 @@ ESTIMATORS = ("pathwise", "pathwise_exact", "score_function", "score_function_ba
 PATHWISE = {"pathwise": "dpp", "pathwise_exact": "exact"}
 
 
-def _data(observed: SpikeTrains | torch.Tensor, duration: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(observed: SpikeTrains | torch.Tensor, duration: Any, like: torch.Tensor, format: str = "index"
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observed spikes as a tensor in ``like``'s dtype and device, and their durations: exact
+    :class:`~pyro_dpp.SpikeTrains` as an index value (``format="index"``, O(events) memory: what the
+    observed site scores) or dense; a tensor as it is."""
     if isinstance(observed, SpikeTrains):
         duration = observed.duration if duration is None else duration
-        observed = observed.to_tensor()
+        index = format == "index" and observed.is_exact
+        observed = observed.to_tensor(format="index" if index else "dense")
     if duration is None:
         raise ValueError("pass duration= with a realization tensor (or pass SpikeTrains)")
     cast = observed.to(like)
-    if cast.dtype != observed.dtype and merged_times(observed[..., 0], cast[..., 0], event_mask(observed)).any():
+    real = index_mask(observed) if is_index(observed) else event_mask(observed)
+    if cast.dtype != observed.dtype and merged_times(observed[..., 0], cast[..., 0], real).any():
         raise ValueError(
             f"the data's spike times do not fit the network's dtype {like.dtype}: distinct neighbouring times "
             "become equal; convert the network with .double() (or measure times from a nearer origin)"
@@ -122,10 +137,17 @@ def _evaluate(model: SNN, guide: SNN, observed: Any, duration: Any, window: Any,
         return out.index_add(0, windows.sequence.to(per_window.device), per_window)
 
 
-def _checked_data(model: SNN, observed: SpikeTrains | torch.Tensor, duration: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    observed, duration = _data(observed, duration, model.weight)
+def _checked_data(model: SNN, observed: SpikeTrains | torch.Tensor, duration: Any, format: str = "index"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_data`, checked against the model; ``format="dense"`` converts index values too."""
+    observed, duration = _data(observed, duration, model.weight, format)
     model._check_data(observed, model.n_observed, "observed")
-    validate_realization(observed, model.n_observed, duration, name="observed", exact=True)
+    if is_index(observed):
+        validate_index(observed, model.n_observed, duration, name="observed")
+        if format == "dense":
+            observed = index_to_dense(observed, model.n_observed)
+    else:
+        validate_realization(observed, model.n_observed, duration, name="observed", exact=True)
     return observed, duration
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import pyro
 import torch
 
+from ..events import index_marks, is_index
 from .network import SNN
 
 
@@ -33,7 +34,9 @@ def snn_model(observed: torch.Tensor, duration: torch.Tensor, network: SNN, temp
               name: str = "model", relaxed_log_prob: str = "dpp", past: torch.Tensor | None = None) -> None:
     """The generative model: hidden spikes, then the observed spikes given them.
 
-    :param observed: ``batch x events x (D_o + 2)`` observed realization tensor.
+    :param observed: the observed spikes: ``batch x events x 2`` index value (time, neuron id;
+        O(events) memory, what :func:`~pyro_dpp.snn.fit` passes) or ``batch x events x (D_o + 2)``
+        dense realization. The hidden process reads them as a dense context (converted per call).
     :param duration: ``batch`` window lengths.
     :param SNN network: the generative network.
     :param float temperature: 0 (exact hidden process) or > 0 (DPP).
@@ -84,9 +87,15 @@ class CountBaseline(torch.nn.Module):
         torch.nn.init.zeros_(self.linear.bias)
 
     @staticmethod
-    def features(observed: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
-        """``batch x (D_o + 1)``: spike counts per neuron and the duration."""
-        counts = observed[..., 1:-1].sum(-2)
+    def features(observed: torch.Tensor, duration: torch.Tensor, num_marks: int | None = None) -> torch.Tensor:
+        """``batch x (D_o + 1)``: spike counts per neuron and the duration (``num_marks = D_o`` for an
+        index value)."""
+        if is_index(observed) and num_marks is not None:
+            ids = index_marks(observed)
+            counts = observed.new_zeros(ids.shape[:-1] + (num_marks + 1,))
+            counts = counts.scatter_add(-1, ids + 1, torch.ones_like(observed[..., 0]))[..., 1:]  # -1: padding
+        else:
+            counts = observed[..., 1:-1].sum(-2)
         return torch.cat([counts, duration.unsqueeze(-1).expand(counts.shape[:-1] + (1,))], -1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -94,7 +103,7 @@ class CountBaseline(torch.nn.Module):
 
     def options(self, observed: torch.Tensor, duration: torch.Tensor) -> dict[str, Any]:
         """The guide's ``baseline`` options for this module."""
-        features = self.features(observed, duration).to(observed)
+        features = self.features(observed, duration, self.linear.in_features - 1).to(observed)
         if features.shape[0] == 1:
             features = features[0]  # TraceGraph_ELBO's downstream cost drops a plate of size one
         return {"nn_baseline": self, "nn_baseline_input": features}

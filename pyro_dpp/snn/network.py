@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..distribution import PointProcess
-from ..events import SpikeTrains, event_mask, select_marks
+from ..events import SpikeTrains, event_mask, index_marks, index_to_dense, is_index, select_marks
 from ..intensity.basis import Basis, EpanechnikovBasis, ExponentialBasis, RaisedCosineBasis
 from ..intensity.glm import ACTIVATIONS, GLM
 from ..thinning import default_max_events
@@ -235,6 +235,13 @@ class SNN(torch.nn.Module):
         return window
 
     def _check_data(self, value: torch.Tensor, marks: int, what: str) -> None:
+        if marks > 0 and is_index(value):  # an index value (time, neuron id)
+            ids = index_marks(value)
+            if ids.numel() and int(ids.max()) >= marks:
+                raise ValueError(
+                    f"{what} spikes have neuron id {int(ids.max())} but the network has {marks} {what} neurons"
+                )
+            return
         if value.dim() < 2 or value.shape[-1] != marks + 2:
             raise ValueError(
                 f"{what} spikes have {value.shape[-1] - 2 if value.dim() >= 2 else '?'} neurons but the network "
@@ -248,11 +255,16 @@ class SNN(torch.nn.Module):
     ) -> PointProcess:
         """The hidden neurons' process given the observed spikes (context; for an acausal network
         also seen ahead of time). ``temperature > 0``: the DPP; 0: exact. ``relaxed_log_prob``: see
-        :class:`~pyro_dpp.PointProcess`. ``past``: observed spikes before the window (times ``< 0``,
-        a window of a longer recording, :mod:`pyro_dpp.windows`): they join the context; the hidden
-        process itself starts without past hidden spikes."""
+        :class:`~pyro_dpp.PointProcess`. The observed spikes may be :class:`~pyro_dpp.SpikeTrains`,
+        a dense realization or an index value (``batch x events x 2``); the context itself is dense
+        (``batch x events x (D_o + 2)``: the samplers read context weights). ``past``: observed
+        spikes before the window (times ``< 0``, a window of a longer recording,
+        :mod:`pyro_dpp.windows`): they join the context; the hidden process itself starts without
+        past hidden spikes."""
         observed, duration = _value_and_duration(observed, duration)
         self._check_data(observed, self.n_observed, "observed")
+        if is_index(observed):
+            observed = index_to_dense(observed, self.n_observed)
         observed = observed.to(self.weight)
         bound = self.neuron_bound * self.n_hidden
         future = observed if self.future_weight is not None else None
@@ -272,7 +284,10 @@ class SNN(torch.nn.Module):
         past: torch.Tensor | None = None,
     ) -> PointProcess:
         """The observed neurons' exact process given hidden events (soft or hard) as context, and
-        the observed spikes before the window as ``past`` (times ``< 0``; see :mod:`pyro_dpp.past`)."""
+        the observed spikes before the window as ``past`` (times ``< 0``; see :mod:`pyro_dpp.past`).
+        Its ``log_prob`` scores the observed spikes as a dense realization or, at O(events) memory,
+        as an index value (``SpikeTrains.to_tensor(format="index")``; see
+        :class:`~pyro_dpp.PointProcess`)."""
         hidden, duration = _value_and_duration(hidden, duration)
         self._check_data(hidden, self.n_hidden, "hidden")
         bound = self.neuron_bound * self.n_observed
