@@ -375,3 +375,16 @@ def test_relaxed_gradients_with_past_agree_across_scan_paths(name):
             else:
                 assert a.abs().sum() > 0
                 torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+def test_index_value_with_past_equals_dense():
+    """A window scored as an index value with its past gives the dense value's log-likelihood."""
+    from pyro_dpp.events import dense_to_index
+
+    torch.manual_seed(0)
+    hawkes = ExpHawkes(torch.tensor([0.5, 0.3]), torch.tensor([[0.3, 0.1], [0.2, 0.2]]), 1.5).double()
+    trains = PointProcess(hawkes, torch.tensor(30.0, dtype=torch.float64)).sample((2,))
+    windows = SpikeTrains.from_tensor(trains, torch.full((2,), 30.0, dtype=torch.float64)).windows(10.0, model=hawkes)
+    dense = PointProcess(hawkes, windows.duration, past=windows.past).log_prob(windows.value())
+    index = PointProcess(hawkes, windows.duration, past=windows.past).log_prob(dense_to_index(windows.value()))
+    torch.testing.assert_close(index, dense, rtol=1e-12, atol=1e-12)
