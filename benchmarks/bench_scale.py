@@ -244,13 +244,10 @@ def _stage_simulate(spec: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def _score(process: Any, trains: Any) -> Any:
-    """``process.log_prob`` of SpikeTrains: passed as they are where ``log_prob`` takes them (the
-    compact format of exact data), else as the padded realization tensor."""
-    try:
-        return process.log_prob(trains)
-    except ValueError as err:
-        if "SpikeTrains" not in str(err):
-            raise
+    """``process.log_prob`` of SpikeTrains: exact trains in the index layout (time, neuron id: O(events)
+    memory) where this version has it, else as the padded realization tensor."""
+    if getattr(trains, "is_exact", False):
+        return process.log_prob(trains.to_tensor(format="index"))
     return process.log_prob(trains.to_tensor())
 
 
