@@ -169,6 +169,14 @@ class Intensity(torch.nn.Module):
         before it only, which makes its cost linear in the events for kernels of finite support."""
         return math.inf
 
+    @staticmethod
+    def negligible_lag(slowest_rate: Any, dtype: torch.dtype) -> float:
+        """``log(1 / eps) / slowest_rate``: the lag beyond which an exponential kernel of the slowest
+        decay rate has fallen below ``dtype``'s epsilon relative to its value at lag 0 (the history
+        support of exponential kernels: older events change the intensity below float precision)."""
+        rate = float(torch.as_tensor(slowest_rate).detach().min())
+        return math.log(1 / torch.finfo(dtype).eps) / rate if rate > 0 else math.inf
+
     def max_rate(self) -> torch.Tensor | None:
         """A constant bound on the summed intensity over any history (parameter batch shape), or None."""
         return None

@@ -238,7 +238,12 @@ class GLM(Intensity):
 
     def history_support(self) -> float:
         # a subclass that changes the math may look further back
-        return self.basis.support if keeps_math(self, GLM) else math.inf
+        if not keeps_math(self, GLM):
+            return math.inf
+        taus = getattr(self.basis, "time_constants", None)
+        if math.isinf(self.basis.support) and taus is not None:  # exponential filters
+            return self.negligible_lag(1 / taus.max(), self.bias.dtype)
+        return self.basis.support
 
     def max_rate(self) -> torch.Tensor | None:
         if self.activation in ("sigmoid", "hardtanh"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -154,6 +155,10 @@ class SumExpHawkes(Intensity):
         return self.baseline.sum(-1) * duration + triggered
 
     # ---- sampling helpers ------------------------------------------------------------------
+    def history_support(self) -> float:
+        # exponential kernels: events older than this change the intensity below float precision
+        return self.negligible_lag(self.decays, self.baseline.dtype) if keeps_math(self, SumExpHawkes) else math.inf
+
     def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
         bound = self.rates(state, time).sum(-1)
