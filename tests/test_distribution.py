@@ -1230,7 +1230,8 @@ def _big_glm(k, gen):
 
 
 @pytest.mark.parametrize("name, k, events", [
-    ("uniform-decay", 300, (400, 1_600)), ("matrix-decay-scan", 60, (400, 1_600)), ("glm-windows", 100, (8_000, 32_000)),
+    ("uniform-decay", 300, (400, 1_600)), ("matrix-decay-scan", 60, (400, 1_600)),
+    ("glm-windows", 100, (8_000, 32_000)),
 ])
 def test_index_scoring_memory_does_not_grow_with_events(monkeypatch, name, k, events):
     """The chunked path (an ExpHawkes with one decay: its integer-mark recursion; with a decay
