@@ -177,12 +177,13 @@ def _eps(dtype: torch.dtype) -> float:
 
 
 def _basis_reach(basis: Any, dtype: torch.dtype) -> float | None:
+    from .intensity.base import Intensity
     from .intensity.basis import ExponentialBasis
 
     if math.isfinite(getattr(basis, "support", math.inf)):
         return float(basis.support)
     if isinstance(basis, ExponentialBasis):
-        return float(basis.time_constants.max()) * math.log(1 / _eps(dtype))
+        return Intensity.negligible_lag(1 / basis.time_constants.max(), dtype)
     return None
 
 
@@ -211,9 +212,9 @@ def history_reach(model: Any, dtype: torch.dtype = torch.float64) -> float:
     if isinstance(model, Poisson):
         reach = 0.0
     elif isinstance(model, ExpHawkes):
-        reach = log_eps / float(model.decay.detach().min())
+        reach = model.negligible_lag(model.decay, dtype)
     elif isinstance(model, SumExpHawkes):
-        reach = log_eps / float(model.decays.detach().min())
+        reach = model.negligible_lag(model.decays, dtype)
     elif isinstance(model, PowerLawHawkes):
         if math.isfinite(model.support):
             reach = float(model.support)
