@@ -6,7 +6,9 @@ the last ``W`` events, the parallel ``forward`` is pairwise over events) and a 3
 intensity (an MLP over exponential traces; pairwise parallel ``forward`` over events and decays).
 "Reference" is the eager loop for sampling (a graph per step) and the parallel ``forward`` for
 scoring (``pyro_dpp.backend("reference")``); "generic" is :mod:`pyro_dpp.scan.generic` (sampling)
-and :mod:`pyro_dpp.scan.generic_scoring` (scoring), which run under the default backend ``"auto"``.
+and :mod:`pyro_dpp.scan.generic_scoring` (scoring), which run under the default backend ``"auto"``;
+"compiled" (sections 1, 3 and 4) is the generic scan under backend ``"compiled"`` (its steps in chunks
+compiled by ``torch.compile``; the first call, which compiles, is reported apart as wall time).
 Every timing is the median process CPU time of ``--repeats`` runs after a warm-up (CPU time: a busy
 shared machine disturbs it less than wall time).
 
@@ -152,17 +154,22 @@ def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
     return statistics.median(cpus)
 
 
-def paths(fast: bool) -> str:
-    """The backend that runs the generic paths (``fast``) or the reference ones."""
-    return "auto" if fast else "reference"
-
-
-def both(fn: Callable[[], object], repeats: int) -> dict:
+def both(fn: Callable[[], object], repeats: int, compiled: bool = True) -> dict:
+    """Median CPU seconds of ``fn`` under the reference backend, ``"auto"`` (the generic paths) and,
+    with ``compiled``, ``"compiled"`` (the generic scan in torch.compile'd chunks; its first call, which
+    compiles, is timed apart in wall seconds), and the speed-ups against the reference."""
     out = {}
-    for label, fast in (("reference_cpu_s", False), ("generic_cpu_s", True)):
-        with backend(paths(fast)):
-            out[label] = timed(fn, repeats)
+    labels = [("reference", "reference"), ("generic", "auto")] + ([("compiled", "compiled")] if compiled else [])
+    for label, name in labels:
+        with backend(name):
+            if label == "compiled":
+                wall = time.perf_counter()
+                fn()
+                out["compiled_first_call_wall_s"] = time.perf_counter() - wall
+            out[f"{label}_cpu_s"] = timed(fn, repeats, warmup=label != "compiled")
     out["speedup"] = out["reference_cpu_s"] / out["generic_cpu_s"]
+    if compiled:
+        out["compiled_speedup"] = out["reference_cpu_s"] / out["compiled_cpu_s"]
     return out
 
 
@@ -205,7 +212,8 @@ def bench_scoring(sizes: list[int], ref_sizes: list[int], repeats: int) -> dict:
                 process = PointProcess(intensity, duration, max_events=events)
                 torch.autograd.grad(process.log_prob(value).sum(), params)
 
-            with backend(paths(fast)):  # long sequences: no warm-up (a first small size warmed the path up)
+            # long sequences: no warm-up (a first small size warmed the path up)
+            with backend("auto" if fast else "reference"):
                 row["generic_cpu_s" if fast else "reference_cpu_s"][events] = timed(run, repeats, events < 4000)
         if ref_sizes and sizes:
             # agreement of the two paths at the smallest common size
@@ -213,9 +221,9 @@ def bench_scoring(sizes: list[int], ref_sizes: list[int], repeats: int) -> dict:
             intensity, _, _ = make(name)
             value, duration = sequence(n, intensity.num_marks)
             with torch.no_grad():
-                with backend(paths(True)):
+                with backend("auto"):
                     a = PointProcess(intensity, duration, max_events=n).log_prob(value)
-                with backend(paths(False)):
+                with backend("reference"):
                     b = PointProcess(intensity, duration, max_events=n).log_prob(value)
             row["max_rel_difference"] = float(((a - b).abs() / b.abs()).max())
         gen = row["generic_cpu_s"]
@@ -263,11 +271,11 @@ from pyro_dpp import PointProcess, backend
 def peak_mb():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-candidates, fast = float(sys.argv[1]), sys.argv[2] == "generic"
+candidates, path = float(sys.argv[1]), sys.argv[2]
 intensity = NeuralIntensity()
 if candidates:
     torch.manual_seed(0)
-    with backend("auto" if fast else "reference"):
+    with backend({{"generic": "auto"}}.get(path, path)):
         sample = PointProcess(intensity, candidates / 6.0, bound=6.0, temperature=0.3,
                               max_events=int(candidates * 1.1)).rsample()
         torch.autograd.grad(sample[..., 1:-1].sum(), list(intensity.parameters()))
@@ -308,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         "exact": lambda: bench_exact(32 if quick else 256, 5.0 if quick else 20.0, repeats),
         "memory": lambda: bench_memory([(2e3, "reference"), (args.memory_candidates or 2e4, "generic")] if quick
                                        else [(2e4, "reference"), (2e4, "generic"),
-                                             (args.memory_candidates or 2e5, "generic")]),
+                                             (args.memory_candidates or 2e5, "generic"),
+                                             (args.memory_candidates or 2e5, "compiled")]),
     }
     results = {}
     for name in args.sections:

@@ -207,11 +207,11 @@ def _backend(fast: bool) -> str:
     return "auto" if fast else "reference"
 
 
-def draw(name, fast, mode, seed=3):
+def draw(name, fast, mode, seed=3, backend_name=None):
     intensity, params, bound, _ = make(name)
     temperature = 0.0 if mode == "exact" else 0.3
     torch.manual_seed(seed)
-    with backend(_backend(fast)):
+    with backend(backend_name or _backend(fast)):
         process = PointProcess(intensity, DURATION, bound=bound, temperature=temperature, context=context(),
                                straight_through=mode == "straight-through")
         if temperature == 0:
@@ -541,3 +541,52 @@ def test_reused_log_rates_only_for_the_same_unmodified_draw():
     with torch.no_grad():
         value[..., 0, 0] += 0.0
     assert reuse.recall(value, intensity, process.context) is None
+
+
+@pytest.mark.parametrize(("name", "mode", "checkpointed"), [
+    ("neural", "exact", False), ("neural", "relaxed", True), ("powerlaw", "relaxed", False)])
+def test_compiled_backend_matches_reference(name, mode, checkpointed, generic_calls, monkeypatch):
+    """Backend "compiled": the generic scan's chunks of steps through torch.compile (and its backward
+    through the compiled graph, recomputed per checkpointed segment) agree with the reference to
+    float64 precision; the steps that do not fill a chunk run eagerly. (Chunks of 4 steps: the
+    compilation takes a while and grows with the chunk.)"""
+    import torch._dynamo.config
+
+    monkeypatch.setattr(generic, "COMPILED_CHUNK", 4)
+    if checkpointed:
+        monkeypatch.setattr(generic, "GRAPH_BUDGET_BYTES", 0)
+    ref = draw(name, False, mode)
+    original, chunks = generic.compiled_steps, []
+
+    def spy():
+        steps = original()
+        return None if steps is None else (lambda *args: chunks.append(1) or steps(*args))
+
+    monkeypatch.setattr(generic, "compiled_steps", spy)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no silent eager fallback
+        got = draw(name, True, mode, backend_name="compiled")
+    assert generic_calls and chunks
+    assert ref[0].shape[-2] > 4
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-9, atol=1e-10)
+    if mode != "exact":
+        real = event_mask(ref[0])
+        torch.testing.assert_close(got[1][real], ref[1][real], rtol=1e-9, atol=1e-10)
+        for g, r in zip(got[2], ref[2], strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
+
+
+def test_compiled_backend_falls_back_to_eager_steps_when_compilation_fails(monkeypatch):
+    """A failed torch.compile (no C++ compiler, say) warns once and the draw is the reference's."""
+    import torch._dynamo.exc
+
+    def failing(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(failing, RuntimeError("no C++ compiler"), None)
+
+    monkeypatch.setattr(generic, "_compiled", [failing])
+    ref = draw("neural", False, "relaxed")
+    with pytest.warns(RuntimeWarning, match="(?s)torch.compile failed.*no C\\+\\+ compiler"):
+        got = draw("neural", True, "relaxed", backend_name="compiled")
+    assert generic._compiled == [None] and generic.compiled_steps() is None
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+    for g, r in zip(got[2], ref[2], strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)

@@ -8,6 +8,9 @@ name             what runs
                  filters, intensities whose filter has no kernel)
 ``"torch"``      the torch engine everywhere (any device), torch implementations of the scoring kernels
 ``"numba"``      as ``"auto"``, but setting it raises if numba is not installed
+``"compiled"``   as ``"auto"``, and the generic scan (intensities without a filter) runs its steps in
+                 chunks compiled by :func:`torch.compile` (the first call of each configuration
+                 compiles: seconds to a minute; later calls reuse it)
 ``"reference"``  the eager loop over the intensity's own ``log_rates`` / ``update`` under autograd (the
                  oracle the other backends are tested against), the torch scoring implementations,
                  and scoring through the parallel ``forward`` for every intensity
@@ -29,7 +32,7 @@ from collections.abc import Iterator
 import torch
 
 #: The backend names, in the order of the table above.
-BACKENDS = ("auto", "torch", "numba", "reference")
+BACKENDS = ("auto", "torch", "numba", "compiled", "reference")
 
 _current = "auto"
 
@@ -52,7 +55,7 @@ def get_backend() -> str:
 def set_backend(name: str) -> str:
     """Select the backend of the scans and scoring kernels globally; returns the previous name.
 
-    :param str name: one of ``"auto"``, ``"torch"``, ``"numba"``, ``"reference"``.
+    :param str name: one of ``"auto"``, ``"torch"``, ``"numba"``, ``"compiled"``, ``"reference"``.
     :raises ValueError: for an unknown name, or ``"numba"`` without numba installed.
     """
     global _current
@@ -78,9 +81,9 @@ _NUMBA_DTYPES = (torch.float32, torch.float64)
 
 
 def numba_usable(*tensors: torch.Tensor) -> bool:
-    """Whether numba kernels may run on these tensors under the current backend: ``"auto"`` or
-    ``"numba"``, numba installed, every tensor on the CPU in float32 or float64."""
-    return (_current in ("auto", "numba") and numba_available()
+    """Whether numba kernels may run on these tensors under the current backend: ``"auto"``,
+    ``"numba"`` or ``"compiled"``, numba installed, every tensor on the CPU in float32 or float64."""
+    return (_current in ("auto", "numba", "compiled") and numba_available()
             and all(t.device.type == "cpu" and t.dtype in _NUMBA_DTYPES for t in tensors))
 
 

@@ -37,6 +37,8 @@ numbers the draw equals the reference loop's.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,7 @@ from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
 from ..past import full_width
+from .backend import get_backend
 from .step import log_probs, step_marks
 
 #: A scan whose graph is estimated (:func:`graph_bytes`) under this many bytes keeps its graph instead of
@@ -175,32 +178,106 @@ class _Plan:
     stats: dict = field(default_factory=dict)
 
 
+def _step(intensity: Intensity, state: State, t: torch.Tensor, cand: torch.Tensor, ctx_hist: torch.Tensor,
+          noise: torch.Tensor, log_bound: torch.Tensor, inv_t: float, relaxed: bool,
+          straight_through: bool) -> tuple[State, tuple[torch.Tensor, ...]]:
+    """One thinning step: the state after it and the step's mark, log-weights, summed rates over the
+    bound, history weights and log-rates."""
+    k = intensity.num_marks
+    log_rate = intensity.log_rates(state, t)  # batch x K
+    log_pi, ratio = log_probs(log_rate, log_bound)  # batch x (K+1), batch
+    y, log_y = step_marks(log_pi, noise, inv_t, relaxed, straight_through)
+    weights = y[..., :k] * cand + ctx_hist[..., :k]
+    if ctx_hist.shape[-1] > k:
+        weights = torch.cat([weights, ctx_hist[..., k:]], -1)
+    return intensity.update(state, t, weights), (y, log_y, ratio, weights, log_rate)
+
+
+def _steps(intensity: Intensity, state: State, times: torch.Tensor, cands: torch.Tensor, ctx_hists: torch.Tensor,
+           noises: torch.Tensor, log_bound: torch.Tensor, inv_t: float, relaxed: bool,
+           straight_through: bool) -> tuple[State, list[torch.Tensor]]:
+    """:func:`_step` over ``times`` (``batch x m``; the others ``batch x m x ...``), the unit that
+    :func:`torch.compile` sees (backend ``"compiled"``): the outputs stacked along the step axis."""
+    outs = []
+    for i in range(times.shape[-1]):
+        state, out = _step(intensity, state, times[..., i], cands[..., i, :], ctx_hists[..., i, :],
+                           noises[..., i, :], log_bound, inv_t, relaxed, straight_through)
+        outs.append(out)
+    return state, [torch.stack(part, -1 if j == 2 else -2) for j, part in enumerate(zip(*outs))]
+
+
+#: Steps per call of the compiled scan (backend ``"compiled"``): :func:`torch.compile` unrolls the chunk into
+#: one graph, so the per-call overhead is shared by the chunk and the steps' operations fuse.
+COMPILED_CHUNK = 16
+
+#: The number of compiled configurations kept before dynamo falls back to eager steps (it raises its
+#: ``recompile_limit`` to this when the ``"compiled"`` backend is first used).
+COMPILED_GRAPHS = 64
+
+_compiled: list = []
+
+
+def compiled_steps() -> Callable | None:
+    """:func:`_steps` compiled by :func:`torch.compile` under backend ``"compiled"`` (made once, on first
+    use), else None (also after a compilation failed in this session)."""
+    if get_backend() != "compiled":
+        return None
+    if not _compiled:
+        import torch._dynamo.config
+
+        # one compiled graph per configuration (intensity class, shapes, grad mode, exact or relaxed):
+        # more than dynamo's default of 8 in a session that samples and trains several models
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS)
+        _compiled.append(torch.compile(_steps))
+    return _compiled[0]
+
+
+def _compiler_failed(error: Exception) -> None:
+    """Turn the compiled steps off for this session after ``torch.compile`` failed, with a warning."""
+    _compiled[:] = [None]
+    warnings.warn(f"backend 'compiled': torch.compile failed ({type(error).__name__}: {str(error)[:300]}); the "
+                  "generic scan runs its steps eagerly in this session", RuntimeWarning, stacklevel=3)
+
+
 def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w: torch.Tensor,
-         bound: torch.Tensor) -> tuple[State, list, list, list, list, list]:
-    """Steps ``lo .. hi-1`` from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x (K+C)) are the
-    segment's. Returns the state after the segment and per-step marks, log-weights, summed rates over
-    the bound, history weights and log-rates."""
-    intensity, k = plan.intensity, plan.intensity.num_marks
+         bound: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps ``lo .. hi-1`` (``lo < hi``) from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x (K+C))
+    are the segment's. Returns the state after the segment and the steps' marks, log-weights (batch x m x
+    (K+1)), summed rates over the bound (batch x m), history weights (batch x m x (K+C)) and log-rates
+    (batch x m x K). Under backend ``"compiled"`` whole chunks of :data:`COMPILED_CHUNK` steps run as one
+    compiled call, the rest step by step."""
+    intensity = plan.intensity
     log_bound = torch.log(bound).unsqueeze(-1)
+    cands, ctx_hists, noises = plan.cand[..., lo:hi, :], ctx_w * plan.ctx[..., lo:hi, :], plan.noise[..., lo:hi, :]
+    flags = (plan.inv_t, plan.relaxed, plan.straight_through)
+    parts: list[list[torch.Tensor]] = [[], [], [], [], []]
+    done = 0
+    compiled = compiled_steps()
+    while compiled is not None and (hi - lo) - done >= COMPILED_CHUNK:
+        end = done + COMPILED_CHUNK
+        # contiguous inputs: a view's strides (a slice of the time line, a state leaf that is a step's
+        # time) would be guarded on and recompile
+        chunk = [x[..., done:end, :].contiguous() for x in (cands, ctx_hists, noises)]
+        state = pytree.tree_map(torch.Tensor.contiguous, state)
+        try:
+            state, outs = compiled(intensity, state, times[..., done:end].contiguous(), *chunk, log_bound, *flags)
+        except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler, say: run the steps eagerly
+            compiled = _compiler_failed(error)
+            continue
+        for part, out in zip(parts, outs):
+            part.append(out)
+        done = end
     # per-step views in one call each (indexing inside the loop costs a dispatch per step and tensor)
-    cands = plan.cand[..., lo:hi, :].unbind(-2)
-    ctx_hists = (ctx_w * plan.ctx[..., lo:hi, :]).unbind(-2)
-    noises = plan.noise[..., lo:hi, :].unbind(-2)
-    ys, logs, ratios, hists, log_rates = [], [], [], [], []
-    for t, cand, ctx_hist, noise in zip(times.unbind(-1), cands, ctx_hists, noises):
-        log_rate = intensity.log_rates(state, t)  # batch x K
-        log_pi, ratio = log_probs(log_rate, log_bound)  # batch x (K+1), batch
-        y, log_y = step_marks(log_pi, noise, plan.inv_t, plan.relaxed, plan.straight_through)
-        weights = y[..., :k] * cand + ctx_hist[..., :k]
-        if ctx_hist.shape[-1] > k:
-            weights = torch.cat([weights, ctx_hist[..., k:]], -1)
-        state = intensity.update(state, t, weights)
-        ys.append(y)
-        logs.append(log_y)
-        ratios.append(ratio)
-        hists.append(weights)
-        log_rates.append(log_rate)
-    return state, ys, logs, ratios, hists, log_rates
+    eager = []
+    for t, cand, ctx_hist, noise in zip(times[..., done:].unbind(-1), cands[..., done:, :].unbind(-2),
+                                        ctx_hists[..., done:, :].unbind(-2), noises[..., done:, :].unbind(-2)):
+        state, outs = _step(intensity, state, t, cand, ctx_hist, noise, log_bound, *flags)
+        eager.append(outs)
+    if eager:
+        for j, (part, out) in enumerate(zip(parts, zip(*eager))):
+            part.append(torch.stack(out, -1 if j == 2 else -2))
+    return state, *(part[0] if len(part) == 1 else torch.cat(part, -1 if j == 2 else -2)
+                    for j, part in enumerate(parts))
 
 
 def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w: torch.Tensor,
@@ -222,7 +299,6 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w
         if checkpoints is not None:
             checkpoints.append([x.clone() for x in pytree.tree_leaves(state)])  # an update may work in place
         state, *parts = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound)
-        parts = [torch.stack(part, -1 if i == 2 else -2) for i, part in enumerate(parts)]
         if out is None:
             out = [p.new_empty(p.shape[:len(batch)] + (steps,) + p.shape[len(batch) + 1:]) for p in parts]
         for o, p in zip(out, parts):
@@ -275,7 +351,7 @@ class _GenericScan(torch.autograd.Function):
                 outs, cotangents = [], []
                 for parts, g in ((ys, grad_marks), (logs, grad_logs), (log_rates, grad_log_rates)):
                     if g is not None:
-                        outs.append(torch.stack(parts, -2))
+                        outs.append(parts)
                         cotangents.append(g[..., lo:hi, :])
                 for leaf, g in zip(pytree.tree_leaves(end), carry):
                     if g is not None:
@@ -329,6 +405,8 @@ def generic_scan(
     """
     batch, steps = times.shape[:-1], times.shape[-1]
     every = default_checkpoint_every(steps) if checkpoint_every is None else int(checkpoint_every)
+    if checkpoint_every is None and compiled_steps() is not None:
+        every = -(-every // COMPILED_CHUNK) * COMPILED_CHUNK  # whole compiled chunks per segment
     if every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
     leaves, spec = _leaves(intensity.initial_state(batch, times, steps))
@@ -348,8 +426,8 @@ def generic_scan(
         # tensor the computation uses gets its gradient)
         state = pytree.tree_unflatten(list(leaves), spec)
         _, *parts = _run(plan, state, 0, steps, times, ctx_w, bound)
-        marks, logs, hists, rates_log = (torch.stack(parts[i], -2) for i in (0, 1, 3, 4))
-        ratios = torch.stack(parts[2], -1).detach()
+        marks, logs, ratios, hists, rates_log = parts
+        ratios = ratios.detach()
         hists = hists.detach()
         plan.stats.update(steps=steps, every=steps, checkpoints=0, graph=True)
     elif grad and any(x.requires_grad for x in inputs):
