@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import PEAK_PROBE
 
 from pyro_dpp import PointProcess, backend
 from pyro_dpp.events import pad_realization
@@ -174,15 +175,12 @@ def bench_exact(batch: int, duration: float, repeats: int) -> dict:
 
 
 # ---- 4. memory ----------------------------------------------------------------------------------------------------
-_CHILD = """
+_CHILD = PEAK_PROBE + """
 import sys, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(1)
 from bench_generic import make
 from pyro_dpp import PointProcess, backend
-def peak_mb():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 candidates, fast = float(sys.argv[1]), sys.argv[2] == "generic"
 intensity = make("neural")[0]
 if candidates:
