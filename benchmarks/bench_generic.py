@@ -1,6 +1,7 @@
 """The generic checkpointed paths (issue 10, item 2) against the reference backend, in one run.
 
-The intensities are written here as a user would (no stock class, no filter): a 2-mark power-law
+The intensities are written as a user would (no stock class, no filter; ``tests/user_intensities.py``,
+shared with the tests of these paths): a 2-mark power-law
 Hawkes process (kernel ``alpha (delta + t)^(-beta)`` cut off at a support; the scan keeps a window of
 the last ``W`` events, the parallel ``forward`` is pairwise over events) and a 3-mark neural
 intensity (an MLP over exponential traces; pairwise parallel ``forward`` over events and decays).
@@ -42,104 +43,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import PEAK_PROBE
 
 from pyro_dpp import PointProcess, backend
 from pyro_dpp.events import pad_realization
-from pyro_dpp.intensity.base import Intensity, pairwise_lags
+from pyro_dpp.intensity.base import Intensity
 
 HERE = Path(__file__).resolve().parent
-
-
-class PowerLawHawkes(Intensity):
-    """``lambda_i(t) = mu_i + sum_j alpha_ij sum_{t - support < t_n < t} w_nj (delta + t - t_n)^(-beta)``."""
-
-    def __init__(self, baseline, adjacency, delta=1.0, beta=1.5, support=5.0, window=64):
-        super().__init__()
-        self.baseline, self.adjacency = baseline, adjacency
-        self.delta, self.beta, self.support, self.window = delta, beta, support, window
-        self.num_marks = baseline.shape[-1]
-        self.num_context_marks = adjacency.shape[-1] - self.num_marks
-
-    @property
-    def batch_shape(self):
-        return self.baseline.shape[:-1]
-
-    def _kernel(self, lag, before):
-        inside = before & (lag < self.support)
-        return torch.where(inside, (self.delta + lag) ** (-self.beta), torch.zeros_like(lag))
-
-    def initial_state(self, batch_shape, like, num_steps):
-        w = min(self.window, max(1, num_steps))
-        return like.new_full(batch_shape + (w,), -1e9), like.new_zeros(batch_shape + (w, self.num_history_marks))
-
-    def rates(self, state, time):
-        times, weights = state
-        lag = time.unsqueeze(-1) - times
-        drive = (self._kernel(lag, lag > 0).unsqueeze(-1) * weights).sum(-2)
-        return self.baseline + (self.adjacency * drive.unsqueeze(-2)).sum(-1)
-
-    def update(self, state, time, weights):
-        times, history = state
-        return (torch.cat([times[..., 1:], time.unsqueeze(-1)], -1),
-                torch.cat([history[..., 1:, :], weights.unsqueeze(-2)], -2))
-
-    def forward(self, times, weights, query):
-        lag, before = pairwise_lags(times, query)
-        return self.baseline.unsqueeze(-2) + (self._kernel(lag, before) @ weights) @ self.adjacency.transpose(-1, -2)
-
-    def breakpoints(self, times, weights):
-        return times + self.support
-
-
-class NeuralIntensity(Intensity):
-    """``lambda = a * sigmoid(MLP(exponential traces of the history))`` (bound ``a K``)."""
-
-    def __init__(self, num_marks=3, decays=(0.5, 2.0), hidden=16, amplitude=2.0, seed=0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.num_marks, self.num_context_marks = num_marks, 0
-        self.decays, self.amplitude = torch.tensor(decays), amplitude
-        self.hidden = torch.nn.Linear(len(decays) * num_marks, hidden)
-        self.out = torch.nn.Linear(hidden, num_marks)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
-
-    @property
-    def batch_shape(self):
-        return torch.Size()
-
-    def _from_traces(self, traces):
-        return self.amplitude * torch.sigmoid(self.out(torch.tanh(self.hidden(traces.flatten(-2)))))
-
-    def _decayed(self, state, time):
-        traces, last = state
-        return traces * torch.exp(-(time - last).unsqueeze(-1) * self.decays).unsqueeze(-1)
-
-    def initial_state(self, batch_shape, like, num_steps):
-        return like.new_zeros(batch_shape + (len(self.decays), self.num_marks)), like.new_zeros(batch_shape)
-
-    def rates(self, state, time):
-        return self._from_traces(self._decayed(state, time))
-
-    def update(self, state, time, weights):
-        return self._decayed(state, time) + weights.unsqueeze(-2), time
-
-    def forward(self, times, weights, query):
-        lag, before = pairwise_lags(times, query)
-        kernel = torch.where(before.unsqueeze(-1), torch.exp(-lag.unsqueeze(-1) * self.decays), lag.new_zeros(()))
-        return self._from_traces(torch.einsum("...qeu,...ed->...qud", kernel, weights))
-
-    def max_rate(self):
-        return torch.tensor(self.amplitude * self.num_marks)
+# the user-written intensities live with the tests of the generic paths (one copy, tested there)
+sys.path.insert(0, str(HERE.parent / "tests"))
+from user_intensities import NeuralIntensity, UserPowerLaw  # noqa: E402
 
 
 def make(name: str) -> tuple[Intensity, list[torch.Tensor], float]:
     if name == "powerlaw":
         mu = torch.tensor([0.4, 0.3]).requires_grad_()
         alpha = torch.tensor([[0.15, 0.05], [0.05, 0.1]]).requires_grad_()
-        return PowerLawHawkes(torch.nn.functional.softplus(mu), alpha), [mu, alpha], 6.0
-    intensity = NeuralIntensity()
+        return UserPowerLaw(torch.nn.functional.softplus(mu), alpha, support=5.0, window=64), [mu, alpha], 6.0
+    intensity = NeuralIntensity(3, torch.tensor([0.5, 2.0]), hidden=16, scale=0.7)
     return intensity, list(intensity.parameters()), 6.0
 
 
@@ -262,17 +183,14 @@ def bench_exact(batch: int, duration: float, repeats: int) -> dict:
 
 
 # ---- 4. memory ----------------------------------------------------------------------------------------------------
-_CHILD = """
+_CHILD = PEAK_PROBE + """
 import sys, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(1)
-from bench_generic import NeuralIntensity
+from bench_generic import make
 from pyro_dpp import PointProcess, backend
-def peak_mb():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 candidates, path = float(sys.argv[1]), sys.argv[2]
-intensity = NeuralIntensity()
+intensity = make("neural")[0]
 if candidates:
     torch.manual_seed(0)
     with backend({{"generic": "auto"}}.get(path, path)):

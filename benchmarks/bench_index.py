@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _common import RSS_PROBE, last_json, run_code
 
-CHILD = r"""
+HERE = Path(__file__).resolve().parent
+
+CHILD = RSS_PROBE + r"""
 import json, resource, sys, time
 import torch
 from pyro_dpp import PointProcess, SpikeTrains
 from pyro_dpp.intensity import Poisson
 from pyro_dpp.snn import SNN
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 layout, neurons, duration, sequences = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
@@ -60,17 +55,14 @@ print(json.dumps({"seconds": seconds, "peak_added_bytes": peak - before, "value_
 
 
 def run(layout: str, neurons: int, duration: float, sequences: int, timeout: float | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
-        done = subprocess.run([sys.executable, "-c", CHILD, layout, str(neurons), str(duration), str(sequences)],
-                              capture_output=True, text=True, env=env, check=False, timeout=timeout)
+        done = run_code(CHILD, layout, neurons, duration, sequences, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish in {timeout:.0f} s"}
     if done.returncode:
         lines = done.stderr.strip().splitlines()
         return {"error": lines[-1] if lines else f"exit status {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json(done.stdout)
 
 
 def main() -> None:

@@ -25,25 +25,19 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import RSS_PROBE, last_json, run_code
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
-CHILD = r"""
+CHILD = RSS_PROBE + r"""
 import json, resource, sys, time
 import numpy as np
 import torch
 import pyro_dpp.io as spio
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 kind, path = sys.argv[1], sys.argv[2]
 before = rss()
@@ -91,13 +85,10 @@ def write_files(folder: Path, spikes: int, neurons: int, sequences: int, seed: i
 
 
 def run_child(kind: str, path: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run([sys.executable, "-c", CHILD, kind, str(path)], capture_output=True, text=True, env=env,
-                          check=False)
+    done = run_code(CHILD, kind, path)
     if done.returncode:
         raise RuntimeError(f"{kind} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return last_json(done.stdout)
 
 
 def main() -> None:

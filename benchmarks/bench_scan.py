@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from _common import PEAK_PROBE
 
 import pyro_dpp
 from pyro_dpp import PointProcess, event_mask
@@ -65,6 +66,17 @@ def timed(fn: Callable[[], float | int | None], repeats: int, warmup: int = 1) -
         works.append(work or 0)
     return {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "work": statistics.median(works),
             "walls": walls, "cpus": cpus}
+
+
+def timed_path(run: Callable[[], int], fast: bool, repeats: int, unit: str, wall: bool = True) -> dict:
+    """:func:`timed` of one path plus its throughput ``{unit}_per_s`` (work per CPU second; per wall
+    second too, as ``{unit}_per_s_wall``, with ``wall``): the fast path ``repeats`` times after a
+    warm-up, the reference once and cold (it is slow)."""
+    r = timed(run, repeats if fast else 1, warmup=1 if fast else 0)
+    r[f"{unit}_per_s"] = r["work"] / r["cpu_s"]
+    if wall:
+        r[f"{unit}_per_s_wall"] = r["work"] / r["wall_s"]
+    return r
 
 
 def Mode(fast: bool):  # noqa: N802 - reads as the context it returns
@@ -99,9 +111,7 @@ def bench_rsample(batch: int, duration: float, ref_duration: float, repeats: int
                 sample = net.hidden_process(value, dur, 0.3).rsample()
                 torch.autograd.grad(sample[..., 1:-1].sum(), params)
             return int(event_mask(sample).sum())
-        r = timed(run, repeats if fast else 1, warmup=1 if fast else 0)
-        r["steps_per_s"] = r["work"] / r["cpu_s"]
-        r["steps_per_s_wall"] = r["work"] / r["wall_s"]
+        r = timed_path(run, fast, repeats, "steps")
         r["duration"] = T
         out[name] = r
     out["speedup_per_step"] = out["fast"]["steps_per_s"] / out["reference"]["steps_per_s"]
@@ -130,9 +140,7 @@ def bench_exact(duration: float, ref_duration: float, repeats: int, snn_batch: i
             def run(pp=pp, fast=fast, shape=shape):
                 with Mode(fast):
                     return int(event_mask(pp.sample(shape)).sum())
-            r = timed(run, repeats if fast else 1, warmup=1 if fast else 0)
-            r["events_per_s"] = r["work"] / r["cpu_s"]
-            r["events_per_s_wall"] = r["work"] / r["wall_s"]
+            r = timed_path(run, fast, repeats, "events")
             r["duration"] = T
             row[name] = r
         row["speedup_per_event"] = row["fast"]["events_per_s"] / row["reference"]["events_per_s"]
@@ -143,8 +151,7 @@ def bench_exact(duration: float, ref_duration: float, repeats: int, snn_batch: i
         def run(fast=fast):
             with Mode(fast), torch.no_grad():
                 return int(event_mask(net.joint_process(snn_duration).sample((snn_batch,))).sum())
-        r = timed(run, repeats if fast else 1, warmup=1 if fast else 0)
-        r["events_per_s"] = r["work"] / r["cpu_s"]
+        r = timed_path(run, fast, repeats, "events", wall=False)
         row[name] = r
     row["speedup"] = row["reference"]["cpu_s"] / row["fast"]["cpu_s"]
     row["config"] = {"batch": snn_batch, "duration": snn_duration}
@@ -251,19 +258,7 @@ def bench_scaling(repeats: int, batch: int) -> dict:
 
 
 # ---- 6. memory ------------------------------------------------------------------------------------------------------
-# The peak resident set of this process's own memory: /proc's VmHWM (Linux). ru_maxrss is not it:
-# a child of a large benchmark process starts from the parent's RSS at the fork and keeps that.
-_PEAK = """
-def peak_mb():
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-"""
-
-_MEMORY_CHILD = _PEAK + """
+_MEMORY_CHILD = PEAK_PROBE + """
 import sys, torch
 torch.set_num_threads(1)
 from pyro_dpp import event_mask
@@ -290,7 +285,7 @@ def bench_memory(candidates: float) -> dict:
                               env=env, check=True)
         count, peak_mb = proc.stdout.split()
         runs.append((int(count), float(peak_mb)))
-    baseline = subprocess.run([sys.executable, "-c", _PEAK + "import torch, pyro, pyro_dpp, pyro_dpp.scan\n"
+    baseline = subprocess.run([sys.executable, "-c", PEAK_PROBE + "import torch, pyro, pyro_dpp, pyro_dpp.scan\n"
                                "print(peak_mb())"],
                               capture_output=True, text=True, env=env, check=True)
     return {"candidates": runs[1][0], "peak_rss_mb": runs[1][1], "baseline_rss_mb": float(baseline.stdout)}

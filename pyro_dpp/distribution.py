@@ -2,47 +2,42 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
-from .events import (
-    INDEX_COLUMNS,
-    SpikeTrains,
-    dense_to_index,
-    index_to_dense,
-    is_index,
-    num_marks_of,
-    validate_index,
-    validate_realization,
+from ._arguments import (  # noqa: F401 - SUPPORTED_DTYPES: re-exported
+    SUPPORTED_DTYPES,
+    as_context,
+    as_dtype,
+    as_positive,
+    as_temperature,
+    check_intensity_dtype,
+    refuse_tracing,
 )
-from .intensity.base import Intensity, broadcast_shapes, within
+from .dense_twin import dense_twin
+from .events import INDEX_COLUMNS, dense_to_index, is_index, validate_index, validate_realization
+from .intensity.base import Intensity, broadcast_shapes
 from .intensity.hawkes import ExpHawkes
 from .intensity.hawkes_stats import cached_statistics
 from .likelihood import DEFAULT_QUADRATURE_NODES, dpp_log_density, exact_log_likelihood
-from .past import check_context, check_past, negative_rows
-from .relaxed import plain
-from .thinning import default_max_events, sample_exact, sample_ogata, sample_relaxed
+from .past import check_past
+from .sample_size import (
+    DEFAULT_MAX_EVENTS,  # noqa: F401 - re-exported: the constant of the sizing rule below
+    check_draw_memory,
+    sample_rows,
+    sizing_hint,
+)
+from .thinning import sample_exact, sample_ogata, sample_relaxed
 
 #: What ``PointProcess.log_prob`` scores at ``temperature > 0``: the DPP density, or the exact
 #: log-likelihood formula at the soft realization.
 RELAXED_LOG_PROBS = ("dpp", "exact")
 
-#: Rows of a sample when neither ``max_events`` nor ``bound`` is given, before one row per context
-#: row is added (the sizing rule of :class:`PointProcess`).
-DEFAULT_MAX_EVENTS = 1000
-
 #: The layouts :class:`PointProcess` draws in (``value_format``); see :mod:`pyro_dpp.events`.
 VALUE_FORMATS = ("dense", "index")
-
-#: The floating dtypes a :class:`PointProcess` computes in.
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 class _Realization(constraints.Constraint):
@@ -109,7 +104,7 @@ class PointProcess(TorchDistribution):
     2. else, if ``bound`` is given, a Poisson tail bound of the candidate count: about
        ``bound * duration + 10 * sqrt(bound * duration) + 10`` (largest over the batch); a bound
        dominates the intensity with its context, so context events need no extra rows;
-    3. else :data:`DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``, less
+    3. else :data:`~pyro_dpp.sample_size.DEFAULT_MAX_EVENTS` plus one row per context row (``context.shape[-2]``, less
        the rows before the window, at times ``< 0``, that every sequence has; ``past`` rows never
        count: they are history, not sample rows).
 
@@ -188,10 +183,10 @@ class PointProcess(TorchDistribution):
         if not isinstance(intensity, Intensity):
             raise ValueError(f"intensity must be a pyro_dpp.intensity.Intensity, got {type(intensity).__name__}")
         like = intensity.like()
-        _check_intensity_dtype(intensity, like)
+        check_intensity_dtype(intensity, like)
         self.intensity = intensity
-        self.duration = _positive("duration", duration, like)
-        self.temperature = _temperature(temperature)
+        self.duration = as_positive("duration", duration, like)
+        self.temperature = as_temperature(temperature)
         if straight_through and self.temperature == 0:
             raise ValueError("straight_through=True needs temperature > 0 (a relaxation to pass gradients through)")
         self.straight_through = bool(straight_through)
@@ -219,14 +214,14 @@ class PointProcess(TorchDistribution):
                         "rates, or pass bound="
                     )
         if bound is not None:
-            bound = _positive("bound", bound, like)
+            bound = as_positive("bound", bound, like)
         elif self.temperature > 0:
             raise ValueError(
                 "temperature > 0 needs a constant bound on the summed intensity and this intensity offers "
                 "none (max_rate() is None): pass bound="
             )
         self.bound = bound
-        self.context = _context(context, intensity, like, self.duration)
+        self.context = as_context(context, intensity, like, self.duration)
         self.past = check_past(past, intensity.num_marks, like)
         shapes = [intensity.batch_shape, self.duration.shape]
         if bound is not None:
@@ -281,7 +276,7 @@ class PointProcess(TorchDistribution):
 
     def _broadcast(self, sample_shape: torch.Size) -> tuple[torch.Tensor, ...]:
         shape = torch.Size(sample_shape) + self.batch_shape
-        _check_draw_memory(shape, self.max_events, self.num_marks, self.duration)
+        check_draw_memory(shape, self.max_events, self.num_marks, self.duration)
         duration = self.duration.expand(shape)
         bound = None if self.bound is None else self.bound.expand(shape)
         context = None if self.context is None else self.context.expand(shape + self.context.shape[-2:])
@@ -295,9 +290,9 @@ class PointProcess(TorchDistribution):
                 "rsample needs temperature > 0 (the relaxed, differentiable process); use sample() for the "
                 "exact process"
             )
-        _refuse_tracing()
+        refuse_tracing()
         duration, bound, context, past = self._broadcast(torch.Size(sample_shape))
-        with self._sizing_hint():
+        with sizing_hint(self.max_events, self._explicit_size):
             return sample_relaxed(
                 self.intensity, bound, duration, context, self.max_events, self.temperature, self.straight_through,
                 past=past,
@@ -308,30 +303,16 @@ class PointProcess(TorchDistribution):
         if self.temperature > 0:
             with torch.no_grad():
                 return self.rsample(sample_shape)
-        _refuse_tracing()
+        refuse_tracing()
         duration, bound, context, past = self._broadcast(torch.Size(sample_shape))
         if bound is None and type(self.intensity).local_bound is Intensity.local_bound:
             raise ValueError("this intensity offers no bound for exact sampling: pass bound=")
-        with self._sizing_hint():
+        with sizing_hint(self.max_events, self._explicit_size):
             if bound is not None:
                 value = sample_exact(self.intensity, bound, duration, context, self.max_events, past=past)
             else:
                 value = sample_ogata(self.intensity, duration, context, self.max_events, past=past)
         return dense_to_index(value) if self.value_format == "index" else value
-
-    @contextlib.contextmanager
-    def _sizing_hint(self) -> Iterator[None]:
-        """Say where a default ``max_events`` came from when a draw does not fit it."""
-        try:
-            yield
-        except ValueError as err:
-            if self._explicit_size or "max_events" not in str(err):
-                raise
-            raise ValueError(
-                f"{err} (max_events={self.max_events} is the default sample size, which depends only on "
-                "duration, bound and context, never on parameter values: see PointProcess, 'Sample size'; "
-                "pass max_events= large enough for the parameters you sample with)"
-            ) from err
 
     def _validate_sample(self, value: torch.Tensor) -> None:
         if not isinstance(value, torch.Tensor):
@@ -371,7 +352,7 @@ class PointProcess(TorchDistribution):
                 "an index value (batch x events x 2: time, mark id) holds exact events, but this process is "
                 "relaxed (temperature > 0): score dense relaxed values, or use temperature=0"
             )
-        value = _as_dtype(value, self.duration)
+        value = as_dtype(value, self.duration)
         if self.temperature > 0 and self.relaxed_log_prob == "dpp":
             bound = self.bound
             return dpp_log_density(self.intensity, value, self.duration, bound, self.temperature, self.context,
@@ -379,147 +360,9 @@ class PointProcess(TorchDistribution):
         if self.temperature == 0 and type(self.intensity) is ExpHawkes and self.past is None:
             # the same data scored again (MCMC, SVI, MLE) reuses statistics that do not depend on
             # baseline and adjacency (small index values through their dense twin, built once)
-            dense = _dense_twin(value, self.intensity) if is_index(value) else value
+            dense = dense_twin(value, self.intensity) if is_index(value) else value
             stats = None if dense is None else cached_statistics(self.intensity, dense, self.duration, self.context)
             if stats is not None:
                 return stats.log_likelihood(self.intensity.baseline, self.intensity.adjacency)
         return exact_log_likelihood(self.intensity, value, self.duration, self.context, self.quadrature_nodes,
                                     past=self.past)
-
-
-_TWINS: list[tuple[weakref.ref, tuple, torch.Tensor]] = []
-
-
-def _dense_twin(value: torch.Tensor, intensity: Intensity) -> torch.Tensor | None:
-    """The dense realization of a small index value (the statistics of
-    :class:`~pyro_dpp.intensity.hawkes_stats.ExpHawkesStatistics` cost ``events x K x (K + C)``
-    anyway), the same tensor while the index value is unchanged, so that their cache applies; None
-    for larger values (scored by :func:`~pyro_dpp.likelihood.index_log_likelihood`)."""
-    from . import index_likelihood
-
-    k, d = intensity.num_marks, intensity.num_history_marks
-    if value.requires_grad or value[..., 0].numel() * k * d > index_likelihood.INDEX_DENSE_ENTRIES:
-        return None
-    key = (value._version, k, value.dtype, value.device)
-    _TWINS[:] = [entry for entry in _TWINS if entry[0]() is not None]
-    for ref, old, dense in _TWINS:
-        if ref() is value and old == key:
-            return dense
-    dense = index_to_dense(value, k)
-    _TWINS.append((weakref.ref(value), key, dense))
-    del _TWINS[:-4]
-    return dense
-
-
-def sample_rows(
-    max_events: int | None, bound: torch.Tensor | None, duration: torch.Tensor, context: torch.Tensor | None
-) -> int:
-    """The rows of a sample (see :class:`PointProcess`, "Sample size"): ``max_events`` if given, else
-    a Poisson tail bound of ``bound * duration`` if a ``bound`` is given, else
-    :data:`DEFAULT_MAX_EVENTS` plus the context's rows (those before the window, at times ``< 0``,
-    not counted; nor are ``past`` rows). No parameter value enters.
-
-    :param bound: the bound the caller passed (not the intensity's ``max_rate()``), or None.
-    """
-    if max_events is not None:
-        if isinstance(max_events, bool) or int(max_events) != max_events or max_events < 1:
-            raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
-        return int(max_events)
-    if bound is not None:
-        return default_max_events(bound * duration)
-    return DEFAULT_MAX_EVENTS + (0 if context is None else context.shape[-2] - negative_rows(context))
-
-
-def _refuse_tracing() -> None:
-    if torch.jit.is_tracing():
-        raise ValueError(
-            "a PointProcess cannot be sampled under torch.jit.trace (e.g. Pyro's JitTrace_ELBO): the number "
-            "of thinning candidates is random and the trace would freeze it at the traced draw, silently "
-            "truncating later draws; use Trace_ELBO (or torch.compile, which handles it)"
-        )
-
-
-def _check_intensity_dtype(intensity: Intensity, like: torch.Tensor) -> None:
-    # the intensity's own tensors (its parameters); submodules such as a basis hold constants that
-    # are converted where they are used
-    tensors = list(intensity._parameters.values()) + list(intensity._buffers.values())
-    tensors += [v for v in vars(intensity).values() if isinstance(v, torch.Tensor)]
-    dtypes = {like.dtype} | {t.dtype for t in tensors if t is not None and t.is_floating_point()}
-    unsupported = sorted(str(d) for d in dtypes if d not in SUPPORTED_DTYPES)
-    if unsupported:
-        raise ValueError(
-            f"the intensity holds {', '.join(unsupported)} tensors; pyro_dpp computes in float32 or float64: "
-            "build the intensity from .float() or .double() tensors"
-        )
-    if len(dtypes) > 1:
-        raise ValueError(
-            f"the intensity mixes {' and '.join(sorted(str(d) for d in dtypes))} tensors; give all its "
-            "parameters one dtype (float32 or float64)"
-        )
-
-
-def _as_dtype(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``value`` in ``like``'s floating dtype and device (a structural conversion: the log-weights a
-    relaxed value carries convert with it)."""
-    if value.dtype == like.dtype and value.device == like.device:
-        return value
-    return value.to(dtype=like.dtype, device=like.device)
-
-
-def _check_draw_memory(shape: torch.Size, max_events: int, num_marks: int, like: torch.Tensor) -> None:
-    """Refuse, before allocating, a draw whose tensors (candidate times, marks, log-weights, the
-    padded result: about four ``shape x max_events x (K + 2)`` tensors) exceed the memory limit."""
-    from .memory import check_allocation
-
-    check_allocation(
-        4.0 * shape.numel() * max_events * (num_marks + 2) * like.element_size(),
-        f"a draw of {shape.numel()} sequence(s) x max_events={max_events} rows x {num_marks + 2} columns",
-        "pass a smaller bound, a shorter duration, or draw fewer sequences at once",
-        like.device,
-    )
-
-
-def _positive(name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        valid = 0 < value < math.inf  # a number: no tensor reduction (a distribution per model step)
-        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    else:
-        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-        valid = within((value,), 0.0, strict=True)
-    if not valid:
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return value
-
-
-def _temperature(value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"temperature must be a number, got {value!r}") from err
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"temperature must be >= 0 and finite (0: exact process), got {value}")
-    return value
-
-
-def _context(context: Any, intensity: Intensity, like: torch.Tensor, duration: torch.Tensor) -> torch.Tensor | None:
-    if context is None:
-        return None
-    if isinstance(context, SpikeTrains):
-        context = context.to_tensor()
-    if not isinstance(context, torch.Tensor):
-        raise ValueError(f"context must be a realization tensor or SpikeTrains, got {type(context).__name__}")
-    c = intensity.num_context_marks
-    if context.dim() < 2 or num_marks_of(context) != c:
-        raise ValueError(
-            f"context must have shape batch x events x {c + 2} ({c} context marks, as the intensity's "
-            f"num_context_marks), got {tuple(context.shape)}"
-        )
-    context = plain(_as_dtype(context, like))  # a relaxed context's log-weights are not needed
-    try:
-        torch.broadcast_shapes(context.shape[:-2], duration.shape)
-    except RuntimeError as err:
-        raise ValueError(
-            f"context batch shape {tuple(context.shape[:-2])} does not broadcast with duration {tuple(duration.shape)}"
-        ) from err
-    check_context(context, c, duration)
-    return context

@@ -33,3 +33,16 @@ def make_context(times_list, marks_list, num_marks, duration, rows=None):
         t[s, : len(ts)] = torch.tensor(np.asarray(ts)[order], dtype=DT)
         w[s, torch.arange(len(ts)), torch.tensor(np.asarray(ms)[order], dtype=torch.long)] = 1.0
     return pad_realization(t, w, torch.zeros(b, rows, dtype=DT), torch.full((b,), float(duration), dtype=DT))
+
+
+def poisson_context(batch, duration, rate, seed, num_marks=1):
+    """``(context, times, marks)``: ``batch`` homogeneous Poisson sequences of ``rate`` per unit time
+    on ``[0, duration)`` with uniform marks (NumPy generator seeded by ``seed``), as a realization
+    tensor (:func:`make_context`) and as per-sequence arrays of times and integer marks."""
+    rng = np.random.default_rng(seed)
+    times, marks = [], []
+    for _ in range(batch):
+        n = rng.poisson(rate * duration)
+        times.append(np.sort(rng.uniform(0, duration, n)))
+        marks.append(rng.integers(0, num_marks, n))
+    return make_context(times, marks, num_marks, duration), times, marks

@@ -1322,16 +1322,16 @@ def test_value_format_index_samples_the_same_events(case):
 def test_small_index_values_reuse_exphawkes_statistics():
     """MCMC-style loops over a small index value take ExpHawkes's cached statistics through one
     dense twin of the value (built once while the value is unchanged)."""
-    from pyro_dpp.distribution import _dense_twin
+    from pyro_dpp.dense_twin import dense_twin
     from pyro_dpp.intensity.hawkes_stats import _CACHE
 
     torch.manual_seed(10)
     d, _ = make(_case("hawkes-exact-bound"), torch.float64)
     x = d.sample((3,))
     xi = _as_index(x)
-    twin = _dense_twin(xi, d.intensity)
-    assert twin is _dense_twin(xi, d.intensity)
+    twin = dense_twin(xi, d.intensity)
+    assert twin is dense_twin(xi, d.intensity)
     assert torch.allclose(d.log_prob(xi), d.log_prob(x), rtol=1e-12)
     assert any(entry.value() is twin for entry in _CACHE)
     xi[0, 0, 0] = xi[0, 0, 0] * 0.5  # an in-place change: a new twin
-    assert _dense_twin(xi, d.intensity) is not twin
+    assert dense_twin(xi, d.intensity) is not twin

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _helpers import in_float64, make_context
+from _helpers import in_float64, make_context, poisson_context
 from scipy import integrate
 
 from pyro_dpp import PointProcess
@@ -62,6 +62,8 @@ def np_hawkes_loglik(mu, alpha, beta, times, marks, duration, ctx_times=(), ctx_
     return loglik - comp
 
 
+CONTEXT_RATE = 0.8  # context events per unit time
+
 HAWKES_CASES = {
     "scalar-decay": dict(mu=[0.6, 0.3], alpha=[[0.3, 0.2], [0.1, 0.4]], beta=1.5, context=False),
     "matrix-decay-context": dict(
@@ -77,29 +79,32 @@ def _hawkes(case):
     return ExpHawkes(mu, alpha, beta)
 
 
-def _context_for(batch, duration, seed, num_marks=1, rate=0.8):
-    rng = np.random.default_rng(seed)
-    times, marks = [], []
-    for _ in range(batch):
-        n = rng.poisson(rate * duration)
-        times.append(np.sort(rng.uniform(0, duration, n)))
-        marks.append(rng.integers(0, num_marks, n))
-    return make_context(times, marks, num_marks, duration), times, marks
+def _numpy_params(case):
+    """``(mu, alpha, beta)`` of a case as NumPy arrays, ``beta`` broadcast to ``alpha``'s shape."""
+    alpha = np.array(case["alpha"])
+    return np.array(case["mu"]), alpha, np.broadcast_to(np.asarray(case["beta"], dtype=float), alpha.shape)
+
+
+def _sample_case(case, duration, batch, seed, context_seed):
+    """``(hawkes, process, value, (context, context times, context marks))``: ``batch`` exact draws
+    of a case (torch seeded by ``seed``), given a Poisson context (seeded by ``context_seed``) where
+    the case has one; the context triple is all None where it has none."""
+    hawkes = _hawkes(case)
+    torch.manual_seed(seed)
+    context = poisson_context(batch, duration, CONTEXT_RATE, context_seed) if case["context"] else (None, None, None)
+    d = PointProcess(hawkes, duration, context=context[0])
+    value = d.sample((batch,)) if context[0] is None else d.sample()
+    return hawkes, d, value, context
 
 
 @pytest.mark.parametrize("name", list(HAWKES_CASES))
 def test_exact_hawkes_log_prob_matches_numpy_double_loop(name):
     case = HAWKES_CASES[name]
-    hawkes = _hawkes(case)
     duration, batch = 12.0, 6
-    torch.manual_seed(0)
-    context, ctx_t, ctx_m = _context_for(batch, duration, seed=1) if case["context"] else (None, None, None)
-    d = PointProcess(hawkes, duration, context=context)
-    value = d.sample((batch,)) if context is None else d.sample()
+    hawkes, d, value, (context, ctx_t, ctx_m) = _sample_case(case, duration, batch, seed=0, context_seed=1)
     assert value.shape[0] == batch and value.dtype == DT
     got = d.log_prob(value)
-    mu, alpha = np.array(case["mu"]), np.array(case["alpha"])
-    beta = np.broadcast_to(np.asarray(case["beta"], dtype=float), alpha.shape)
+    mu, alpha, beta = _numpy_params(case)
     for s, (t, m) in enumerate(events_of(value, hawkes.num_marks)):
         assert len(t) > 3
         ref = np_hawkes_loglik(mu, alpha, beta, t, m, duration, *((ctx_t[s], ctx_m[s]) if context is not None else ()))
@@ -160,17 +165,12 @@ def hawkes_quadrature_error_bound(mu, alpha, beta, hist_t, hist_w, duration, nod
 @pytest.mark.parametrize("name", list(HAWKES_CASES))
 def test_quadrature_compensator_matches_hawkes_closed_form_within_bound(name):
     case = HAWKES_CASES[name]
-    hawkes = _hawkes(case)
     duration, batch = 10.0, 5
-    torch.manual_seed(4)
-    context = _context_for(batch, duration, seed=5)[0] if case["context"] else None
-    d = PointProcess(hawkes, duration, context=context)
-    value = d.sample((batch,)) if context is None else d.sample()
+    hawkes, _, value, (context, _, _) = _sample_case(case, duration, batch, seed=4, context_seed=5)
     times, weights = history(value, hawkes.num_marks, context, hawkes.num_context_marks)
     dur = torch.full((batch,), duration, dtype=DT)
     closed = hawkes.compensator(times, weights, dur)
-    alpha = np.array(case["alpha"])
-    beta = np.broadcast_to(np.asarray(case["beta"], dtype=float), alpha.shape)
+    mu, alpha, beta = _numpy_params(case)
     errors = {}
     for nodes in (2, 4, 8):
         errors[nodes] = (quadrature_compensator(hawkes, times, weights, dur, nodes) - closed).abs()
@@ -178,11 +178,11 @@ def test_quadrature_compensator_matches_hawkes_closed_form_within_bound(name):
         real = weights[s].sum(-1) > 0.5
         ht, hw = times[s][real].numpy(), weights[s][real].numpy()
         for nodes in (4, 8):
-            bound = hawkes_quadrature_error_bound(np.array(case["mu"]), alpha, beta, ht, hw, duration, nodes)
+            bound = hawkes_quadrature_error_bound(mu, alpha, beta, ht, hw, duration, nodes)
             # rounding: ~1e-16 relative per node sum, on a compensator of size ~10
             assert float(errors[nodes][s]) <= bound + 1e-12, (nodes, float(errors[nodes][s]), bound)
         # for these parameters (beta <= 3, event rates ~1) the 8-node bound is far below 1e-8
-        assert hawkes_quadrature_error_bound(np.array(case["mu"]), alpha, beta, ht, hw, duration, 8) < 1e-8
+        assert hawkes_quadrature_error_bound(mu, alpha, beta, ht, hw, duration, 8) < 1e-8
     assert float(errors[8].max()) < 1e-8
     # exponential convergence: each doubling of nodes gains orders of magnitude
     assert float(errors[2].max()) > float(errors[4].max()) > float(errors[8].max())
@@ -237,7 +237,7 @@ def test_quadrature_compensator_converges_for_glm(basis_name):
     glm = _glm(basis_name)
     duration, batch = 8.0, 3
     torch.manual_seed(8)
-    context = _context_for(batch, duration, seed=9)[0]
+    context = poisson_context(batch, duration, CONTEXT_RATE, seed=9)[0]
     value = PointProcess(glm, duration, context=context).sample()
     times, weights = history(value, 2, context, 1)
     dur = torch.full((batch,), duration, dtype=DT)
@@ -271,7 +271,7 @@ def test_exact_glm_log_prob_matches_independent_computation(basis_name):
     glm = _glm(basis_name)
     duration, batch = 8.0, 3
     torch.manual_seed(10)
-    context = _context_for(batch, duration, seed=11)[0]
+    context = poisson_context(batch, duration, CONTEXT_RATE, seed=11)[0]
     d = PointProcess(glm, duration, context=context, quadrature_nodes=32)
     value = d.sample()
     got = d.log_prob(value)
@@ -380,8 +380,7 @@ def _np_glm_rate(glm, basis_fn, ctx_t, ctx_w):
 
 
 def _np_hawkes_rate_fn(case, ctx_t, ctx_w):
-    mu, alpha = np.array(case["mu"]), np.array(case["alpha"])
-    beta = np.broadcast_to(np.asarray(case["beta"], dtype=float), alpha.shape)
+    mu, alpha, beta = _numpy_params(case)
     k = len(mu)
 
     def rate(hist_t, hist_w, t):
@@ -405,7 +404,8 @@ def test_dpp_log_prob_of_rsample_matches_candidate_loop(name, tau):
         intensity = _glm("exponential")
         bound = 4.0
     c = intensity.num_context_marks
-    context, ctx_t, ctx_m = _context_for(batch, duration, seed=13) if c else (None, [[]] * batch, [[]] * batch)
+    no_context = (None, [[]] * batch, [[]] * batch)
+    context, ctx_t, ctx_m = poisson_context(batch, duration, CONTEXT_RATE, seed=13) if c else no_context
     d = PointProcess(intensity, duration, bound=bound, temperature=tau, context=context)
     value = d.rsample((batch,)) if context is None else d.rsample()
     got = d.log_prob(value)
@@ -435,7 +435,7 @@ def test_gradcheck_exact_log_prob_hawkes():
     case = HAWKES_CASES["matrix-decay-context"]
     duration = 6.0
     torch.manual_seed(14)
-    context = _context_for(2, duration, seed=15)[0]
+    context = poisson_context(2, duration, CONTEXT_RATE, seed=15)[0]
     value = PointProcess(_hawkes(case), duration, context=context).sample()
     params = [torch.tensor(case[n], dtype=DT, requires_grad=True) for n in ("mu", "alpha", "beta")]
 
@@ -450,7 +450,7 @@ def test_gradcheck_exact_log_prob_glm(basis_name):
     glm = _glm(basis_name)
     duration = 6.0
     torch.manual_seed(16)
-    context = _context_for(2, duration, seed=17)[0]
+    context = poisson_context(2, duration, CONTEXT_RATE, seed=17)[0]
     value = PointProcess(glm, duration, context=context).sample()
     params = [p.detach().clone().requires_grad_() for p in (glm.bias, glm.weight, glm.amplitude)]
 
@@ -465,7 +465,7 @@ def test_gradcheck_exact_log_prob_glm(basis_name):
 def test_gradcheck_dpp_log_prob_and_rsample(name):
     duration, tau, seed = 4.0, 0.3, 18
     case = HAWKES_CASES["matrix-decay-context"]
-    context = _context_for(1, duration, seed=19)[0]
+    context = poisson_context(1, duration, CONTEXT_RATE, seed=19)[0]
     if name == "hawkes":
         params = [torch.tensor(case[n], dtype=DT, requires_grad=True) for n in ("mu", "alpha", "beta")]
         make, bound = _hawkes_from, 12.0
@@ -520,7 +520,7 @@ def test_float32_low_temperature_is_finite(name, tau):
         glm = _glm("exponential", f32)
         params = [p.detach().clone().requires_grad_() for p in (glm.bias, glm.weight, glm.amplitude)]
         make, bound = (lambda b, w, a: GLM(b, w, glm.basis, "sigmoid", a)), None
-    context = _context_for(64, 5.0, seed=20)[0].to(f32)
+    context = poisson_context(64, 5.0, CONTEXT_RATE, seed=20)[0].to(f32)
     underflow = 0
     for seed in range(6):  # 6 seeds x 64 sequences, ~25 candidates each
         torch.manual_seed(seed)
@@ -564,7 +564,8 @@ def test_relaxed_exact_log_prob_matches_soft_loop(name):
     else:
         intensity, bound = _glm("exponential"), 4.0
     k, c = intensity.num_marks, intensity.num_context_marks
-    context, ctx_t, ctx_m = _context_for(batch, duration, seed=22) if c else (None, [[]] * batch, [[]] * batch)
+    no_context = (None, [[]] * batch, [[]] * batch)
+    context, ctx_t, ctx_m = poisson_context(batch, duration, CONTEXT_RATE, seed=22) if c else no_context
     d = PointProcess(intensity, duration, bound=bound, temperature=tau, context=context, relaxed_log_prob="exact")
     value = d.rsample() if context is not None else d.rsample((batch,))
     got = d.log_prob(value)
@@ -573,8 +574,7 @@ def test_relaxed_exact_log_prob_matches_soft_loop(name):
         ct = np.asarray(ctx_t[s])
         if name.startswith("hawkes"):
             rate_fn = _np_hawkes_rate_fn(case, ct, cw)
-            mu, alpha = np.array(case["mu"]), np.array(case["alpha"])
-            beta = np.broadcast_to(np.asarray(case["beta"], dtype=float), alpha.shape)
+            mu, alpha, beta = _numpy_params(case)
 
             def comp(t, w, ct=ct, cw=cw, mu=mu, alpha=alpha, beta=beta):
                 ht = np.concatenate([t, ct])

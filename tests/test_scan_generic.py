@@ -1,5 +1,6 @@
 """The generic checkpointed paths (:mod:`pyro_dpp.scan.generic`, :mod:`pyro_dpp.scan.generic_scoring`)
-on intensities written here as a user would (no stock class, no filter): a power-law Hawkes kernel
+on intensities written as a user would (no stock class, no filter; the first two in
+``user_intensities.py``, shared with ``benchmarks/bench_generic.py``): a power-law Hawkes kernel
 (full-history scan state, pairwise parallel forward), a small neural intensity (an MLP over
 exponential traces, ``nn.Linear`` parameters) and a subclass-free copy of ``ExpHawkes`` with context
 marks and non-leaf parameters. Against the reference (eager loop, parallel forward) in float64 with
@@ -16,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import make_context
+from user_intensities import NeuralIntensity, UserPowerLaw
 
 from pyro_dpp import PointProcess, backend, event_mask, thinning
 from pyro_dpp.events import LOG_WEIGHTS_ATTR
@@ -27,85 +29,6 @@ from pyro_dpp.thinning import draw_candidates, merge_timeline
 
 DT = torch.float64
 DURATION = 5.0
-
-
-class PowerLawHawkes(Intensity):
-    """``lambda_i(t) = mu_i + sum_j alpha_ij sum_n w_nj (delta + t - t_n)^(-beta)``; the scan keeps
-    the whole history (a window of ``num_steps`` events)."""
-
-    def __init__(self, baseline, adjacency, delta, beta):
-        super().__init__()
-        self.baseline, self.adjacency, self.delta, self.beta = baseline, adjacency, delta, beta
-        self.num_marks = baseline.shape[-1]
-        self.num_context_marks = adjacency.shape[-1] - self.num_marks
-
-    @property
-    def batch_shape(self):
-        return self.baseline.shape[:-1]
-
-    def initial_state(self, batch_shape, like, num_steps):
-        n = max(1, num_steps)
-        return like.new_zeros(batch_shape + (n,)), like.new_zeros(batch_shape + (n, self.num_history_marks))
-
-    def rates(self, state, time):
-        times, weights = state
-        kernel = (self.delta + time.unsqueeze(-1) - times) ** (-self.beta)
-        drive = (kernel.unsqueeze(-1) * weights).sum(-2)  # batch x D
-        return self.baseline + (self.adjacency * drive.unsqueeze(-2)).sum(-1)
-
-    def update(self, state, time, weights):
-        times, history = state
-        return (torch.cat([times[..., 1:], time.unsqueeze(-1)], -1),
-                torch.cat([history[..., 1:, :], weights.unsqueeze(-2)], -2))
-
-    def forward(self, times, weights, query):
-        lag, before = pairwise_lags(times, query)
-        kernel = torch.where(before, (self.delta + lag) ** (-self.beta), torch.zeros_like(lag))
-        return self.baseline.unsqueeze(-2) + (kernel @ weights) @ self.adjacency.transpose(-1, -2)
-
-
-class NeuralIntensity(Intensity):
-    """``lambda = a * sigmoid(MLP(exponential traces of the history))``, bounded by ``a K``."""
-
-    def __init__(self, num_marks, decays, num_context_marks=0, hidden=6, amplitude=2.0, seed=0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.num_marks, self.num_context_marks = num_marks, num_context_marks
-        self.decays, self.amplitude = decays, amplitude
-        self.hidden = torch.nn.Linear(decays.shape[-1] * self.num_history_marks, hidden).double()
-        self.out = torch.nn.Linear(hidden, num_marks).double()
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.8)
-
-    @property
-    def batch_shape(self):
-        return torch.Size()
-
-    def _from_traces(self, traces):
-        return self.amplitude * torch.sigmoid(self.out(torch.tanh(self.hidden(traces.flatten(-2)))))
-
-    def _decayed(self, state, time):
-        traces, last = state
-        return traces * torch.exp(-(time - last).unsqueeze(-1) * self.decays).unsqueeze(-1)
-
-    def initial_state(self, batch_shape, like, num_steps):
-        u = self.decays.shape[-1]
-        return like.new_zeros(batch_shape + (u, self.num_history_marks)), like.new_zeros(batch_shape)
-
-    def rates(self, state, time):
-        return self._from_traces(self._decayed(state, time))
-
-    def update(self, state, time, weights):
-        return self._decayed(state, time) + weights.unsqueeze(-2), time
-
-    def forward(self, times, weights, query):
-        lag, before = pairwise_lags(times, query)
-        kernel = torch.where(before.unsqueeze(-1), torch.exp(-lag.unsqueeze(-1) * self.decays), lag.new_zeros(()))
-        return self._from_traces(torch.einsum("...qeu,...ed->...qud", kernel, weights))
-
-    def max_rate(self):
-        return torch.tensor(self.amplitude * self.num_marks, dtype=self.decays.dtype)
 
 
 class UserExpHawkes(Intensity):
@@ -160,7 +83,7 @@ def make(name, device="cpu"):
         delta = torch.tensor(1.0, dtype=DT, device=device)
 
         def build(p, alpha, beta):
-            return PowerLawHawkes(F.softplus(p), alpha, delta, beta)
+            return UserPowerLaw(F.softplus(p), alpha, delta, beta)
 
         return build(p, alpha, beta), [p, alpha, beta], 12.0, build
     log_decay = torch.tensor(0.3, dtype=DT, device=device, requires_grad=True)

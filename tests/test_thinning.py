@@ -23,7 +23,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from _helpers import in_float64, make_context
+from _helpers import in_float64, make_context, poisson_context
 from pyro.distributions.testing.gof import auto_goodness_of_fit, exp_goodness_of_fit
 
 from pyro_dpp import PointProcess
@@ -75,16 +75,6 @@ def chi2_homogeneity(a, b, min_expected=5.0):
     if current.sum() and cols:
         cols[-1] = cols[-1] + current
     return scipy.stats.chi2_contingency(np.stack(cols, 1))[1]
-
-
-def poisson_context(batch, duration, rate, seed, num_marks=1):
-    rng = np.random.default_rng(seed)
-    times, marks = [], []
-    for _ in range(batch):
-        n = rng.poisson(rate * duration)
-        times.append(np.sort(rng.uniform(0, duration, n)))
-        marks.append(rng.integers(0, num_marks, n))
-    return make_context(times, marks, num_marks, duration)
 
 
 # ---- Hawkes processes used below ---------------------------------------------------------------------
@@ -196,7 +186,7 @@ def test_hawkes_with_context_and_matrix_decays_mean():
     mu, alpha = [0.4, 0.2], [[0.2, 0.3, 0.5], [0.4, 0.1, 0.2]]
     beta = [[1.0, 2.5, 0.7], [3.0, 0.5, 1.2]]
     duration, n, ctx_rate = 8.0, 3000, 0.8
-    context = poisson_context(n, duration, ctx_rate, seed=3)
+    context = poisson_context(n, duration, ctx_rate, seed=3)[0]
     torch.manual_seed(4)
     intensity = hawkes(mu, alpha, beta)
     ogata = PointProcess(intensity, duration, context=context).sample()
@@ -356,7 +346,7 @@ def test_time_rescaling_hawkes_with_context():
     beta = [[1.0, 2.5, 0.7], [3.0, 0.5, 1.2]]
     duration, n = 100.0, 120
     intensity = hawkes(mu, alpha, beta)
-    context = poisson_context(n, duration, 0.5, seed=9)
+    context = poisson_context(n, duration, 0.5, seed=9)[0]
     torch.manual_seed(10)
     value = PointProcess(intensity, duration, context=context).sample()
     start = [m * duration - 15 for m in mu]
@@ -485,7 +475,7 @@ class Recorder:
 def test_scan_matches_parallel_on_relaxed_draws(name, with_context, dtype, rtol):
     intensity, bound = scan_intensities(dtype)[name]
     duration, batch, tau = 6.0, 4, 0.3
-    context = poisson_context(batch, duration, 1.0, seed=18).to(dtype) if with_context else None
+    context = poisson_context(batch, duration, 1.0, seed=18)[0].to(dtype) if with_context else None
     if not with_context:  # the intensity has a context column: give it an empty context
         context = make_context([[]] * batch, [[]] * batch, 1, duration).to(dtype)
     torch.manual_seed(19)
