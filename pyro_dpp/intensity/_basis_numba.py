@@ -145,66 +145,82 @@ def _query_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres, width, bloc
 
 
 @nb.njit(inline="always", **OPTS)
-def _piece_features(prefix, start, stop, d, a, h2):
-    """The ``s^0, s^1, s^2`` coefficients of one piece's contribution to a feature (source ``d``) at
-    ``a`` (query minus bump centre minus block centre): the moments times the matrix of
-    :func:`pyro_dpp.intensity.basis.epanechnikov_moments` (its twin)."""
-    s0, s1, s2 = _window_moments(prefix, start, stop, d)
-    return (0.75 * (1 - a * a / h2) * s0 + 1.5 * a / h2 * s1 - 0.75 / h2 * s2,
-            -1.5 * a / h2 * s0 + 1.5 / h2 * s1, -0.75 / h2 * s0)
+def _epan_matrix(a, h2):
+    """``(m00, m01, m02, m10, m11)``: the nonzero entries of
+    :func:`pyro_dpp.intensity.basis.epanechnikov_moments` (its twin) at ``a`` (query minus bump
+    centre minus block centre), ``h2`` the squared width; ``m20 = m02``."""
+    return 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2, -1.5 * a / h2, 1.5 / h2
 
 
 @nb.njit(inline="always", **OPTS)
-def _piece_scatter(gp, start, stop, d, a, h2, g0, g1, g2):
-    """Adjoint of :func:`_piece_features`: the coefficients' cotangents onto the prefix sums ``gp``."""
-    _scatter_window(gp, start, stop, d, 0.75 * (1 - a * a / h2) * g0 - 1.5 * a / h2 * g1 - 0.75 / h2 * g2,
-                    1.5 * a / h2 * g0 + 1.5 / h2 * g1, -0.75 / h2 * g0)
+def _piece_sums(prefix, pieces, h2, cols, stride_in, stride_out, out):
+    """``out[m, l stride_out + c] +=`` the ``s^m`` coefficients (``m < out.shape[0]``) of bump ``l``
+    at one query, summed over its pieces (:func:`_query_pieces`), from the prefix moments of column
+    ``l stride_in + c`` (``c < cols``): the features (prefix one column per source, shared by the
+    bumps; out one per bump and source) and the projected potential (prefix one column per bump and
+    target, :func:`_projected_prefix`; out one per target, summed over the bumps)."""
+    bounds, shifts, counts = pieces
+    for i in range(counts.shape[0]):
+        for p in range(counts[i]):
+            m00, m01, m02, m10, m11 = _epan_matrix(shifts[i, p], h2)
+            for c in range(cols):
+                s0, s1, s2 = _window_moments(prefix, bounds[i, p, 0], bounds[i, p, 1], i * stride_in + c)
+                col = i * stride_out + c
+                out[0, col] += m00 * s0 + m01 * s1 + m02 * s2
+                if out.shape[0] > 1:
+                    out[1, col] += m10 * s0 + m11 * s1
+                    out[2, col] += m02 * s0
+
+
+@nb.njit(inline="always", **OPTS)
+def _piece_sums_adjoint(gp, pieces, h2, cols, stride_in, stride_out, grad):
+    """Adjoint of :func:`_piece_sums`: the cotangents ``grad`` of ``out`` onto the prefix sums ``gp``."""
+    bounds, shifts, counts = pieces
+    for i in range(counts.shape[0]):
+        for p in range(counts[i]):
+            m00, m01, m02, m10, m11 = _epan_matrix(shifts[i, p], h2)
+            for c in range(cols):
+                col = i * stride_out + c
+                c0 = grad[0, col]
+                c1, c2 = (grad[1, col], grad[2, col]) if grad.shape[0] > 1 else (0.0, 0.0)
+                _scatter_window(gp, bounds[i, p, 0], bounds[i, p, 1], i * stride_in + c,
+                                m00 * c0 + m10 * c1 + m02 * c2, m01 * c0 + m11 * c1, m02 * c0)
 
 
 @nb.njit(parallel=True, **OPTS)
-def epan_features(t, w, q, centres, width, block, order, out):
-    """``out[b, j, m, l, d]``: coefficient of ``s^m`` in ``F_ld(q_j + s)`` (``order`` 0 or 2)."""
+def epan_features(t, w, q, centres, width, block, out):
+    """``out[b, j, m, l D + d]``: coefficient of ``s^m`` in ``F_ld(q_j + s)`` (``m`` up to 0 or 2)."""
+    sources = w.shape[2]
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], centres.shape[0], block)
         prefix = _prefix_moments(w[b], local)
-        bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             out[b, j] = 0.0
-            for i in range(centres.shape[0]):
-                for p in range(counts[i]):
-                    for d in range(w.shape[2]):
-                        f = _piece_features(prefix, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p], width * width)
-                        for m in range(order + 1):
-                            out[b, j, m, i, d] += f[m]
+            _piece_sums(prefix, pieces, width * width, sources, 0, sources, out[b, j])
 
 
 @nb.njit(parallel=True, **OPTS)
-def epan_features_grad(t, q, centres, width, block, order, grad_out, grad_w):
+def epan_features_grad(t, q, centres, width, block, grad_out, grad_w):
     """Adjoint of :func:`epan_features` with respect to the event weights."""
+    sources = grad_w.shape[2]
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], centres.shape[0], block)
-        gp = np.zeros((t.shape[1] + 1, 3, grad_w.shape[2]))
-        bounds, shifts, counts = pieces
+        gp = np.zeros((t.shape[1] + 1, 3, sources))
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for i in range(centres.shape[0]):
-                for p in range(counts[i]):
-                    for d in range(grad_w.shape[2]):
-                        g = grad_out[b, j, :, i, d]
-                        _piece_scatter(gp, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p], width * width, g[0],
-                                       g[1] if order else 0.0, g[2] if order else 0.0)
+            _piece_sums_adjoint(gp, pieces, width * width, sources, 0, sources, grad_out[b, j])
         _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
 @nb.njit(inline="always", **OPTS)
 def _projected_prefix(w, local, weight):
-    """``prefix[n, m, l, k] = sum_{e < n} v_elk u_e^m`` of the event weights projected onto the
+    """``prefix[n, m, l K + k] = sum_{e < n} v_elk u_e^m`` of the event weights projected onto the
     targets, ``v_elk = sum_d weight[k, l, d] w_ed`` (``u = local``): O(L K) per nonzero weight, so a
     one-hot event costs a gather, and a query then costs O(L K), not O(L K D)."""
     n_events, sources = w.shape
     k_marks, num = weight.shape[0], weight.shape[1]
-    prefix = np.zeros((n_events + 1, 3, num, k_marks))
+    prefix = np.zeros((n_events + 1, 3, num * k_marks))
     for n in range(n_events):
         u = local[n]
         prefix[n + 1] = prefix[n]
@@ -214,9 +230,9 @@ def _projected_prefix(w, local, weight):
                 for i in range(num):
                     for kk in range(k_marks):
                         v = weight[kk, i, d] * x
-                        prefix[n + 1, 0, i, kk] += v
-                        prefix[n + 1, 1, i, kk] += v * u
-                        prefix[n + 1, 2, i, kk] += v * u * u
+                        prefix[n + 1, 0, i * k_marks + kk] += v
+                        prefix[n + 1, 1, i * k_marks + kk] += v * u
+                        prefix[n + 1, 2, i * k_marks + kk] += v * u * u
     return prefix
 
 
@@ -227,7 +243,7 @@ def _projected_adjoint(gp, local, w, weight, want_w, grad_w, grad_weight):
     and ``grad_weight`` (written) through the projection."""
     n_events, sources = w.shape
     k_marks, num = weight.shape[0], weight.shape[1]
-    acc = np.zeros((3, num, k_marks))
+    acc = np.zeros((3, num * k_marks))
     gv = np.empty((num, k_marks))
     grad_weight[:] = 0.0
     for e in range(n_events - 1, -1, -1):
@@ -235,7 +251,8 @@ def _projected_adjoint(gp, local, w, weight, want_w, grad_w, grad_weight):
         acc += gp[e + 1]
         for i in range(num):
             for kk in range(k_marks):
-                gv[i, kk] = acc[0, i, kk] + u * (acc[1, i, kk] + u * acc[2, i, kk])
+                col = i * k_marks + kk
+                gv[i, kk] = acc[0, col] + u * (acc[1, col] + u * acc[2, col])
         for d in range(sources):
             x = w[e, d]
             if want_w:
@@ -256,26 +273,13 @@ def epan_potential(t, w, q, centres, width, block, weight, out):
     coefficients (bias excluded) without materialising the features of all queries, from prefix
     moments of the event weights projected onto the targets (:func:`_projected_prefix`)."""
     num, k_marks = centres.shape[0], weight.shape[1]
-    h2 = width * width
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
         prefix = _projected_prefix(w[b], local, weight[b])
-        bounds, shifts, counts = pieces
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             out[b, j] = 0.0
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        s0 = prefix[stop, 0, i, kk] - prefix[start, 0, i, kk]
-                        s1 = prefix[stop, 1, i, kk] - prefix[start, 1, i, kk]
-                        s2 = prefix[stop, 2, i, kk] - prefix[start, 2, i, kk]
-                        out[b, j, 0, kk] += m00 * s0 + m01 * s1 + m02 * s2
-                        out[b, j, 1, kk] += m10 * s0 + m11 * s1
-                        out[b, j, 2, kk] += m02 * s0
+            _piece_sums(prefix, pieces, width * width, k_marks, k_marks, 0, out[b, j])
 
 
 @nb.njit(parallel=True, **OPTS)
@@ -283,30 +287,12 @@ def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, want_w
     """Adjoint of :func:`epan_potential` with respect to the event weights (if ``want_w``) and the
     filter weights: the cotangents of the projected prefix moments, then of the projection."""
     num, k_marks = centres.shape[0], weight.shape[1]
-    h2 = width * width
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        n_events = t.shape[1]
-        gp = np.zeros((n_events + 1, 3, num, k_marks))
-        bounds, shifts, counts = pieces
+        gp = np.zeros((t.shape[1] + 1, 3, num * k_marks))
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        c0, c1, c2 = grad_out[b, j, 0, kk], grad_out[b, j, 1, kk], grad_out[b, j, 2, kk]
-                        a0 = m00 * c0 + m10 * c1 + m02 * c2
-                        a1 = m01 * c0 + m11 * c1
-                        a2 = m02 * c0
-                        gp[stop, 0, i, kk] += a0
-                        gp[start, 0, i, kk] -= a0
-                        gp[stop, 1, i, kk] += a1
-                        gp[start, 1, i, kk] -= a1
-                        gp[stop, 2, i, kk] += a2
-                        gp[start, 2, i, kk] -= a2
+            _piece_sums_adjoint(gp, pieces, width * width, k_marks, k_marks, 0, grad_out[b, j])
         _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
 
 
@@ -321,60 +307,27 @@ def epan_compensator(t, w, q, half, centres, width, block, weight, bias, amp, ac
     filter weights ``weight`` (``rows x K x L x D``), ``bias`` (``rows x K``) and ``amp`` (``rows``),
     computed in the same pass (the adjoint needs only each interval's coefficient cotangents)."""
     num, k_marks = centres.shape[0], weight.shape[1]
-    h2 = width * width
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        n_events = t.shape[1]
         prefix = _projected_prefix(w[b], local, weight[b])
-        gp = np.zeros((n_events + 1 if want_grad else 1, 3, num, k_marks))
+        gp = np.zeros((t.shape[1] + 1 if want_grad else 1, 3, num * k_marks))
         coef = np.empty((3, k_marks))
         gcoef = np.empty((3, k_marks))
         gbias = np.zeros(k_marks)
-        bounds, shifts, counts = pieces
         acc = 0.0
         ga = 0.0
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for kk in range(k_marks):
-                coef[0, kk] = bias[b, kk]
-                coef[1, kk] = 0.0
-                coef[2, kk] = 0.0
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        s0 = prefix[stop, 0, i, kk] - prefix[start, 0, i, kk]
-                        s1 = prefix[stop, 1, i, kk] - prefix[start, 1, i, kk]
-                        s2 = prefix[stop, 2, i, kk] - prefix[start, 2, i, kk]
-                        coef[0, kk] += m00 * s0 + m01 * s1 + m02 * s2
-                        coef[1, kk] += m10 * s0 + m11 * s1
-                        coef[2, kk] += m02 * s0
+            coef[0] = bias[b]
+            coef[1:] = 0.0
+            _piece_sums(prefix, pieces, width * width, k_marks, k_marks, 0, coef)
             part, dpart = integrate_interval(coef, half[b, j], amp[b], act, nodes, x_table, w_table, adaptive, tol,
                                              gcoef)
             acc += part
             ga += dpart
-            if not want_grad:
-                continue
-            for kk in range(k_marks):
-                gbias[kk] += gcoef[0, kk]
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        c0, c1, c2 = gcoef[0, kk], gcoef[1, kk], gcoef[2, kk]
-                        a0 = m00 * c0 + m10 * c1 + m02 * c2
-                        a1 = m01 * c0 + m11 * c1
-                        a2 = m02 * c0
-                        gp[stop, 0, i, kk] += a0
-                        gp[start, 0, i, kk] -= a0
-                        gp[stop, 1, i, kk] += a1
-                        gp[start, 1, i, kk] -= a1
-                        gp[stop, 2, i, kk] += a2
-                        gp[start, 2, i, kk] -= a2
+            if want_grad:
+                gbias += gcoef[0]
+                _piece_sums_adjoint(gp, pieces, width * width, k_marks, k_marks, 0, gcoef)
         total[b] = acc
         if want_grad:
             grad_amp[b] = ga
@@ -392,19 +345,19 @@ class EpanechnikovFeatures(torch.autograd.Function):
         out = torch.empty(rows, q_len, order + 1, centres.numel(), w.shape[-1], dtype=torch.float64)
         numba_threads()
         epan_features(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), float(width), float(block),
-                          order, out.numpy())
+                      out.view(rows, q_len, order + 1, -1).numpy())
         ctx.save_for_backward(t, q, centres)
-        ctx.params = (float(width), float(block), order, w.shape)
+        ctx.params = (float(width), float(block), w.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         t, q, centres = ctx.saved_tensors
-        width, block, order, shape = ctx.params
+        width, block, shape = ctx.params
         grad_w = torch.empty(shape, dtype=torch.float64)
         numba_threads()
-        epan_features_grad(t.numpy(), q.numpy(), centres.numpy(), width, block, order,
-                               grad.contiguous().numpy(), grad_w.numpy())
+        epan_features_grad(t.numpy(), q.numpy(), centres.numpy(), width, block,
+                           grad.reshape(grad.shape[:3] + (-1,)).contiguous().numpy(), grad_w.numpy())
         return grad_w, None, None, None, None, None, None
 
 
