@@ -286,9 +286,9 @@ class EpanechnikovBasis(Basis):
         if times.shape[-1] == 0 or not numba_usable(times, weights, query, weight):
             return None
         w, t, q, filt = _kernel_inputs(times, weights, query, batch, weight)
-        from ._basis_numba import EpanechnikovPotential
+        from ._basis_numba import EpanechnikovSums
 
-        out = EpanechnikovPotential.apply(w, filt, t, q, *self._kernel_basis())
+        out = EpanechnikovSums.apply(w, filt, t, q, *self._kernel_basis(), 2)
         return out.reshape(batch + out.shape[1:])
 
     def polynomial_compensator(self, times: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor,
@@ -373,9 +373,9 @@ class EpanechnikovBasis(Basis):
         carry no gradient and observed times are data (backend ``"torch"`` restores the
         torch path, which also differentiates the times)."""
         w, t, q = _kernel_inputs(times, weights, query, batch)
-        from ._basis_numba import EpanechnikovFeatures
+        from ._basis_numba import EpanechnikovSums
 
-        out = EpanechnikovFeatures.apply(w, t, q, *self._kernel_basis(), order)
+        out = EpanechnikovSums.apply(w, None, t, q, *self._kernel_basis(), order)
         if stacked:
             return out.reshape(batch + out.shape[1:])
         if order == 0:
