@@ -4,7 +4,7 @@ polynomial_features` and its fused potential), CPU: block-relative prefix sums o
 adjoint kernels). The potential and the compensator (:func:`epan_compensator`, the GLM's
 Gauss-Legendre integrals fused with the potential) take the prefix sums of the event weights
 projected onto the targets, so a query costs O(L K) whatever the number of sources. One loop over
-a query's pieces (:func:`_piece_sums`, and its adjoint) serves the features, the potential and the
+a query's pieces (:func:`_piece_sums`, forward and adjoint) serves the features, the potential and the
 compensator.
 """
 
@@ -100,12 +100,13 @@ def _epan_matrix(a, h2):
 
 
 @nb.njit(inline="always", **OPTS)
-def _piece_sums(prefix, pieces, h2, cols, stride_in, stride_out, out):
-    """``out[m, l stride_out + c] +=`` the ``s^m`` coefficients (``m < out.shape[0]``) of bump ``l``
-    at one query, summed over its pieces (:func:`_query_pieces`), from the moments of the events of
-    each piece in prefix column ``l stride_in + c`` (``c < cols``): the features (prefix one column
-    per source, shared by the bumps; out one per bump and source) and the projected potential
-    (prefix one column per bump and target, :func:`_projected_prefix`; out one per target)."""
+def _piece_sums(prefix, pieces, h2, cols, stride_in, stride_out, coef, adjoint):
+    """``coef[m, l stride_out + c] +=`` the ``s^m`` coefficients (``m < coef.shape[0]``) of bump
+    ``l`` at one query, summed over its pieces (:func:`_query_pieces`), from the moments of the
+    events of each piece in prefix column ``l stride_in + c`` (``c < cols``): the features (prefix
+    one column per source, shared by the bumps; coef one per bump and source) and the projected
+    potential (prefix one column per bump and target, :func:`_projected_prefix`; coef one per
+    target). With ``adjoint`` the reverse: the cotangents ``coef`` onto the prefix cotangents."""
     bounds, shifts, counts = pieces
     for i in range(counts.shape[0]):
         for p in range(counts[i]):
@@ -113,34 +114,24 @@ def _piece_sums(prefix, pieces, h2, cols, stride_in, stride_out, out):
             m00, m01, m02, m10, m11 = _epan_matrix(shifts[i, p], h2)
             for c in range(cols):
                 col, d = i * stride_out + c, i * stride_in + c
+                if adjoint:
+                    c0 = coef[0, col]
+                    c1, c2 = (coef[1, col], coef[2, col]) if coef.shape[0] > 1 else (0.0, 0.0)
+                    a0, a1, a2 = m00 * c0 + m10 * c1 + m02 * c2, m01 * c0 + m11 * c1, m02 * c0
+                    prefix[stop, 0, d] += a0
+                    prefix[start, 0, d] -= a0
+                    prefix[stop, 1, d] += a1
+                    prefix[start, 1, d] -= a1
+                    prefix[stop, 2, d] += a2
+                    prefix[start, 2, d] -= a2
+                    continue
                 s0 = prefix[stop, 0, d] - prefix[start, 0, d]
                 s1 = prefix[stop, 1, d] - prefix[start, 1, d]
                 s2 = prefix[stop, 2, d] - prefix[start, 2, d]
-                out[0, col] += m00 * s0 + m01 * s1 + m02 * s2
-                if out.shape[0] > 1:
-                    out[1, col] += m10 * s0 + m11 * s1
-                    out[2, col] += m02 * s0
-
-
-@nb.njit(inline="always", **OPTS)
-def _piece_sums_adjoint(gp, pieces, h2, cols, stride_in, stride_out, grad):
-    """Adjoint of :func:`_piece_sums`: the cotangents ``grad`` of ``out`` onto the prefix sums ``gp``."""
-    bounds, shifts, counts = pieces
-    for i in range(counts.shape[0]):
-        for p in range(counts[i]):
-            start, stop = bounds[i, p, 0], bounds[i, p, 1]
-            m00, m01, m02, m10, m11 = _epan_matrix(shifts[i, p], h2)
-            for c in range(cols):
-                col, d = i * stride_out + c, i * stride_in + c
-                c0 = grad[0, col]
-                c1, c2 = (grad[1, col], grad[2, col]) if grad.shape[0] > 1 else (0.0, 0.0)
-                a0, a1, a2 = m00 * c0 + m10 * c1 + m02 * c2, m01 * c0 + m11 * c1, m02 * c0
-                gp[stop, 0, d] += a0
-                gp[start, 0, d] -= a0
-                gp[stop, 1, d] += a1
-                gp[start, 1, d] -= a1
-                gp[stop, 2, d] += a2
-                gp[start, 2, d] -= a2
+                coef[0, col] += m00 * s0 + m01 * s1 + m02 * s2
+                if coef.shape[0] > 1:
+                    coef[1, col] += m10 * s0 + m11 * s1
+                    coef[2, col] += m02 * s0
 
 
 @nb.njit(inline="always", **OPTS)
@@ -240,7 +231,7 @@ def epan_sums(t, w, q, centres, width, block, project, weight, out):
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             out[b, j] = 0.0
-            _piece_sums(prefix, pieces, width * width, cols, stride_in, stride_out, out[b, j])
+            _piece_sums(prefix, pieces, width * width, cols, stride_in, stride_out, out[b, j], False)
 
 
 @nb.njit(parallel=True, **OPTS)
@@ -255,7 +246,7 @@ def epan_sums_grad(t, w, q, centres, width, block, project, weight, grad_out, wa
         gp = np.zeros((t.shape[1] + 1, 3, num * k_marks if project else sources))
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            _piece_sums_adjoint(gp, pieces, width * width, cols, stride_in, stride_out, grad_out[b, j])
+            _piece_sums(gp, pieces, width * width, cols, stride_in, stride_out, grad_out[b, j], True)
         if project:
             _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
         else:
@@ -286,14 +277,14 @@ def epan_compensator(t, w, q, half, centres, width, block, weight, bias, amp, ac
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             coef[0] = bias[b]
             coef[1:] = 0.0
-            _piece_sums(prefix, pieces, width * width, k_marks, k_marks, 0, coef)
+            _piece_sums(prefix, pieces, width * width, k_marks, k_marks, 0, coef, False)
             part, dpart = integrate_interval(coef, half[b, j], amp[b], act, nodes, x_table, w_table, adaptive, tol,
                                              gcoef)
             acc += part
             ga += dpart
             if want_grad:
                 gbias += gcoef[0]
-                _piece_sums_adjoint(gp, pieces, width * width, k_marks, k_marks, 0, gcoef)
+                _piece_sums(gp, pieces, width * width, k_marks, k_marks, 0, gcoef, True)
         total[b] = acc
         if want_grad:
             grad_amp[b] = ga
