@@ -132,7 +132,7 @@ def _kernel_inputs(times: torch.Tensor, weights: torch.Tensor, query: torch.Tens
     (rows x E) sorted by time (no copy when already sorted, e.g. by the compensator), and ``query``
     (rows x Q), with the batch broadcast and flattened into rows; then the filter weights
     ``weight`` (``batch x L x K x D``) as rows x K x L x D, if given. Times carry no gradient."""
-    n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
+    n, d = times.shape[-1], weights.shape[-1]
     flat = times.detach().expand(batch + (n,)).reshape(-1, n)
     rows = flat.shape[0]
     w = weights.expand(batch + (n, d)).reshape(rows, n, d)
@@ -142,11 +142,10 @@ def _kernel_inputs(times: torch.Tensor, weights: torch.Tensor, query: torch.Tens
         order = flat.argsort(dim=-1)
         t = flat.gather(-1, order).to(torch.float64).contiguous()
         w = w.gather(-2, order.unsqueeze(-1).expand(rows, n, d))
-    q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(torch.float64).contiguous()
-    out = w.to(torch.float64).contiguous(), t, q
-    if weight is None:
-        return out
-    return out + (_rows(weight, batch, 3).permute(0, 2, 1, 3).contiguous(),)  # rows x K x L x D
+    out = w.to(torch.float64).contiguous(), t, _rows(query.detach(), batch, 1)
+    if weight is not None:  # rows x K x L x D
+        out += (_rows(weight, batch, 3).permute(0, 2, 1, 3).contiguous(),)
+    return out
 
 
 class ExponentialBasis(Basis):
