@@ -41,6 +41,35 @@ def test_epanechnikov_kernels_match_torch():
 
 
 @needs_numba
+@pytest.mark.parametrize("sort_queries", [False, True], ids=["unsorted-queries", "sorted-queries"])
+@pytest.mark.parametrize("batched", [False, True], ids=["shared-weight", "batched-weight"])
+def test_fused_potential_matches_torch_features(batched, sort_queries):
+    """The fused potential (event weights projected onto the targets, one kernel with the features)
+    against the torch features contracted with the filter weights: values and the gradients in the
+    event and filter weights, and in the filter weights alone."""
+    basis = EpanechnikovBasis(3, 0.0, 8.0, 1.0).double()
+    times, weights, query = _history()
+    if sort_queries:
+        query = query.sort(-1).values
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn((4,) * batched + (3, 2, 3), generator=gen, dtype=DT).requires_grad_()
+    cotangent = torch.randn(4, 120, 3, 2, generator=gen, dtype=DT)
+    with pyro_dpp.backend("torch"):
+        coef = basis.polynomial_coefficients(times, weights, query)
+        ref = torch.einsum("...qmld,...lkd->...qmk", coef, weight)
+    with pyro_dpp.backend("numba"):
+        got = basis.polynomial_potential(times, weights, query, weight)
+        alone = basis.polynomial_potential(times, weights.detach(), query, weight)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(alone, ref, rtol=1e-10, atol=1e-12)
+    for g, r in zip(torch.autograd.grad((got * cotangent).sum(), [weights, weight]),
+                    torch.autograd.grad((ref * cotangent).sum(), [weights, weight], retain_graph=True)):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    (g,), (r,) = (torch.autograd.grad((x * cotangent).sum(), [weight]) for x in (alone, ref))
+    torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+@needs_numba
 @pytest.mark.parametrize("batched", [False, True], ids=["shared-weight", "batched-weight"])
 @pytest.mark.parametrize("activation", ["sigmoid", "softplus", "exp", "hardtanh"])
 def test_fused_compensator_matches_node_evaluation(activation, batched):

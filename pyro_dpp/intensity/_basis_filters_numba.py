@@ -44,13 +44,18 @@ _REBASE = 32
 
 
 @nb.njit(inline="always", **OPTS)
+def _add_event(sums, q, col, v, u):
+    """``sums[q, :, col] += v (1, u, u^2)``: one event's window moments, weight ``v``, position ``u``."""
+    sums[q, 0, col] += v
+    sums[q, 1, col] += v * u
+    sums[q, 2, col] += v * u * u
+
+
+@nb.njit(inline="always", **OPTS)
 def _add_moments(sums, q, u, w, sign):
-    """``sums[q] += sign * (w, w u, w u^2)`` (the window moments of one event)."""
+    """``sums[q, :, d] += sign * w_d (1, u, u^2)`` (the window moments of one event, every column)."""
     for d in range(w.shape[0]):
-        x = sign * w[d]
-        sums[q, 0, d] += x
-        sums[q, 1, d] += x * u
-        sums[q, 2, d] += x * u * u
+        _add_event(sums, q, d, sign * w[d], u)
 
 
 @nb.njit(inline="always", **OPTS)
@@ -63,20 +68,7 @@ def _add_projected(sums, q, u, w, weight, sign):
         if x != 0:
             x *= sign
             for k in range(weight.shape[0]):
-                v = x * weight[k, q, d]
-                sums[q, 0, k] += v
-                sums[q, 1, k] += v * u
-                sums[q, 2, k] += v * u * u
-
-
-@nb.njit(inline="always", **OPTS)
-def _add_plain(sums, q, u, g, sign):
-    """``sums[q, :, k] += sign * g_k (1, u, u^2)``."""
-    for k in range(g.shape[0]):
-        v = sign * g[k]
-        sums[q, 0, k] += v
-        sums[q, 1, k] += v * u
-        sums[q, 2, k] += v * u * u
+                _add_event(sums, q, k, x * weight[k, q, d], u)
 
 
 @nb.njit(inline="always", **OPTS)
@@ -246,16 +238,16 @@ def glm_reverse(keys, kind, decay, centres, width, scale, offset, low, high, wei
                     # at the far end: after a long gap one event can do both in this step
                     while lo[q] > s + 1 and keys[b, lo[q] - 1] > t + low[q]:
                         lo[q] -= 1
-                        _add_plain(sums, q, keys[b, lo[q]] - ref[q], gq[lo[q]], 1.0)
+                        _add_moments(sums, q, keys[b, lo[q]] - ref[q], gq[lo[q]], 1.0)
                     while hi[q] > lo[q] and keys[b, hi[q] - 1] >= t + high[q]:
                         hi[q] -= 1
-                        _add_plain(sums, q, keys[b, hi[q]] - ref[q], gq[hi[q]], -1.0)
+                        _add_moments(sums, q, keys[b, hi[q]] - ref[q], gq[hi[q]], -1.0)
                     if lo[q] == hi[q] or _due(s, last, q, hi[q] - lo[q]):
                         ref[q] = t
                         last[q] = s
                         sums[q] = 0.0
                         for n in range(lo[q], hi[q]):
-                            _add_plain(sums, q, keys[b, n] - t, gq[n], 1.0)
+                            _add_moments(sums, q, keys[b, n] - t, gq[n], 1.0)
                     if cand[b, s] != 0:  # only a candidate's own weights take this cotangent
                         v = t + centres[q] - ref[q]
                         for k in range(k_marks):

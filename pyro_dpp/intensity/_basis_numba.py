@@ -3,7 +3,9 @@ polynomial_features` and its fused potential), CPU: block-relative prefix sums o
 ``w t^2``, one pass per sequence, with autograd wrappers (gradients with respect to the weights by
 adjoint kernels). The potential and the compensator (:func:`epan_compensator`, the GLM's
 Gauss-Legendre integrals fused with the potential) take the prefix sums of the event weights
-projected onto the targets, so a query costs O(L K) whatever the number of sources.
+projected onto the targets, so a query costs O(L K) whatever the number of sources. One loop over
+a query's pieces (:func:`_piece_sums`, forward and adjoint) serves the features, the potential and the
+compensator.
 """
 
 from __future__ import annotations
@@ -51,69 +53,6 @@ def _epan_ranges(t, bid, n_events, q, c, width, ptr, i, sorted_queries):
 
 
 @nb.njit(inline="always", **OPTS)
-def _is_sorted(x):
-    for j in range(1, x.shape[0]):
-        if x[j] < x[j - 1]:
-            return False
-    return True
-
-
-@nb.njit(inline="always", **OPTS)
-def _blocks(tb, block, bid, local):
-    origin = tb[0]
-    for n in range(tb.shape[0]):
-        bid[n] = np.int64(math.floor((tb[n] - origin) / block))
-        local[n] = tb[n] - (origin + (bid[n] + 0.5) * block)
-    return origin
-
-
-@nb.njit(inline="always", **OPTS)
-def _prefix_moments(w, local):
-    """``prefix[n] = sum_{m < n} w_m (1, u_m, u_m^2)`` with ``u = local`` (``(E + 1) x 3 x D``)."""
-    n_events, sources = w.shape
-    prefix = np.zeros((n_events + 1, 3, sources))
-    for n in range(n_events):
-        d0 = local[n]
-        for d in range(sources):
-            x = w[n, d]
-            prefix[n + 1, 0, d] = prefix[n, 0, d] + x
-            prefix[n + 1, 1, d] = prefix[n, 1, d] + x * d0
-            prefix[n + 1, 2, d] = prefix[n, 2, d] + x * d0 * d0
-    return prefix
-
-
-@nb.njit(inline="always", **OPTS)
-def _window_moments(prefix, start, stop, d):
-    """The moments of events ``start .. stop - 1`` of source ``d``."""
-    return (prefix[stop, 0, d] - prefix[start, 0, d], prefix[stop, 1, d] - prefix[start, 1, d],
-            prefix[stop, 2, d] - prefix[start, 2, d])
-
-
-@nb.njit(inline="always", **OPTS)
-def _scatter_window(gp, start, stop, d, a0, a1, a2):
-    """Adjoint of :func:`_window_moments`: cotangents ``a`` of the moments onto the prefix sums."""
-    gp[stop, 0, d] += a0
-    gp[start, 0, d] -= a0
-    gp[stop, 1, d] += a1
-    gp[start, 1, d] -= a1
-    gp[stop, 2, d] += a2
-    gp[start, 2, d] -= a2
-
-
-@nb.njit(inline="always", **OPTS)
-def _prefix_moments_adjoint(gp, local, grad_w):
-    """Adjoint of :func:`_prefix_moments`: ``grad_w[n] = sum_{j > n} gp[j] . (1, u_n, u_n^2)``."""
-    n_events, sources = grad_w.shape
-    acc = np.zeros((3, sources))
-    for n in range(n_events - 1, -1, -1):
-        for d in range(sources):
-            acc[0, d] += gp[n + 1, 0, d]
-            acc[1, d] += gp[n + 1, 1, d]
-            acc[2, d] += gp[n + 1, 2, d]
-            grad_w[n, d] = acc[0, d] + local[n] * (acc[1, d] + local[n] * acc[2, d])
-
-
-@nb.njit(inline="always", **OPTS)
 def _sequence(tb, qb, num, block):
     """Per-sequence tables: block ids and block-relative times of the events, the origin, the
     pointers of the sorted-query walk, whether the queries are sorted, and scratch space for
@@ -121,9 +60,17 @@ def _sequence(tb, qb, num, block):
     n_events = tb.shape[0]
     bid = np.empty(n_events, np.int64)
     local = np.empty(n_events)
-    origin = _blocks(tb, block, bid, local)
+    origin = tb[0]
+    for n in range(n_events):
+        bid[n] = np.int64(math.floor((tb[n] - origin) / block))
+        local[n] = tb[n] - (origin + (bid[n] + 0.5) * block)
+    sorted_queries = True
+    for j in range(1, qb.shape[0]):
+        if qb[j] < qb[j - 1]:
+            sorted_queries = False
+            break
     pieces = (np.empty((num, 2, 2), np.int64), np.empty((num, 2)), np.empty(num, np.int64))
-    return bid, local, origin, np.zeros((num, 3), np.int64), _is_sorted(qb), pieces
+    return bid, local, origin, np.zeros((num, 3), np.int64), sorted_queries, pieces
 
 
 @nb.njit(inline="always", **OPTS)
@@ -145,66 +92,84 @@ def _query_pieces(tb, bid, origin, ptr, sorted_queries, qj, centres, width, bloc
 
 
 @nb.njit(inline="always", **OPTS)
-def _piece_features(prefix, start, stop, d, a, h2):
-    """The ``s^0, s^1, s^2`` coefficients of one piece's contribution to a feature (source ``d``) at
-    ``a`` (query minus bump centre minus block centre): the moments times the matrix of
-    :func:`pyro_dpp.intensity.basis.epanechnikov_moments` (its twin)."""
-    s0, s1, s2 = _window_moments(prefix, start, stop, d)
-    return (0.75 * (1 - a * a / h2) * s0 + 1.5 * a / h2 * s1 - 0.75 / h2 * s2,
-            -1.5 * a / h2 * s0 + 1.5 / h2 * s1, -0.75 / h2 * s0)
+def _epan_matrix(a, h2):
+    """``(m00, m01, m02, m10, m11)``: the nonzero entries of
+    :func:`pyro_dpp.intensity.basis.epanechnikov_moments` (its twin) at ``a`` (query minus bump
+    centre minus block centre), ``h2`` the squared width; ``m20 = m02``."""
+    return 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2, -1.5 * a / h2, 1.5 / h2
 
 
 @nb.njit(inline="always", **OPTS)
-def _piece_scatter(gp, start, stop, d, a, h2, g0, g1, g2):
-    """Adjoint of :func:`_piece_features`: the coefficients' cotangents onto the prefix sums ``gp``."""
-    _scatter_window(gp, start, stop, d, 0.75 * (1 - a * a / h2) * g0 - 1.5 * a / h2 * g1 - 0.75 / h2 * g2,
-                    1.5 * a / h2 * g0 + 1.5 / h2 * g1, -0.75 / h2 * g0)
+def _piece_sums(prefix, pieces, h2, cols, stride_in, stride_out, coef, adjoint):
+    """``coef[m, l stride_out + c] +=`` the ``s^m`` coefficients (``m < coef.shape[0]``) of bump
+    ``l`` at one query, summed over its pieces (:func:`_query_pieces`), from the moments of the
+    events of each piece in prefix column ``l stride_in + c`` (``c < cols``): the features (prefix
+    one column per source, shared by the bumps; coef one per bump and source) and the projected
+    potential (prefix one column per bump and target, :func:`_projected_prefix`; coef one per
+    target). With ``adjoint`` the reverse: the cotangents ``coef`` onto the prefix cotangents."""
+    bounds, shifts, counts = pieces
+    for i in range(counts.shape[0]):
+        for p in range(counts[i]):
+            start, stop = bounds[i, p, 0], bounds[i, p, 1]
+            m00, m01, m02, m10, m11 = _epan_matrix(shifts[i, p], h2)
+            for c in range(cols):
+                col, d = i * stride_out + c, i * stride_in + c
+                if adjoint:
+                    c0 = coef[0, col]
+                    c1, c2 = (coef[1, col], coef[2, col]) if coef.shape[0] > 1 else (0.0, 0.0)
+                    a0, a1, a2 = m00 * c0 + m10 * c1 + m02 * c2, m01 * c0 + m11 * c1, m02 * c0
+                    prefix[stop, 0, d] += a0
+                    prefix[start, 0, d] -= a0
+                    prefix[stop, 1, d] += a1
+                    prefix[start, 1, d] -= a1
+                    prefix[stop, 2, d] += a2
+                    prefix[start, 2, d] -= a2
+                    continue
+                s0 = prefix[stop, 0, d] - prefix[start, 0, d]
+                s1 = prefix[stop, 1, d] - prefix[start, 1, d]
+                s2 = prefix[stop, 2, d] - prefix[start, 2, d]
+                coef[0, col] += m00 * s0 + m01 * s1 + m02 * s2
+                if coef.shape[0] > 1:
+                    coef[1, col] += m10 * s0 + m11 * s1
+                    coef[2, col] += m02 * s0
 
 
-@nb.njit(parallel=True, **OPTS)
-def epan_features(t, w, q, centres, width, block, order, out):
-    """``out[b, j, m, l, d]``: coefficient of ``s^m`` in ``F_ld(q_j + s)`` (``order`` 0 or 2)."""
-    for b in nb.prange(t.shape[0]):
-        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], centres.shape[0], block)
-        prefix = _prefix_moments(w[b], local)
-        bounds, shifts, counts = pieces
-        for j in range(q.shape[1]):
-            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            out[b, j] = 0.0
-            for i in range(centres.shape[0]):
-                for p in range(counts[i]):
-                    for d in range(w.shape[2]):
-                        f = _piece_features(prefix, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p], width * width)
-                        for m in range(order + 1):
-                            out[b, j, m, i, d] += f[m]
+@nb.njit(inline="always", **OPTS)
+def _prefix_moments(w, local):
+    """``prefix[n] = sum_{m < n} w_m (1, u_m, u_m^2)`` with ``u = local`` (``(E + 1) x 3 x D``)."""
+    n_events, sources = w.shape
+    prefix = np.zeros((n_events + 1, 3, sources))
+    for n in range(n_events):
+        d0 = local[n]
+        for d in range(sources):
+            x = w[n, d]
+            prefix[n + 1, 0, d] = prefix[n, 0, d] + x
+            prefix[n + 1, 1, d] = prefix[n, 1, d] + x * d0
+            prefix[n + 1, 2, d] = prefix[n, 2, d] + x * d0 * d0
+    return prefix
 
 
-@nb.njit(parallel=True, **OPTS)
-def epan_features_grad(t, q, centres, width, block, order, grad_out, grad_w):
-    """Adjoint of :func:`epan_features` with respect to the event weights."""
-    for b in nb.prange(t.shape[0]):
-        bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], centres.shape[0], block)
-        gp = np.zeros((t.shape[1] + 1, 3, grad_w.shape[2]))
-        bounds, shifts, counts = pieces
-        for j in range(q.shape[1]):
-            _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for i in range(centres.shape[0]):
-                for p in range(counts[i]):
-                    for d in range(grad_w.shape[2]):
-                        g = grad_out[b, j, :, i, d]
-                        _piece_scatter(gp, bounds[i, p, 0], bounds[i, p, 1], d, shifts[i, p], width * width, g[0],
-                                       g[1] if order else 0.0, g[2] if order else 0.0)
-        _prefix_moments_adjoint(gp, local, grad_w[b])
+@nb.njit(inline="always", **OPTS)
+def _prefix_moments_adjoint(gp, local, grad_w):
+    """Adjoint of :func:`_prefix_moments`: ``grad_w[n] = sum_{j > n} gp[j] . (1, u_n, u_n^2)``."""
+    n_events, sources = grad_w.shape
+    acc = np.zeros((3, sources))
+    for n in range(n_events - 1, -1, -1):
+        for d in range(sources):
+            acc[0, d] += gp[n + 1, 0, d]
+            acc[1, d] += gp[n + 1, 1, d]
+            acc[2, d] += gp[n + 1, 2, d]
+            grad_w[n, d] = acc[0, d] + local[n] * (acc[1, d] + local[n] * acc[2, d])
 
 
 @nb.njit(inline="always", **OPTS)
 def _projected_prefix(w, local, weight):
-    """``prefix[n, m, l, k] = sum_{e < n} v_elk u_e^m`` of the event weights projected onto the
+    """``prefix[n, m, l K + k] = sum_{e < n} v_elk u_e^m`` of the event weights projected onto the
     targets, ``v_elk = sum_d weight[k, l, d] w_ed`` (``u = local``): O(L K) per nonzero weight, so a
     one-hot event costs a gather, and a query then costs O(L K), not O(L K D)."""
     n_events, sources = w.shape
     k_marks, num = weight.shape[0], weight.shape[1]
-    prefix = np.zeros((n_events + 1, 3, num, k_marks))
+    prefix = np.zeros((n_events + 1, 3, num * k_marks))
     for n in range(n_events):
         u = local[n]
         prefix[n + 1] = prefix[n]
@@ -214,9 +179,9 @@ def _projected_prefix(w, local, weight):
                 for i in range(num):
                     for kk in range(k_marks):
                         v = weight[kk, i, d] * x
-                        prefix[n + 1, 0, i, kk] += v
-                        prefix[n + 1, 1, i, kk] += v * u
-                        prefix[n + 1, 2, i, kk] += v * u * u
+                        prefix[n + 1, 0, i * k_marks + kk] += v
+                        prefix[n + 1, 1, i * k_marks + kk] += v * u
+                        prefix[n + 1, 2, i * k_marks + kk] += v * u * u
     return prefix
 
 
@@ -227,7 +192,7 @@ def _projected_adjoint(gp, local, w, weight, want_w, grad_w, grad_weight):
     and ``grad_weight`` (written) through the projection."""
     n_events, sources = w.shape
     k_marks, num = weight.shape[0], weight.shape[1]
-    acc = np.zeros((3, num, k_marks))
+    acc = np.zeros((3, num * k_marks))
     gv = np.empty((num, k_marks))
     grad_weight[:] = 0.0
     for e in range(n_events - 1, -1, -1):
@@ -235,7 +200,8 @@ def _projected_adjoint(gp, local, w, weight, want_w, grad_w, grad_weight):
         acc += gp[e + 1]
         for i in range(num):
             for kk in range(k_marks):
-                gv[i, kk] = acc[0, i, kk] + u * (acc[1, i, kk] + u * acc[2, i, kk])
+                col = i * k_marks + kk
+                gv[i, kk] = acc[0, col] + u * (acc[1, col] + u * acc[2, col])
         for d in range(sources):
             x = w[e, d]
             if want_w:
@@ -251,63 +217,40 @@ def _projected_adjoint(gp, local, w, weight, want_w, grad_w, grad_weight):
 
 
 @nb.njit(parallel=True, **OPTS)
-def epan_potential(t, w, q, centres, width, block, weight, out):
-    """``out[b, j, m, k] = sum_{l, d} weight[b, k, l, d] F^(m)_ld(q_j)``: the potential's quadratic
-    coefficients (bias excluded) without materialising the features of all queries, from prefix
-    moments of the event weights projected onto the targets (:func:`_projected_prefix`)."""
-    num, k_marks = centres.shape[0], weight.shape[1]
-    h2 = width * width
+def epan_sums(t, w, q, centres, width, block, project, weight, out):
+    """``out[b, j, m]``: the ``s^m`` coefficients (``m`` up to 0 or 2) at ``q_j + s`` of the
+    features ``F_ld`` (columns ``l D + d``) or, if ``project``, of the potential
+    ``sum_{l, d} weight[b, k, l, d] F_ld`` (columns ``k``, bias excluded), which never materialises
+    the features: it sums the prefix moments of the event weights projected onto the targets
+    (:func:`_projected_prefix`)."""
+    num, sources, k_marks = centres.shape[0], w.shape[2], weight.shape[1]
+    cols, stride_in, stride_out = (k_marks, k_marks, 0) if project else (sources, 0, sources)
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        prefix = _projected_prefix(w[b], local, weight[b])
-        bounds, shifts, counts = pieces
+        prefix = _projected_prefix(w[b], local, weight[b]) if project else _prefix_moments(w[b], local)
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
             out[b, j] = 0.0
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        s0 = prefix[stop, 0, i, kk] - prefix[start, 0, i, kk]
-                        s1 = prefix[stop, 1, i, kk] - prefix[start, 1, i, kk]
-                        s2 = prefix[stop, 2, i, kk] - prefix[start, 2, i, kk]
-                        out[b, j, 0, kk] += m00 * s0 + m01 * s1 + m02 * s2
-                        out[b, j, 1, kk] += m10 * s0 + m11 * s1
-                        out[b, j, 2, kk] += m02 * s0
+            _piece_sums(prefix, pieces, width * width, cols, stride_in, stride_out, out[b, j], False)
 
 
 @nb.njit(parallel=True, **OPTS)
-def epan_potential_grad(t, w, q, centres, width, block, weight, grad_out, want_w, grad_w, grad_weight):
-    """Adjoint of :func:`epan_potential` with respect to the event weights (if ``want_w``) and the
-    filter weights: the cotangents of the projected prefix moments, then of the projection."""
-    num, k_marks = centres.shape[0], weight.shape[1]
-    h2 = width * width
+def epan_sums_grad(t, w, q, centres, width, block, project, weight, grad_out, want_w, grad_w, grad_weight):
+    """Adjoint of :func:`epan_sums` with respect to the event weights (if ``want_w``; always for
+    the features) and, if ``project``, the filter weights: the cotangents of the prefix moments,
+    then of the projection."""
+    num, sources, k_marks = centres.shape[0], w.shape[2], weight.shape[1]
+    cols, stride_in, stride_out = (k_marks, k_marks, 0) if project else (sources, 0, sources)
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        n_events = t.shape[1]
-        gp = np.zeros((n_events + 1, 3, num, k_marks))
-        bounds, shifts, counts = pieces
+        gp = np.zeros((t.shape[1] + 1, 3, num * k_marks if project else sources))
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        c0, c1, c2 = grad_out[b, j, 0, kk], grad_out[b, j, 1, kk], grad_out[b, j, 2, kk]
-                        a0 = m00 * c0 + m10 * c1 + m02 * c2
-                        a1 = m01 * c0 + m11 * c1
-                        a2 = m02 * c0
-                        gp[stop, 0, i, kk] += a0
-                        gp[start, 0, i, kk] -= a0
-                        gp[stop, 1, i, kk] += a1
-                        gp[start, 1, i, kk] -= a1
-                        gp[stop, 2, i, kk] += a2
-                        gp[start, 2, i, kk] -= a2
-        _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
+            _piece_sums(gp, pieces, width * width, cols, stride_in, stride_out, grad_out[b, j], True)
+        if project:
+            _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
+        else:
+            _prefix_moments_adjoint(gp, local, grad_w[b])
 
 
 @nb.njit(parallel=True, **OPTS)
@@ -315,66 +258,33 @@ def epan_compensator(t, w, q, half, centres, width, block, weight, bias, amp, ac
                      adaptive, tol, want_grad, want_w, total, grad_w, grad_weight, grad_bias, grad_amp):
     """``total[b]``: the Gauss-Legendre integrals of the GLM's summed intensity over the intervals
     ``[q_j - half_j, q_j + half_j]`` (no event or kink inside), the potential a quadratic on each
-    (:func:`epan_potential` plus ``bias``), integrated by
+    (:func:`epan_sums` plus ``bias``), integrated by
     :func:`pyro_dpp.intensity._glm_numba.integrate_interval` without materialising the
     coefficients; with ``want_grad`` also its derivatives in the event weights (if ``want_w``), the
     filter weights ``weight`` (``rows x K x L x D``), ``bias`` (``rows x K``) and ``amp`` (``rows``),
     computed in the same pass (the adjoint needs only each interval's coefficient cotangents)."""
     num, k_marks = centres.shape[0], weight.shape[1]
-    h2 = width * width
     for b in nb.prange(t.shape[0]):
         bid, local, origin, ptr, sorted_queries, pieces = _sequence(t[b], q[b], num, block)
-        n_events = t.shape[1]
         prefix = _projected_prefix(w[b], local, weight[b])
-        gp = np.zeros((n_events + 1 if want_grad else 1, 3, num, k_marks))
+        gp = np.zeros((t.shape[1] + 1 if want_grad else 1, 3, num * k_marks))
         coef = np.empty((3, k_marks))
         gcoef = np.empty((3, k_marks))
         gbias = np.zeros(k_marks)
-        bounds, shifts, counts = pieces
         acc = 0.0
         ga = 0.0
         for j in range(q.shape[1]):
             _query_pieces(t[b], bid, origin, ptr, sorted_queries, q[b, j], centres, width, block, pieces)
-            for kk in range(k_marks):
-                coef[0, kk] = bias[b, kk]
-                coef[1, kk] = 0.0
-                coef[2, kk] = 0.0
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        s0 = prefix[stop, 0, i, kk] - prefix[start, 0, i, kk]
-                        s1 = prefix[stop, 1, i, kk] - prefix[start, 1, i, kk]
-                        s2 = prefix[stop, 2, i, kk] - prefix[start, 2, i, kk]
-                        coef[0, kk] += m00 * s0 + m01 * s1 + m02 * s2
-                        coef[1, kk] += m10 * s0 + m11 * s1
-                        coef[2, kk] += m02 * s0
+            coef[0] = bias[b]
+            coef[1:] = 0.0
+            _piece_sums(prefix, pieces, width * width, k_marks, k_marks, 0, coef, False)
             part, dpart = integrate_interval(coef, half[b, j], amp[b], act, nodes, x_table, w_table, adaptive, tol,
                                              gcoef)
             acc += part
             ga += dpart
-            if not want_grad:
-                continue
-            for kk in range(k_marks):
-                gbias[kk] += gcoef[0, kk]
-            for i in range(num):
-                for p in range(counts[i]):
-                    start, stop, a = bounds[i, p, 0], bounds[i, p, 1], shifts[i, p]
-                    m00, m01, m02 = 0.75 * (1 - a * a / h2), 1.5 * a / h2, -0.75 / h2
-                    m10, m11 = -1.5 * a / h2, 1.5 / h2
-                    for kk in range(k_marks):
-                        c0, c1, c2 = gcoef[0, kk], gcoef[1, kk], gcoef[2, kk]
-                        a0 = m00 * c0 + m10 * c1 + m02 * c2
-                        a1 = m01 * c0 + m11 * c1
-                        a2 = m02 * c0
-                        gp[stop, 0, i, kk] += a0
-                        gp[start, 0, i, kk] -= a0
-                        gp[stop, 1, i, kk] += a1
-                        gp[start, 1, i, kk] -= a1
-                        gp[stop, 2, i, kk] += a2
-                        gp[start, 2, i, kk] -= a2
+            if want_grad:
+                gbias += gcoef[0]
+                _piece_sums(gp, pieces, width * width, k_marks, k_marks, 0, gcoef, True)
         total[b] = acc
         if want_grad:
             grad_amp[b] = ga
@@ -382,60 +292,38 @@ def epan_compensator(t, w, q, half, centres, width, block, weight, bias, amp, ac
             _projected_adjoint(gp, local, w[b], weight[b], want_w, grad_w[b], grad_weight[b])
 
 
-class EpanechnikovFeatures(torch.autograd.Function):
-    """``rows x Q x (order+1) x L x D`` Epanechnikov features (or their quadratic coefficients in
-    the offset from each query) of sorted events; differentiable in the weights only."""
+class EpanechnikovSums(torch.autograd.Function):
+    """``rows x Q x (order+1) x L x D`` Epanechnikov features of sorted events (or their quadratic
+    coefficients in the offset from each query), or, given the filter weights ``weight``
+    (``rows x K x L x D``), ``rows x Q x (order+1) x K``: those of ``sum_{l, d} W[k, l, d] F_ld``
+    without materialising the features. Differentiable in the event weights ``w`` and ``weight``."""
 
     @staticmethod
-    def forward(ctx, w, t, q, centres, width, block, order):  # noqa: D102
+    def forward(ctx, w, weight, t, q, centres, width, block, order):  # noqa: D102
         rows, q_len = q.shape
-        out = torch.empty(rows, q_len, order + 1, centres.numel(), w.shape[-1], dtype=torch.float64)
+        project = weight is not None
+        shape = (weight.shape[1],) if project else (centres.numel(), w.shape[-1])
+        out = torch.empty((rows, q_len, order + 1) + shape, dtype=torch.float64)
+        weight = weight.detach() if project else t.new_zeros(rows, 0, 0, 0)
         numba_threads()
-        epan_features(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), float(width), float(block),
-                          order, out.numpy())
-        ctx.save_for_backward(t, q, centres)
-        ctx.params = (float(width), float(block), order, w.shape)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        t, q, centres = ctx.saved_tensors
-        width, block, order, shape = ctx.params
-        grad_w = torch.empty(shape, dtype=torch.float64)
-        numba_threads()
-        epan_features_grad(t.numpy(), q.numpy(), centres.numpy(), width, block, order,
-                               grad.contiguous().numpy(), grad_w.numpy())
-        return grad_w, None, None, None, None, None, None
-
-
-class EpanechnikovPotential(torch.autograd.Function):
-    """``rows x Q x 3 x K``: quadratic coefficients (in the offset from each query) of
-    ``sum_{l, d} W[k, l, d] F_ld`` for sorted events, without materialising the features;
-    differentiable in the event weights ``w`` and the filter weights ``weight`` (``rows x K x L x D``)."""
-
-    @staticmethod
-    def forward(ctx, w, weight, t, q, centres, width, block):  # noqa: D102
-        rows, q_len = q.shape
-        out = torch.empty(rows, q_len, 3, weight.shape[1], dtype=torch.float64)
-        numba_threads()
-        epan_potential(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), float(width), float(block),
-                           weight.detach().numpy(), out.numpy())
+        epan_sums(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), float(width), float(block), project,
+                  weight.numpy(), out.view(rows, q_len, order + 1, -1).numpy())
         ctx.save_for_backward(w, weight, t, q, centres)
-        ctx.params = (float(width), float(block))
+        ctx.params = (float(width), float(block), project)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         w, weight, t, q, centres = ctx.saved_tensors
-        width, block = ctx.params
-        want_w = ctx.needs_input_grad[0]
+        width, block, project = ctx.params
+        want_w = ctx.needs_input_grad[0] or not project
         grad_w = torch.zeros(w.shape if want_w else (1, 1, 1), dtype=torch.float64)
         grad_weight = torch.empty(weight.shape, dtype=torch.float64)
         numba_threads()
-        epan_potential_grad(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), width, block,
-                            weight.detach().numpy(), grad.contiguous().numpy(), want_w, grad_w.numpy(),
-                            grad_weight.numpy())
-        return grad_w if want_w else None, grad_weight, None, None, None, None, None
+        epan_sums_grad(t.numpy(), w.detach().numpy(), q.numpy(), centres.numpy(), width, block, project,
+                       weight.numpy(), grad.reshape(grad.shape[:3] + (-1,)).contiguous().numpy(), want_w,
+                       grad_w.numpy(), grad_weight.numpy())
+        return (grad_w if ctx.needs_input_grad[0] else None, grad_weight if project else None) + (None,) * 6
 
 
 class EpanechnikovCompensator(torch.autograd.Function):

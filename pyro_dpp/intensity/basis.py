@@ -119,12 +119,20 @@ class Basis(torch.nn.Module):
         return times, history
 
 
-def _kernel_inputs(times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, batch: torch.Size
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rows(x: torch.Tensor, batch: torch.Size, dims: int) -> torch.Tensor:
+    """``x`` (``batch x ...``, ``dims`` trailing dimensions) broadcast to ``batch``, flattened into
+    rows, float64 and contiguous."""
+    tail = x.shape[x.dim() - dims:]
+    return x.to(torch.float64).expand(batch + tail).reshape((batch.numel(),) + tail).contiguous()
+
+
+def _kernel_inputs(times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, batch: torch.Size,
+                   weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Flattened float64 inputs of the numba kernels: ``weights`` (rows x E x D) and ``times``
     (rows x E) sorted by time (no copy when already sorted, e.g. by the compensator), and ``query``
-    (rows x Q), with the batch broadcast and flattened into rows. Times carry no gradient."""
-    n, q_len, d = times.shape[-1], query.shape[-1], weights.shape[-1]
+    (rows x Q), with the batch broadcast and flattened into rows; then the filter weights
+    ``weight`` (``batch x L x K x D``) as rows x K x L x D, if given. Times carry no gradient."""
+    n, d = times.shape[-1], weights.shape[-1]
     flat = times.detach().expand(batch + (n,)).reshape(-1, n)
     rows = flat.shape[0]
     w = weights.expand(batch + (n, d)).reshape(rows, n, d)
@@ -134,8 +142,10 @@ def _kernel_inputs(times: torch.Tensor, weights: torch.Tensor, query: torch.Tens
         order = flat.argsort(dim=-1)
         t = flat.gather(-1, order).to(torch.float64).contiguous()
         w = w.gather(-2, order.unsqueeze(-1).expand(rows, n, d))
-    q = query.detach().expand(batch + (q_len,)).reshape(rows, q_len).to(torch.float64).contiguous()
-    return w.to(torch.float64).contiguous(), t, q
+    out = w.to(torch.float64).contiguous(), t, _rows(query.detach(), batch, 1)
+    if weight is not None:  # rows x K x L x D
+        out += (_rows(weight, batch, 3).permute(0, 2, 1, 3).contiguous(),)
+    return out
 
 
 class ExponentialBasis(Basis):
@@ -274,15 +284,10 @@ class EpanechnikovBasis(Basis):
         batch = torch.broadcast_shapes(times.shape[:-1], weights.shape[:-2], query.shape[:-1], weight.shape[:-3])
         if times.shape[-1] == 0 or not numba_usable(times, weights, query, weight):
             return None
-        wide = torch.float64
-        w, t, q = _kernel_inputs(times, weights, query, batch)
-        rows = t.shape[0]
-        filt = weight.to(wide).expand(batch + weight.shape[-3:]).reshape((rows,) + weight.shape[-3:])
-        filt = filt.permute(0, 2, 1, 3).contiguous()  # rows x K x L x D
-        from ._basis_numba import EpanechnikovPotential
+        w, t, q, filt = _kernel_inputs(times, weights, query, batch, weight)
+        from ._basis_numba import EpanechnikovSums
 
-        out = EpanechnikovPotential.apply(w, filt, t, q, self.centres.detach().to(wide).contiguous(),
-                                                   self.width, 2.5 * self.width)
+        out = EpanechnikovSums.apply(w, filt, t, q, *self._kernel_basis(), 2)
         return out.reshape(batch + out.shape[1:])
 
     def polynomial_compensator(self, times: torch.Tensor, weights: torch.Tensor, centre: torch.Tensor,
@@ -297,18 +302,11 @@ class EpanechnikovBasis(Basis):
         if times.shape[-1] == 0 or half.requires_grad or not numba_usable(times, weights, centre, weight, bias,
                                                                           amplitude):
             return None
-        wide = torch.float64
-        w, t, q = _kernel_inputs(times, weights, centre, batch)
-        rows = t.shape[0]
-        filt = weight.to(wide).expand(batch + weight.shape[-3:]).reshape((rows,) + weight.shape[-3:])
-        filt = filt.permute(0, 2, 1, 3).contiguous()  # rows x K x L x D
-        b = bias.to(wide).expand(batch + bias.shape[-1:]).reshape(rows, -1).contiguous()
-        amp = amplitude.to(wide).expand(batch).reshape(rows).contiguous()
-        h = half.detach().to(wide).expand(batch + half.shape[-1:]).reshape(rows, -1).contiguous()
+        w, t, q, filt = _kernel_inputs(times, weights, centre, batch, weight)
+        b, amp, h = _rows(bias, batch, 1), _rows(amplitude, batch, 0), _rows(half.detach(), batch, 1)
         from ._basis_numba import EpanechnikovCompensator
 
-        total = EpanechnikovCompensator.apply(w, filt, b, amp, t, q, h, self.centres.detach().to(wide).contiguous(),
-                                              self.width, 2.5 * self.width, activation, nodes)
+        total = EpanechnikovCompensator.apply(w, filt, b, amp, t, q, h, *self._kernel_basis(), activation, nodes)
         return total.reshape(batch).to(times.dtype)
 
     def _polynomial(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int
@@ -360,6 +358,11 @@ class EpanechnikovBasis(Basis):
                 out[k].append(terms[..., k, :])
         return tuple(torch.stack(o, -2).to(times.dtype).reshape(out_shape) for o in out)
 
+    def _kernel_basis(self) -> tuple[torch.Tensor, float, float]:
+        """The numba kernels' basis arguments: float64 centres, the width and the block length
+        (blocks of 2.5 widths, see :meth:`features`)."""
+        return self.centres.detach().to(torch.float64).contiguous(), self.width, 2.5 * self.width
+
     def _polynomial_kernel(self, times: torch.Tensor, weights: torch.Tensor, query: torch.Tensor, order: int,
                            batch: torch.Size, out_shape: torch.Size, stacked: bool = False
                            ) -> tuple[torch.Tensor, ...] | torch.Tensor:
@@ -368,12 +371,10 @@ class EpanechnikovBasis(Basis):
         query times are constants here (no gradient), as everywhere in the package: candidate times
         carry no gradient and observed times are data (backend ``"torch"`` restores the
         torch path, which also differentiates the times)."""
-        wide = torch.float64
         w, t, q = _kernel_inputs(times, weights, query, batch)
-        from ._basis_numba import EpanechnikovFeatures
+        from ._basis_numba import EpanechnikovSums
 
-        out = EpanechnikovFeatures.apply(w, t, q, self.centres.detach().to(wide).contiguous(),
-                                                  self.width, 2.5 * self.width, order)
+        out = EpanechnikovSums.apply(w, None, t, q, *self._kernel_basis(), order)
         if stacked:
             return out.reshape(batch + out.shape[1:])
         if order == 0:
