@@ -245,9 +245,21 @@ def test_backend_setting():
         assert name == "reference" and pyro_dpp.get_backend() == "reference"
         assert pyro_dpp.set_backend("torch") == "reference"
     assert pyro_dpp.get_backend() == "auto"
-    with pytest.raises(ValueError, match="'auto', 'torch', 'numba', 'reference'"):
+    with pytest.raises(ValueError, match="'auto', 'torch', 'numba', 'compiled', 'reference'"):
         pyro_dpp.set_backend("fast")
     assert pyro_dpp.get_backend() == "auto"
+
+
+def test_compiled_backend_keeps_the_kernels_of_stock_filters():
+    """"compiled" changes only the generic scan: registered numba kernels still run where they can."""
+    from pyro_dpp.scan.backend import numba_available, numba_usable
+    from pyro_dpp.scan.generic import compiled_steps
+
+    x = torch.zeros(3, dtype=torch.float64)
+    with pyro_dpp.backend("compiled"):
+        assert numba_usable(x) == numba_available()
+        assert compiled_steps() is not None
+    assert compiled_steps() is None
 
 
 def test_numba_backend_without_numba_raises(monkeypatch):
