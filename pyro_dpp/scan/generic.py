@@ -253,20 +253,28 @@ def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w
     parts: list[list[torch.Tensor]] = [[], [], [], [], []]
     done = 0
     compiled = compiled_steps()
-    while compiled is not None and (hi - lo) - done >= COMPILED_CHUNK:
-        end = done + COMPILED_CHUNK
-        # contiguous inputs: a view's strides (a slice of the time line, a state leaf that is a step's
-        # time) would be guarded on and recompile
-        chunk = [x[..., done:end, :].contiguous() for x in (cands, ctx_hists, noises)]
-        state = pytree.tree_map(torch.Tensor.contiguous, state)
-        try:
-            state, outs = compiled(intensity, state, times[..., done:end].contiguous(), *chunk, log_bound, *flags)
-        except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler, say: run the steps eagerly
-            compiled = _compiler_failed(error)
-            continue
-        for part, out in zip(parts, outs):
-            part.append(out)
-        done = end
+    size = COMPILED_CHUNK
+    if compiled is not None and hi - lo >= size:
+        # chunk-major copies made once (a chunk must be contiguous: a view's strides depend on the
+        # segment's length and would be guarded on and recompile)
+        n = (hi - lo) // size
+
+        def chunks(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, ...]:
+            x = x[..., : n * size, :] if dims else x[..., : n * size]
+            x = x.reshape(x.shape[: x.dim() - 1 - dims] + (n, size) + x.shape[x.dim() - dims:])
+            return x.movedim(-2 - dims, 0).contiguous().unbind(0)
+
+        inputs = zip(chunks(times, 0), chunks(cands, 1), chunks(ctx_hists, 1), chunks(noises, 1))
+        for chunk in inputs:
+            state = pytree.tree_map(torch.Tensor.contiguous, state)  # a leaf may be a view of a step's time
+            try:
+                state, outs = compiled(intensity, state, *chunk, log_bound, *flags)
+            except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler, say: steps run eagerly
+                _compiler_failed(error)
+                break
+            for part, out in zip(parts, outs):
+                part.append(out)
+            done += size
     # per-step views in one call each (indexing inside the loop costs a dispatch per step and tensor)
     eager = []
     for t, cand, ctx_hist, noise in zip(times[..., done:].unbind(-1), cands[..., done:, :].unbind(-2),
