@@ -40,6 +40,9 @@ class RelaxedRealization(torch.Tensor):
     :func:`carried_log_weights`."""
 
     _log_weights: torch.Tensor  # the value's shape: column 0 zero, columns 1: the log-weights
+    # (value version, log-weights version) when the pair is known to match (a draw as the sampler made
+    # it, and structural operations of such draws); an in-place edit of either changes its version
+    _matched_at: tuple[int, int] | None = None
 
     @property
     def _pyro_dpp_log_weights(self) -> torch.Tensor:
@@ -67,18 +70,35 @@ class RelaxedRealization(torch.Tensor):
             logs = func(*companions, **kwargs)
         if not isinstance(logs, torch.Tensor) or logs.shape != out.shape:
             return out
-        return _wrap(out, logs)
+        return _wrap(out, logs, matched=all(_still_matched(x) for x in _relaxed_args(args)))
 
 
 def _pad_time_column(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.cat([log_weights.new_zeros(log_weights.shape[:-1] + (1,)), log_weights], -1)
 
 
-def _wrap(value: torch.Tensor, logs: torch.Tensor) -> RelaxedRealization:
+def _wrap(value: torch.Tensor, logs: torch.Tensor, matched: bool = False) -> RelaxedRealization:
     with torch._C.DisableTorchFunctionSubclass():
         out = value.as_subclass(RelaxedRealization)
     out._log_weights = logs
+    if matched:
+        out._matched_at = (out._version, logs._version)
     return out
+
+
+def _still_matched(value: RelaxedRealization) -> bool:
+    """Whether ``value`` was made matching its log-weights and neither was edited in place since."""
+    return value._matched_at == (value._version, value._log_weights._version)
+
+
+def _relaxed_args(args: Any) -> list[RelaxedRealization]:
+    found = []
+    for x in args:
+        if isinstance(x, RelaxedRealization):
+            found.append(x)
+        elif isinstance(x, (list, tuple)):
+            found.extend(_relaxed_args(x))
+    return found
 
 
 def _companions(args: Any) -> tuple[Any, bool]:
@@ -110,6 +130,14 @@ def with_log_weights(value: torch.Tensor, log_weights: torch.Tensor) -> RelaxedR
     return _wrap(value, _pad_time_column(log_weights.to(value.dtype)))
 
 
+def sampled(value: torch.Tensor, log_weights: torch.Tensor) -> RelaxedRealization:
+    """:func:`with_log_weights` for a draw whose weights are the exponentials of ``log_weights`` (or
+    their one-hot argmax, straight-through) by construction: :func:`carried_log_weights` skips its
+    consistency check until the value or its log-weights are edited in place."""
+    out = with_log_weights(value, log_weights)
+    return _wrap(plain(out), out._log_weights, matched=True)
+
+
 def plain(value: torch.Tensor) -> torch.Tensor:
     """``value`` as a plain :class:`torch.Tensor` (a relaxed value without its log-weights; autograd
     history kept)."""
@@ -129,6 +157,8 @@ def carried_log_weights(value: torch.Tensor) -> torch.Tensor | None:
     logs = getattr(value, LOG_WEIGHTS_ATTR, None)
     if logs is None:
         return None
+    if isinstance(value, RelaxedRealization) and _still_matched(value):
+        return plain(logs)
     value, logs = plain(value), plain(logs)
     with torch.no_grad():
         weights = value[..., 1:]

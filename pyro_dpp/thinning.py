@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .events import pad_realization
 from .intensity.base import Intensity
 from .past import fixed_events, with_negative_fixed
-from .relaxed import with_log_weights
+from .relaxed import sampled
 from .scan import engine
 from .scan.backend import get_backend
 from .scan.generic import generic_scan
@@ -297,7 +297,7 @@ def sample_relaxed(
     marks = _fit_rows(marks * m, max_events)
     logs = _fit_rows(torch.where(mask.unsqueeze(-1), logs, torch.zeros_like(logs)), max_events)
     times = _fit_rows(times.unsqueeze(-1), max_events).squeeze(-1)
-    value = with_log_weights(pad_realization(times, marks[..., :-1], marks[..., -1], duration), logs)
+    value = sampled(pad_realization(times, marks[..., :-1], marks[..., -1], duration), logs)
     if log_rates:  # the DPP density of this very value reuses them
         remember(value, intensity, context, _fit_rows(log_rates[0], max_events))
     return value

@@ -1007,6 +1007,33 @@ def test_relaxed_value_edited_in_place_raises():
         d.log_prob(x)
 
 
+@pytest.mark.parametrize("edit", ["value", "value-through-detach", "log-weights", "clone-then-value"])
+def test_matched_draws_skip_the_consistency_check_until_edited(edit):
+    """A draw as rsample made it (and its structural copies) is known to match its log-weights, so
+    scoring skips the check; any in-place edit of the value or of the log-weights (through a view,
+    ``detach``, a clone) brings the check back; a pair built by ``with_log_weights`` is checked."""
+    from pyro_dpp.relaxed import _still_matched, with_log_weights
+
+    torch.manual_seed(23)
+    d = PointProcess(Poisson([0.5, 1.0]), 4.0, bound=3.0, temperature=0.5)
+    x = d.rsample((2,))
+    assert event_mask(x).any(-1).all()
+    for y in (x, x.clone(), x[1:], torch.stack([x, x]), x.detach(), x.to(torch.float64)):
+        assert _still_matched(y)
+    assert not _still_matched(with_log_weights(plain(x), getattr(x, LOG_WEIGHTS_ATTR)))
+    target = x.clone() if edit == "clone-then-value" else x
+    row = event_mask(target)[0].nonzero()[0, 0]
+    with torch.no_grad():
+        if edit == "log-weights":
+            getattr(target, LOG_WEIGHTS_ATTR)[0, row] += 0.1
+        else:
+            edited = target.detach() if edit == "value-through-detach" else target
+            edited[0, row, 1:] = torch.tensor([0.2, 0.3, 0.5])
+    assert not _still_matched(target)
+    with pytest.raises(ValueError, match="no longer match its weights"):
+        d.log_prob(target)
+
+
 def test_relaxed_value_keeps_gradients_of_its_log_weights():
     rates = torch.tensor([0.5, 1.0], dtype=torch.float64, requires_grad=True)
     d = PointProcess(Poisson(rates), 4.0, bound=3.0, temperature=0.3)
