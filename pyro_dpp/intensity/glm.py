@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..scan.backend import numba_usable
 from ._support import SupportWindows
 from .base import Intensity, State, as_param, check_finite, keeps_math, safe_log
-from .basis import Basis
+from .basis import Basis, _rows
 
 ACTIVATIONS = ("sigmoid", "hardtanh", "softplus", "exp")
 _ANTICAUSAL_CHUNK = 1 << 12  # queries per evaluation of the anticausal features (bounds memory)
@@ -182,12 +182,8 @@ class GLM(Intensity):
         if numba_usable(times, weights, centre) and not half.requires_grad:
             from ._glm_numba import IntervalIntegrals
 
-            wide = torch.float64
-            coef = coef.expand(batch + coef.shape[-3:])
-            coef = coef.reshape((-1,) + coef.shape[-3:]).to(wide).contiguous()
-            amp = self.amplitude.expand(batch).reshape(-1).to(wide).contiguous()
-            h = half.detach().expand(batch + half.shape[-1:]).reshape(coef.shape[0], -1).to(wide).contiguous()
-            total = IntervalIntegrals.apply(coef, h, amp, self.activation, nodes)
+            rows = (_rows(coef, batch, 3), _rows(half.detach(), batch, 1), _rows(self.amplitude, batch, 0))
+            total = IntervalIntegrals.apply(*rows, self.activation, nodes)
             return total.reshape(batch).to(times.dtype)
         from ..likelihood import gauss_legendre
 
