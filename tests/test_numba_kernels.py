@@ -96,7 +96,7 @@ def test_hawkes_parallel_path_is_linear_cost_and_matches_pairwise(monkeypatch):
 
 @needs_numba
 def test_sumexp_scan_kernels_match_torch_filter():
-    """The numba twin of the sum-of-exponentials filter (:mod:`pyro_dpp.intensity._sumexp_numba`)
+    """The numba twin of the sum-of-exponentials filter (:mod:`pyro_dpp.intensity._hawkes_numba`)
     against the torch filter (:class:`~pyro_dpp.intensity.sumexp.SumExpHawkesFilter`) over hundreds
     of steps with context events: the relaxed draw and the gradients of every parameter (the decays'
     through the lag-weighted traces), with batched parameters."""

@@ -1,6 +1,12 @@
-"""numba twin of :class:`~pyro_dpp.intensity.hawkes.ExpHawkesFilter` (CPU): the exponential-Hawkes
-scan forward and reverse in one fused loop per sequence, parallel over the batch, and Ogata's exact
-sampler. Registered as accelerators of that filter class (see :mod:`pyro_dpp.scan.accelerators`).
+"""numba twin of :class:`~pyro_dpp.intensity.hawkes.ExpTraceFilter` (CPU), the exponential traces
+with a decay axis of :class:`~pyro_dpp.intensity.ExpHawkes` and :class:`~pyro_dpp.intensity.SumExpHawkes`:
+the scan forward and reverse in one fused loop per sequence, parallel over the batch, and Ogata's
+exact sampler. Registered as accelerators of that filter class (see :mod:`pyro_dpp.scan.accelerators`).
+
+Arrays are batch-major: ``base`` ``B x K``, ``gain`` ``B x K x D x U``, ``beta`` ``B x R x D' x U``
+(``R`` 1 or ``K``, ``D'`` 1 or ``D``); the traces ``x`` are ``R x D x U`` per sequence, the adjoint
+traces ``K x D' x U``. The decay factors of a gap are computed once per distinct decay (``R x D' x U``
+of them) and looked up along the broadcast axes.
 """
 
 from __future__ import annotations
@@ -17,36 +23,52 @@ from ..scan.ogata import ogata_buffers, ogata_realization
 
 
 @nb.njit(inline="always", **OPTS)
-def _rates(b, base, gain, x, uniform, rates):
-    """``rates[k] = mu_k + sum_d gain[k, d] x[row, d]`` (``row`` 0 for a scalar decay); returns their sum."""
+def _rates(b, base, gain, x, rates):
+    """``rates[k] = mu_k + sum_{d,u} gain[k, d, u] x[row, d, u]`` (``row`` 0 for traces shared by all
+    targets, else ``k``); returns their sum."""
+    shared = x.shape[0] == 1
     total = 0.0
     for k in range(base.shape[1]):
         r = base[b, k]
-        row = 0 if uniform else k
+        row = 0 if shared else k
         for d in range(gain.shape[2]):
-            r += gain[b, k, d] * x[row, d]
+            for u in range(gain.shape[3]):
+                r += gain[b, k, d, u] * x[row, d, u]
         rates[k] = r
         total += r
     return total
 
 
 @nb.njit(inline="always", **OPTS)
-def _decay(b, x, beta, uniform, gap):
-    for k in range(x.shape[0]):
+def _factors(b, beta, gap, q):
+    """``q = exp(-beta[b] gap)`` (``R x D' x U``): one exponential per distinct decay."""
+    for r in range(q.shape[0]):
+        for d in range(q.shape[1]):
+            for u in range(q.shape[2]):
+                q[r, d, u] = math.exp(-beta[b, r, d, u] * gap)
+
+
+@nb.njit(inline="always", **OPTS)
+def _scale(x, q):
+    """``x *= q`` with ``q``'s axes of length 1 broadcast."""
+    rows, cols = q.shape[0] > 1, q.shape[1] > 1
+    for r in range(x.shape[0]):
         for d in range(x.shape[1]):
-            x[k, d] *= math.exp(-beta[b, k if not uniform else 0, d] * gap)
+            for u in range(x.shape[2]):
+                x[r, d, u] *= q[r if rows else 0, d if cols else 0, u]
 
 
 @nb.njit(parallel=True, **OPTS)
-def hawkes_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base, gain, beta, uniform,
-                   log_pi, log_y, marks, ratio, drive, traces, store):
+def trace_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base, gain, beta,
+                  log_pi, log_y, marks, ratio, drive, traces, store):
     bsz, steps = keys.shape
     k_marks = noise.shape[2] - 1
-    sources = gain.shape[2]
-    rows = 1 if uniform else k_marks
+    rows, sources, n_decays = beta.shape[1], gain.shape[2], gain.shape[3]
+    cols = beta.shape[2] > 1
     for b in nb.prange(bsz):
-        x = np.zeros((rows, sources), keys.dtype)
-        y = np.zeros((rows, sources), keys.dtype)  # lag-weighted traces: -dx / d(decay)
+        x = np.zeros((rows, sources, n_decays), keys.dtype)
+        y = np.zeros((rows, sources, n_decays), keys.dtype)  # lag-weighted traces: -dx / d(beta)
+        q = np.empty(beta.shape[1:])  # float64 (the gaps are), also for float32 traces
         z = np.empty(k_marks + 1, keys.dtype)
         rates = np.empty(k_marks, keys.dtype)
         prev = min(keys[b, 0], 0.0) if steps else 0.0  # a time line may start before 0 (past events)
@@ -54,103 +76,99 @@ def hawkes_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, bas
             t = keys[b, s]
             gap = t - prev
             prev = t
-            q = math.exp(-beta[b, 0, 0] * gap)
-            for k in range(rows):
+            _factors(b, beta, gap, q)
+            for r in range(rows):
                 for d in range(sources):
-                    if s > 0:
-                        x[k, d] += hist[b, s - 1, d]
-                    qq = q if uniform else math.exp(-beta[b, k, d] * gap)
-                    y[k, d] = (y[k, d] + gap * x[k, d]) * qq
-                    x[k, d] *= qq
+                    h = hist[b, s - 1, d] if s > 0 else 0.0
+                    for u in range(n_decays):
+                        qq = q[r, d if cols else 0, u]
+                        x[r, d, u] += h
+                        y[r, d, u] = (y[r, d, u] + gap * x[r, d, u]) * qq
+                        x[r, d, u] *= qq
             if store:
-                for k in range(rows):
+                for r in range(rows):
                     for d in range(sources):
-                        traces[b, s, 0, k, d] = x[k, d]
-                        traces[b, s, 1, k, d] = y[k, d]
-            _rates(b, base, gain, x, uniform, rates)
+                        for u in range(n_decays):
+                            traces[b, s, 0, r, d, u] = x[r, d, u]
+                            traces[b, s, 1, r, d, u] = y[r, d, u]
+            _rates(b, base, gain, x, rates)
             for k in range(k_marks):
-                u = rates[k]
+                u_k = rates[k]
                 if store:
-                    drive[b, s, k] = u
-                log_pi[b, s, k] = (math.log(u) if u > 0 else -math.inf) - log_bound[b]
+                    drive[b, s, k] = u_k
+                log_pi[b, s, k] = (math.log(u_k) if u_k > 0 else -math.inf) - log_bound[b]
             step(b, s, k_marks, log_pi, log_y, marks, noise, inv_t, relaxed, hard, cand, hist, ratio, z)
 
 
 @nb.njit(parallel=True, **OPTS)
-def hawkes_reverse(keys, gain, beta, uniform, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
+def trace_reverse(keys, gain, beta, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
     bsz, steps = keys.shape
-    k_marks = drive.shape[2]
-    sources = gain.shape[2]
+    k_marks, sources, n_decays = gain.shape[1], gain.shape[2], gain.shape[3]
+    cols = beta.shape[2]
     for b in nb.prange(bsz):
-        r = np.zeros((k_marks, sources), keys.dtype)
-        g = np.empty(k_marks, keys.dtype)
+        r = np.zeros((k_marks, cols, n_decays), keys.dtype)  # one adjoint trace per (target, D', decay)
+        q = np.empty(beta.shape[1:], keys.dtype)
         gw = np.empty(sources, keys.dtype)
         ys = np.empty(k_marks + 1, keys.dtype)
         for s in range(steps - 1, -1, -1):
             if s + 1 < steps:
-                gap = keys[b, s + 1] - keys[b, s]
-                if uniform:
-                    q = math.exp(-beta[b, 0, 0] * gap)
-                    for k in range(k_marks):
-                        for d in range(sources):
-                            r[k, d] *= q
-                else:
-                    for k in range(k_marks):
-                        for d in range(sources):
-                            r[k, d] *= math.exp(-beta[b, k, d] * gap)
+                _factors(b, beta, keys[b, s + 1] - keys[b, s], q)
+                _scale(r, q)
             for d in range(sources):
+                dc = d if cols > 1 else 0
                 acc = 0.0
                 for k in range(k_marks):
-                    acc += gain[b, k, d] * r[k, d]
+                    for u in range(n_decays):
+                        acc += gain[b, k, d, u] * r[k, dc, u]
                 gw[d] = acc
             adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
             for k in range(k_marks):
-                u = drive[b, s, k]
-                g[k] = glr[b, s, k] / u if u > 0 else 0.0
-            for k in range(k_marks):
-                for d in range(sources):
-                    r[k, d] += g[k]
+                u_k = drive[b, s, k]
+                g = glr[b, s, k] / u_k if u_k > 0 else 0.0
+                for d in range(cols):
+                    for u in range(n_decays):
+                        r[k, d, u] += g
 
 
 @nb.njit(parallel=True, **OPTS)
-def hawkes_ogata(seeds, duration, base, gain, beta, uniform, ctx_t, ctx_w, ctx_n, out_t, out_k, count):
+def trace_ogata(seeds, duration, base, gain, beta, ctx_t, ctx_w, ctx_n, out_t, out_k, count):
     """Ogata's thinning with the current summed rate as the bound (nonnegative kernels only decay
-    between events), lockstep-free: one loop per sequence. Context events (``ctx_t``, sorted, first
-    ``ctx_n[b]`` real) enter the traces at their times. ``count[b]`` is set to -1 on overflow of
-    ``out_t``'s width."""
-    bsz, k_marks, sources = gain.shape
+    between events), one loop per sequence. Context events (``ctx_t``, sorted, first ``ctx_n[b]``
+    real) enter the traces at their times. ``count[b]`` is set to -1 on overflow of ``out_t``'s width."""
+    bsz, k_marks, sources, n_decays = gain.shape
+    rows = beta.shape[1]
     cap = out_t.shape[1]
     n_ctx_cols = ctx_w.shape[2]
     for b in nb.prange(bsz):
         np.random.seed(seeds[b])
-        rows = 1 if uniform else k_marks
-        x = np.zeros((rows, sources))
+        x = np.zeros((rows, sources, n_decays))
+        q = np.empty(beta.shape[1:])
         rates = np.empty(k_marks)
         now = 0.0
         j = 0
         n = 0
         end = duration[b]
         while True:
-            total = _rates(b, base, gain, x, uniform, rates)
+            total = _rates(b, base, gain, x, rates)
             next_ctx = ctx_t[b, j] if j < ctx_n[b] else math.inf
             limit = min(next_ctx, end)
-            if total > 0:
-                proposal = now + np.random.exponential(1.0) / total
-            else:
-                proposal = math.inf
+            proposal = now + np.random.exponential(1.0) / total if total > 0 else math.inf
             if proposal > limit:
-                _decay(b, x, beta, uniform, limit - now)
+                _factors(b, beta, limit - now, q)
+                _scale(x, q)
                 now = limit
                 if next_ctx <= end and j < ctx_n[b]:
-                    for k in range(rows):
+                    for r in range(rows):
                         for c in range(n_ctx_cols):
-                            x[k, k_marks + c] += ctx_w[b, j, c]
+                            for u in range(n_decays):
+                                x[r, k_marks + c, u] += ctx_w[b, j, c]
                     j += 1
                     continue
                 break
-            _decay(b, x, beta, uniform, proposal - now)
+            _factors(b, beta, proposal - now, q)
+            _scale(x, q)
             now = proposal
-            mark = ogata_mark(rates, total, _rates(b, base, gain, x, uniform, rates))
+            mark = ogata_mark(rates, total, _rates(b, base, gain, x, rates))
             if mark >= 0:
                 if n >= cap:
                     n = -1
@@ -158,8 +176,9 @@ def hawkes_ogata(seeds, duration, base, gain, beta, uniform, ctx_t, ctx_w, ctx_n
                 out_t[b, n] = now
                 out_k[b, n] = mark
                 n += 1
-                for k in range(rows):
-                    x[k, mark] += 1.0
+                for r in range(rows):
+                    for u in range(n_decays):
+                        x[r, mark, u] += 1.0
         count[b] = n
 
 
@@ -167,51 +186,40 @@ def _np(x: torch.Tensor):
     return x.detach().numpy()
 
 
-class HawkesKernels:
-    """Arguments of the numba Hawkes kernels (batch-major), from an :class:`ExpHawkesFilter`."""
+def _arrays(filt, batch: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``base`` (``B x K``), ``gain`` (``B x K x D x U``) and ``beta`` (``B x R x D' x U``) of an
+    :class:`~pyro_dpp.intensity.hawkes.ExpTraceFilter`, batch-major, contiguous."""
+    bsz = max(1, math.prod(batch))
+    return tuple(x.expand(batch + x.shape[x.dim() - n:]).reshape((bsz,) + x.shape[x.dim() - n:]).contiguous()
+                 for x, n in zip(filt.trace_parameters(dtype), (1, 3, 3)))
+
+
+class ExpTraceKernels:
+    """Arguments of the numba exponential-trace kernels (batch-major), from an ``ExpTraceFilter``."""
 
     def __init__(self, filt) -> None:
-        intensity, keys, batch = filt.intensity, filt.keys, filt.batch
-        bsz = keys.shape[0]
-        self.K, self.D = intensity.num_marks, intensity.num_history_marks
-        dtype = keys.dtype
-        decay = intensity.decay.detach().to(dtype)
-        adjacency = intensity.adjacency.detach().to(dtype)
-        self.base = intensity.baseline.detach().to(dtype).expand(batch + (self.K,)).reshape(bsz, self.K).contiguous()
-        self.gain = (adjacency * decay).expand(batch + (self.K, self.D)).reshape(bsz, self.K, self.D).contiguous()
-        self.uniform = decay.numel() == 1
-        beta = decay.reshape(1, 1) if self.uniform else decay.expand(torch.broadcast_shapes(decay.shape,
-                                                                                               adjacency.shape))
-        self.beta = beta.expand(batch + (self.K, self.D)).reshape(bsz, self.K, self.D).contiguous()
-        #: traces and lag-weighted traces (the layout of ExpHawkesFilter.stored)
-        self.store_shape = (2, 1 if self.uniform else self.K, self.D)
+        self.base, self.gain, self.beta = _arrays(filt, filt.batch, filt.keys.dtype)
+        #: traces and lag-weighted traces (the layout of ExpTraceFilter.stored)
+        self.store_shape = (2, self.beta.shape[1]) + tuple(self.gain.shape[2:])
 
     def forward(self, keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, out, stored, store):
-        hawkes_forward(_np(keys), _np(cand), _np(hist), _np(noise), _np(log_bound), inv_t, relaxed, hard,
-                       _np(self.base), _np(self.gain), _np(self.beta), self.uniform, *[_np(x) for x in out],
-                       _np(stored), store)
+        trace_forward(_np(keys), _np(cand), _np(hist), _np(noise), _np(log_bound), inv_t, relaxed, hard,
+                      _np(self.base), _np(self.gain), _np(self.beta), *[_np(x) for x in out], _np(stored), store)
 
     def reverse(self, keys, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
-        hawkes_reverse(_np(keys), _np(self.gain), _np(self.beta), self.uniform, _np(log_pi), _np(log_y),
-                       _np(cand), _np(drive), _np(grad_marks), _np(grad_logs), inv_t, _np(glr))
+        trace_reverse(_np(keys), _np(self.gain), _np(self.beta), _np(log_pi), _np(log_y), _np(cand), _np(drive),
+                      _np(grad_marks), _np(grad_logs), inv_t, _np(glr))
 
 
 def sample_ogata(intensity, duration: torch.Tensor, context: torch.Tensor | None,
                  max_events: int) -> torch.Tensor:
-    """:func:`pyro_dpp.thinning.sample_ogata` for :class:`ExpHawkes` by the numba kernel :func:`hawkes_ogata`."""
-    batch = duration.shape
-    bsz = max(1, math.prod(batch))
-    k, d = intensity.num_marks, intensity.num_history_marks
-    f64 = torch.float64
-    base = intensity.baseline.detach().to(f64).expand(batch + (k,)).reshape(bsz, k).contiguous()
-    decay = intensity.decay.detach().to(f64)
-    adjacency = intensity.adjacency.detach().to(f64)
-    gain = (adjacency * decay).expand(batch + (k, d)).reshape(bsz, k, d).contiguous()
-    uniform = decay.numel() == 1
-    beta = decay.reshape(1, 1) if uniform else decay.expand(torch.broadcast_shapes(decay.shape, adjacency.shape))
-    beta = beta.expand(batch + (k, d)).reshape(bsz, k, d).contiguous()
+    """:func:`pyro_dpp.thinning.sample_ogata` for :class:`~pyro_dpp.intensity.ExpHawkes` and
+    :class:`~pyro_dpp.intensity.SumExpHawkes` by the numba kernel :func:`trace_ogata` (seeded from
+    torch's generator)."""
+    filt = intensity.scan_filter(duration.new_zeros(1, 0), duration.shape)
+    base, gain, beta = _arrays(filt, duration.shape, torch.float64)
     buf = ogata_buffers(duration, context, intensity.num_context_marks, max_events)
     numba_threads()
-    hawkes_ogata(*(buf[name].numpy() for name in ("seeds", "duration")), base.numpy(), gain.numpy(), beta.numpy(),
-                 uniform, *(buf[name].numpy() for name in ("ctx_t", "ctx_w", "ctx_n", "out_t", "out_k", "count")))
-    return ogata_realization(buf, k, duration, max_events)
+    trace_ogata(*(buf[name].numpy() for name in ("seeds", "duration")), base.numpy(), gain.numpy(), beta.numpy(),
+                *(buf[name].numpy() for name in ("ctx_t", "ctx_w", "ctx_n", "out_t", "out_k", "count")))
+    return ogata_realization(buf, intensity.num_marks, duration, max_events)
