@@ -3,10 +3,12 @@ with a decay axis of :class:`~pyro_dpp.intensity.ExpHawkes` and :class:`~pyro_dp
 the scan forward and reverse in one fused loop per sequence, parallel over the batch, and Ogata's
 exact sampler. Registered as accelerators of that filter class (see :mod:`pyro_dpp.scan.accelerators`).
 
-Arrays are batch-major: ``base`` ``B x K``, ``gain`` ``B x K x D x U``, ``beta`` ``B x R x D' x U``
-(``R`` 1 or ``K``, ``D'`` 1 or ``D``); the traces ``x`` are ``R x D x U`` per sequence, the adjoint
-traces ``K x D' x U``. The decay factors of a gap are computed once per distinct decay (``R x D' x U``
-of them) and looked up along the broadcast axes.
+Arrays are batch-major, with the (source, decay) axes flattened to ``J = D x U`` columns
+(column ``j = d U + u``): ``base`` ``B x K``, ``gain`` ``B x K x J``, ``beta`` ``B x R x J'`` with
+``R`` 1 or ``K`` and ``J'`` either ``J`` (a decay per entry: :class:`ExpHawkes` with a decay per
+pair) or ``U`` (decays shared by all sources: a scalar decay, or :class:`SumExpHawkes`). The traces
+``x`` are ``R x J`` per sequence, the adjoint traces ``K x J'``. Shared decays cost one exponential
+per decay and gap; the loops visit the columns decay by decay so that the factor stays in a register.
 """
 
 from __future__ import annotations
@@ -24,50 +26,83 @@ from ..scan.ogata import ogata_buffers, ogata_realization
 
 @nb.njit(inline="always", **OPTS)
 def _rates(b, base, gain, x, rates):
-    """``rates[k] = mu_k + sum_{d,u} gain[k, d, u] x[row, d, u]`` (``row`` 0 for traces shared by all
-    targets, else ``k``); returns their sum."""
+    """``rates[k] = mu_k + sum_j gain[k, j] x[row, j]`` (``row`` 0 for traces shared by all targets,
+    else ``k``); returns their sum."""
     shared = x.shape[0] == 1
     total = 0.0
     for k in range(base.shape[1]):
         r = base[b, k]
         row = 0 if shared else k
-        for d in range(gain.shape[2]):
-            for u in range(gain.shape[3]):
-                r += gain[b, k, d, u] * x[row, d, u]
+        for j in range(gain.shape[2]):
+            r += gain[b, k, j] * x[row, j]
         rates[k] = r
         total += r
     return total
 
 
 @nb.njit(inline="always", **OPTS)
-def _factors(b, beta, gap, q):
-    """``q = exp(-beta[b] gap)`` (``R x D' x U``): one exponential per distinct decay."""
-    for r in range(q.shape[0]):
-        for d in range(q.shape[1]):
-            for u in range(q.shape[2]):
-                q[r, d, u] = math.exp(-beta[b, r, d, u] * gap)
+def _sources(cols, n_decays):
+    """``src[j]``: the source of column ``j``."""
+    src = np.empty(cols, np.int64)
+    for j in range(cols):
+        src[j] = j // n_decays
+    return src
 
 
 @nb.njit(inline="always", **OPTS)
-def _scale(x, q):
-    """``x *= q`` with ``q``'s axes of length 1 broadcast."""
-    rows, cols = q.shape[0] > 1, q.shape[1] > 1
+def _factors(b, beta, gap, q):
+    """``q = exp(-beta[b] gap)`` (``R x U``): one exponential per shared decay."""
+    for r in range(q.shape[0]):
+        for u in range(q.shape[1]):
+            q[r, u] = math.exp(-beta[b, r, u] * gap)
+
+
+@nb.njit(inline="always", **OPTS)
+def _decay(b, x, beta, gap, q):
+    """``x *= exp(-beta[b] gap)`` over traces ``x`` (``R x J``, or ``K x J'`` adjoint traces);
+    ``q`` is scratch space for shared decays."""
+    if beta.shape[1] == x.shape[0] and beta.shape[2] == x.shape[1]:  # a decay per entry
+        for r in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                x[r, j] *= math.exp(-beta[b, r, j] * gap)
+        return
+    _factors(b, beta, gap, q)
+    n_decays = q.shape[1]
+    if x.shape[1] == n_decays:  # a column per decay (the adjoint traces)
+        for r in range(x.shape[0]):
+            rq = 0 if q.shape[0] == 1 else r
+            for u in range(n_decays):
+                x[r, u] *= q[rq, u]
+        return
+    sources = x.shape[1] // n_decays
     for r in range(x.shape[0]):
-        for d in range(x.shape[1]):
-            for u in range(x.shape[2]):
-                x[r, d, u] *= q[r if rows else 0, d if cols else 0, u]
+        rq = 0 if q.shape[0] == 1 else r
+        for u in range(n_decays):
+            qq = q[rq, u]
+            for d in range(sources):
+                x[r, d * n_decays + u] *= qq
+
+
+@nb.njit(inline="always", **OPTS)
+def _advance(x, y, r, j, h, qq, gap):
+    """Fold in the history weight ``h`` and decay over ``gap`` by ``qq``; ``y = -dx / d(beta)``."""
+    x[r, j] += h
+    y[r, j] = (y[r, j] + gap * x[r, j]) * qq
+    x[r, j] *= qq
 
 
 @nb.njit(parallel=True, **OPTS)
-def trace_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base, gain, beta,
+def trace_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base, gain, beta, n_decays,
                   log_pi, log_y, marks, ratio, drive, traces, store):
     bsz, steps = keys.shape
     k_marks = noise.shape[2] - 1
-    rows, sources, n_decays = beta.shape[1], gain.shape[2], gain.shape[3]
-    cols = beta.shape[2] > 1
+    rows, cols = beta.shape[1], gain.shape[2]
+    sources = cols // n_decays
+    per_entry = beta.shape[2] == cols
     for b in nb.prange(bsz):
-        x = np.zeros((rows, sources, n_decays), keys.dtype)
-        y = np.zeros((rows, sources, n_decays), keys.dtype)  # lag-weighted traces: -dx / d(beta)
+        src = _sources(cols, n_decays)
+        x = np.zeros((rows, cols), keys.dtype)
+        y = np.zeros((rows, cols), keys.dtype)  # lag-weighted traces: -dx / d(beta)
         q = np.empty(beta.shape[1:])  # float64 (the gaps are), also for float32 traces
         z = np.empty(k_marks + 1, keys.dtype)
         rates = np.empty(k_marks, keys.dtype)
@@ -76,21 +111,25 @@ def trace_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base
             t = keys[b, s]
             gap = t - prev
             prev = t
-            _factors(b, beta, gap, q)
-            for r in range(rows):
-                for d in range(sources):
-                    h = hist[b, s - 1, d] if s > 0 else 0.0
+            if per_entry:
+                for r in range(rows):
+                    for j in range(cols):
+                        h = hist[b, s - 1, src[j]] if s > 0 else 0.0
+                        _advance(x, y, r, j, h, math.exp(-beta[b, r, j] * gap), gap)
+            else:
+                _factors(b, beta, gap, q)
+                for r in range(rows):
+                    rq = 0 if rows == 1 else r
                     for u in range(n_decays):
-                        qq = q[r, d if cols else 0, u]
-                        x[r, d, u] += h
-                        y[r, d, u] = (y[r, d, u] + gap * x[r, d, u]) * qq
-                        x[r, d, u] *= qq
+                        qq = q[rq, u]
+                        for d in range(sources):
+                            h = hist[b, s - 1, d] if s > 0 else 0.0
+                            _advance(x, y, r, d * n_decays + u, h, qq, gap)
             if store:
                 for r in range(rows):
-                    for d in range(sources):
-                        for u in range(n_decays):
-                            traces[b, s, 0, r, d, u] = x[r, d, u]
-                            traces[b, s, 1, r, d, u] = y[r, d, u]
+                    for j in range(cols):
+                        traces[b, s, 0, r, j] = x[r, j]
+                        traces[b, s, 1, r, j] = y[r, j]
             _rates(b, base, gain, x, rates)
             for k in range(k_marks):
                 u_k = rates[k]
@@ -101,47 +140,55 @@ def trace_forward(keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, base
 
 
 @nb.njit(parallel=True, **OPTS)
-def trace_reverse(keys, gain, beta, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
+def trace_reverse(keys, gain, beta, n_decays, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
     bsz, steps = keys.shape
-    k_marks, sources, n_decays = gain.shape[1], gain.shape[2], gain.shape[3]
-    cols = beta.shape[2]
+    k_marks, cols = gain.shape[1], gain.shape[2]
+    r_cols = beta.shape[2]
+    sources = cols // n_decays
     for b in nb.prange(bsz):
-        r = np.zeros((k_marks, cols, n_decays), keys.dtype)  # one adjoint trace per (target, D', decay)
+        src = _sources(cols, n_decays)
+        r = np.zeros((k_marks, r_cols), keys.dtype)  # one adjoint trace per (target, column of beta)
         q = np.empty(beta.shape[1:], keys.dtype)
+        acc = np.empty(sources)  # float64 sums, also for float32 traces
         gw = np.empty(sources, keys.dtype)
         ys = np.empty(k_marks + 1, keys.dtype)
         for s in range(steps - 1, -1, -1):
             if s + 1 < steps:
-                _factors(b, beta, keys[b, s + 1] - keys[b, s], q)
-                _scale(r, q)
-            for d in range(sources):
-                dc = d if cols > 1 else 0
-                acc = 0.0
+                _decay(b, r, beta, keys[b, s + 1] - keys[b, s], q)
+            for d in range(sources):  # per source, summed over (target, decay) in that order
+                acc[d] = 0.0
+            if r_cols == cols:
+                for k in range(k_marks):
+                    for j in range(cols):
+                        acc[src[j]] += gain[b, k, j] * r[k, j]
+            else:
                 for k in range(k_marks):
                     for u in range(n_decays):
-                        acc += gain[b, k, d, u] * r[k, dc, u]
-                gw[d] = acc
+                        rv = r[k, u]
+                        for d in range(sources):
+                            acc[d] += gain[b, k, d * n_decays + u] * rv
+            for d in range(sources):
+                gw[d] = acc[d]
             adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
             for k in range(k_marks):
                 u_k = drive[b, s, k]
                 g = glr[b, s, k] / u_k if u_k > 0 else 0.0
-                for d in range(cols):
-                    for u in range(n_decays):
-                        r[k, d, u] += g
+                for c in range(r_cols):
+                    r[k, c] += g
 
 
 @nb.njit(parallel=True, **OPTS)
-def trace_ogata(seeds, duration, base, gain, beta, ctx_t, ctx_w, ctx_n, out_t, out_k, count):
+def trace_ogata(seeds, duration, base, gain, beta, n_decays, ctx_t, ctx_w, ctx_n, out_t, out_k, count):
     """Ogata's thinning with the current summed rate as the bound (nonnegative kernels only decay
     between events), one loop per sequence. Context events (``ctx_t``, sorted, first ``ctx_n[b]``
     real) enter the traces at their times. ``count[b]`` is set to -1 on overflow of ``out_t``'s width."""
-    bsz, k_marks, sources, n_decays = gain.shape
+    bsz, k_marks, cols = gain.shape
     rows = beta.shape[1]
     cap = out_t.shape[1]
     n_ctx_cols = ctx_w.shape[2]
     for b in nb.prange(bsz):
         np.random.seed(seeds[b])
-        x = np.zeros((rows, sources, n_decays))
+        x = np.zeros((rows, cols))
         q = np.empty(beta.shape[1:])
         rates = np.empty(k_marks)
         now = 0.0
@@ -154,19 +201,17 @@ def trace_ogata(seeds, duration, base, gain, beta, ctx_t, ctx_w, ctx_n, out_t, o
             limit = min(next_ctx, end)
             proposal = now + np.random.exponential(1.0) / total if total > 0 else math.inf
             if proposal > limit:
-                _factors(b, beta, limit - now, q)
-                _scale(x, q)
+                _decay(b, x, beta, limit - now, q)
                 now = limit
                 if next_ctx <= end and j < ctx_n[b]:
                     for r in range(rows):
                         for c in range(n_ctx_cols):
                             for u in range(n_decays):
-                                x[r, k_marks + c, u] += ctx_w[b, j, c]
+                                x[r, (k_marks + c) * n_decays + u] += ctx_w[b, j, c]
                     j += 1
                     continue
                 break
-            _factors(b, beta, proposal - now, q)
-            _scale(x, q)
+            _decay(b, x, beta, proposal - now, q)
             now = proposal
             mark = ogata_mark(rates, total, _rates(b, base, gain, x, rates))
             if mark >= 0:
@@ -178,7 +223,7 @@ def trace_ogata(seeds, duration, base, gain, beta, ctx_t, ctx_w, ctx_n, out_t, o
                 n += 1
                 for r in range(rows):
                     for u in range(n_decays):
-                        x[r, mark, u] += 1.0
+                        x[r, mark * n_decays + u] += 1.0
         count[b] = n
 
 
@@ -186,29 +231,36 @@ def _np(x: torch.Tensor):
     return x.detach().numpy()
 
 
-def _arrays(filt, batch: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """``base`` (``B x K``), ``gain`` (``B x K x D x U``) and ``beta`` (``B x R x D' x U``) of an
-    :class:`~pyro_dpp.intensity.hawkes.ExpTraceFilter`, batch-major, contiguous."""
+def _arrays(filt, batch: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``base`` (``B x K``), ``gain`` (``B x K x J``), ``beta`` (``B x R x J'``), batch-major and
+    contiguous, and ``U``, from an :class:`~pyro_dpp.intensity.hawkes.ExpTraceFilter`'s parameters."""
     bsz = max(1, math.prod(batch))
-    return tuple(x.expand(batch + x.shape[x.dim() - n:]).reshape((bsz,) + x.shape[x.dim() - n:]).contiguous()
-                 for x, n in zip(filt.trace_parameters(dtype), (1, 3, 3)))
+    base, gain, beta = filt.trace_parameters(dtype)
+    k, d, u = gain.shape[-3:]
+    rows, cols = beta.shape[-3], beta.shape[-2] * u
+    base = base.expand(batch + (k,)).reshape(bsz, k).contiguous()
+    gain = gain.expand(batch + (k, d, u)).reshape(bsz, k, d * u).contiguous()
+    beta = beta.expand(batch + beta.shape[-3:]).reshape(bsz, rows, cols).contiguous()
+    return base, gain, beta, u
 
 
 class ExpTraceKernels:
     """Arguments of the numba exponential-trace kernels (batch-major), from an ``ExpTraceFilter``."""
 
     def __init__(self, filt) -> None:
-        self.base, self.gain, self.beta = _arrays(filt, filt.batch, filt.keys.dtype)
+        self.base, self.gain, self.beta, self.n_decays = _arrays(filt, filt.batch, filt.keys.dtype)
         #: traces and lag-weighted traces (the layout of ExpTraceFilter.stored)
-        self.store_shape = (2, self.beta.shape[1]) + tuple(self.gain.shape[2:])
+        self.store_shape = (2, self.beta.shape[1], filt.D, self.n_decays)
 
     def forward(self, keys, cand, hist, noise, log_bound, inv_t, relaxed, hard, out, stored, store):
+        flat = stored.reshape(stored.shape[:4] + (-1,))  # the (source, decay) columns: a view
         trace_forward(_np(keys), _np(cand), _np(hist), _np(noise), _np(log_bound), inv_t, relaxed, hard,
-                      _np(self.base), _np(self.gain), _np(self.beta), *[_np(x) for x in out], _np(stored), store)
+                      _np(self.base), _np(self.gain), _np(self.beta), self.n_decays, *[_np(x) for x in out],
+                      _np(flat), store)
 
     def reverse(self, keys, log_pi, log_y, cand, drive, grad_marks, grad_logs, inv_t, glr):
-        trace_reverse(_np(keys), _np(self.gain), _np(self.beta), _np(log_pi), _np(log_y), _np(cand), _np(drive),
-                      _np(grad_marks), _np(grad_logs), inv_t, _np(glr))
+        trace_reverse(_np(keys), _np(self.gain), _np(self.beta), self.n_decays, _np(log_pi), _np(log_y), _np(cand),
+                      _np(drive), _np(grad_marks), _np(grad_logs), inv_t, _np(glr))
 
 
 def sample_ogata(intensity, duration: torch.Tensor, context: torch.Tensor | None,
@@ -217,9 +269,9 @@ def sample_ogata(intensity, duration: torch.Tensor, context: torch.Tensor | None
     :class:`~pyro_dpp.intensity.SumExpHawkes` by the numba kernel :func:`trace_ogata` (seeded from
     torch's generator)."""
     filt = intensity.scan_filter(duration.new_zeros(1, 0), duration.shape)
-    base, gain, beta = _arrays(filt, duration.shape, torch.float64)
+    base, gain, beta, n_decays = _arrays(filt, duration.shape, torch.float64)
     buf = ogata_buffers(duration, context, intensity.num_context_marks, max_events)
     numba_threads()
     trace_ogata(*(buf[name].numpy() for name in ("seeds", "duration")), base.numpy(), gain.numpy(), beta.numpy(),
-                *(buf[name].numpy() for name in ("ctx_t", "ctx_w", "ctx_n", "out_t", "out_k", "count")))
+                n_decays, *(buf[name].numpy() for name in ("ctx_t", "ctx_w", "ctx_n", "out_t", "out_k", "count")))
     return ogata_realization(buf, intensity.num_marks, duration, max_events)
