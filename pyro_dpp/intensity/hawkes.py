@@ -30,7 +30,28 @@ _PAIRWISE_MAX = 64
 _COMPENSATOR_ELEMENTS = 1 << 22
 
 
-class ExpHawkes(Intensity):
+class _ExpKernelHawkes(Intensity):
+    """What :class:`ExpHawkes` and :class:`~pyro_dpp.intensity.SumExpHawkes` share: linear Hawkes
+    processes with a baseline ``baseline`` and nonnegative exponential kernels, whose branching
+    matrix a subclass gives (:meth:`branching_matrix`)."""
+
+    def like(self) -> torch.Tensor:
+        return self.baseline
+
+    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
+        bound = self.rates(state, time).sum(-1)
+        return bound, torch.full_like(bound, torch.inf)
+
+    def branching_matrix(self) -> torch.Tensor:
+        """``batch x K x K``: mean number of mark-i events triggered by one mark-j event."""
+        raise NotImplementedError
+
+    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return stationary_count(self.branching_matrix(), self.baseline, duration)
+
+
+class ExpHawkes(_ExpKernelHawkes):
     r"""Linear (mutually exciting) Hawkes process with exponential kernels.
 
     .. math::
@@ -98,9 +119,6 @@ class ExpHawkes(Intensity):
         else:  # Parameters (and other subclasses) are registered as nn.Module does
             self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
         vars(self).update(attributes)
-
-    def like(self) -> torch.Tensor:
-        return self.baseline
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -182,17 +200,8 @@ class ExpHawkes(Intensity):
         # exponential kernels: events older than this change the intensity below float precision
         return self.negligible_lag(self.decay, self.baseline.dtype) if keeps_math(self, ExpHawkes) else math.inf
 
-    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
-        bound = self.rates(state, time).sum(-1)
-        return bound, torch.full_like(bound, torch.inf)
-
     def branching_matrix(self) -> torch.Tensor:
-        """``batch x K x K``: mean number of mark-i events triggered by one mark-j event."""
         return self.adjacency[..., : self.num_marks]
-
-    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return stationary_count(self.branching_matrix(), self.baseline, duration)
 
 
 class ExpTraceFilter(ScanFilter):

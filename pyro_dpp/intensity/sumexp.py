@@ -7,17 +7,16 @@ from typing import Any
 
 import torch
 
-from ._branching import stationary_count
 from ._decay import decayed_sums
-from .base import Intensity, State, as_param, check_finite, keeps_math, pairwise_lags
-from .hawkes import ExpTraceFilter
+from .base import State, as_param, check_finite, keeps_math, pairwise_lags
+from .hawkes import ExpTraceFilter, _ExpKernelHawkes
 
 #: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
 #: cost, bounded memory) instead of the ``Q x E x U`` pairwise kernel tensor.
 _PAIRWISE_MAX = 64
 
 
-class SumExpHawkes(Intensity):
+class SumExpHawkes(_ExpKernelHawkes):
     r"""Linear (mutually exciting) Hawkes process whose kernels are sums of exponentials with ``U``
     fixed decays shared by all pairs of marks:
 
@@ -92,9 +91,6 @@ class SumExpHawkes(Intensity):
         self.num_marks = k
         self.num_context_marks = adjacency.shape[-2] - k
 
-    def like(self) -> torch.Tensor:
-        return self.baseline
-
     @property
     def batch_shape(self) -> torch.Size:
         return torch.broadcast_shapes(self.baseline.shape[:-1], self.adjacency.shape[:-3], self.decays.shape[:-1])
@@ -158,17 +154,8 @@ class SumExpHawkes(Intensity):
         # exponential kernels: events older than this change the intensity below float precision
         return self.negligible_lag(self.decays, self.baseline.dtype) if keeps_math(self, SumExpHawkes) else math.inf
 
-    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
-        bound = self.rates(state, time).sum(-1)
-        return bound, torch.full_like(bound, torch.inf)
-
     def branching_matrix(self) -> torch.Tensor:
-        """``batch x K x K``: mean number of mark-i events triggered by one mark-j event."""
         return self.adjacency[..., : self.num_marks, :].sum(-1)
-
-    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return stationary_count(self.branching_matrix(), self.baseline, duration)
 
 
 class SumExpHawkesFilter(ExpTraceFilter):
