@@ -295,7 +295,7 @@ class ExpTraceFilter(ScanFilter):
         return (self.gain * self.r).sum((0, 2))
 
     def push_reverse(self, s: int, g: torch.Tensor) -> None:
-        self.r.add_(g[:, None, None])
+        self.r.add_(g.reshape(self.K, 1, 1, self.B))
 
     def stored(self) -> torch.Tensor | None:
         """``B x S x (1 or 2) x R x D x U``: the traces ``X`` (and ``Y``)."""
