@@ -265,6 +265,7 @@ class ExpTraceFilter(ScanFilter):
         self._setup()
         rows, _, decays, _ = self.beta.shape
         self.x = self.keys.new_zeros((rows, self.D, decays, self.B))  # R x D x U x B
+        self.x_by_decay = self.x.permute(0, 2, 1, 3)  # R x U x D x B: the pushed D x B broadcast (a view)
         self.lagged = store and self.decay_parameter.requires_grad
         self.traces = None
         if store:
@@ -284,10 +285,11 @@ class ExpTraceFilter(ScanFilter):
         return self.base + (self.gain * x).sum((1, 2))
 
     def push(self, s: int, h: torch.Tensor) -> None:
-        self.x.add_(h.unsqueeze(1))
+        self.x_by_decay.add_(h)
 
     def start_reverse(self) -> None:
         self.r = self.keys.new_zeros((self.K,) + self.beta.shape[1:])  # K x D' x U x B
+        self.r_by_target = self.r.permute(1, 2, 0, 3)  # D' x U x K x B: the pushed K x B broadcast (a view)
 
     def pull(self, s: int) -> torch.Tensor:
         if s + 1 < self.S:
@@ -295,7 +297,7 @@ class ExpTraceFilter(ScanFilter):
         return (self.gain * self.r).sum((0, 2))
 
     def push_reverse(self, s: int, g: torch.Tensor) -> None:
-        self.r.add_(g.reshape(self.K, 1, 1, self.B))
+        self.r_by_target.add_(g)
 
     def stored(self) -> torch.Tensor | None:
         """``B x S x (1 or 2) x R x D x U``: the traces ``X`` (and ``Y``)."""
