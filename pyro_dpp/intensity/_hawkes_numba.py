@@ -5,10 +5,12 @@ exact sampler. Registered as accelerators of that filter class (see :mod:`pyro_d
 
 Arrays are batch-major, with the (source, decay) axes flattened to ``J = D x U`` columns
 (column ``j = d U + u``): ``base`` ``B x K``, ``gain`` ``B x K x J``, ``beta`` ``B x R x J'`` with
-``R`` 1 or ``K`` and ``J'`` either ``J`` (a decay per entry: :class:`ExpHawkes` with a decay per
-pair) or ``U`` (decays shared by all sources: a scalar decay, or :class:`SumExpHawkes`). The traces
-``x`` are ``R x J`` per sequence, the adjoint traces ``K x J'``. Shared decays cost one exponential
-per decay and gap; the loops visit the columns decay by decay so that the factor stays in a register.
+``R`` 1 or ``K`` and ``J'`` either ``J`` (a decay per entry, with ``U = 1`` or ``D = 1``:
+:class:`ExpHawkes` with a decay per pair) or ``U`` (decays shared by all sources: a scalar decay,
+or :class:`SumExpHawkes`). The traces ``x`` are ``R x J`` per sequence, the adjoint traces
+``K x J'``. Shared decays cost one exponential per decay and gap; the loops visit the columns decay
+by decay so that the factor stays in a register. Sums and decay factors of the forward run in
+float64, also for float32 traces.
 """
 
 from __future__ import annotations
@@ -146,7 +148,6 @@ def trace_reverse(keys, gain, beta, n_decays, log_pi, log_y, cand, drive, grad_m
     r_cols = beta.shape[2]
     sources = cols // n_decays
     for b in nb.prange(bsz):
-        src = _sources(cols, n_decays)
         r = np.zeros((k_marks, r_cols), keys.dtype)  # one adjoint trace per (target, column of beta)
         q = np.empty(beta.shape[1:], keys.dtype)
         acc = np.empty(sources)  # float64 sums, also for float32 traces
@@ -155,20 +156,24 @@ def trace_reverse(keys, gain, beta, n_decays, log_pi, log_y, cand, drive, grad_m
         for s in range(steps - 1, -1, -1):
             if s + 1 < steps:
                 _decay(b, r, beta, keys[b, s + 1] - keys[b, s], q)
-            for d in range(sources):  # per source, summed over (target, decay) in that order
-                acc[d] = 0.0
-            if r_cols == cols:
-                for k in range(k_marks):
-                    for j in range(cols):
-                        acc[src[j]] += gain[b, k, j] * r[k, j]
+            # per source, summed over (target, decay) in that order, in float64
+            if n_decays == 1:
+                for d in range(sources):
+                    dc = d if r_cols == cols else 0
+                    total = 0.0
+                    for k in range(k_marks):
+                        total += gain[b, k, d] * r[k, dc]
+                    gw[d] = total
             else:
+                for d in range(sources):
+                    acc[d] = 0.0
                 for k in range(k_marks):
                     for u in range(n_decays):
                         rv = r[k, u]
                         for d in range(sources):
                             acc[d] += gain[b, k, d * n_decays + u] * rv
-            for d in range(sources):
-                gw[d] = acc[d]
+                for d in range(sources):
+                    gw[d] = acc[d]
             adjoint(b, s, k_marks, log_pi, log_y, cand, grad_marks, grad_logs, inv_t, gw, glr, ys)
             for k in range(k_marks):
                 u_k = drive[b, s, k]
