@@ -9,7 +9,7 @@ Arrays are batch-major, with the (source, decay) axes flattened to ``J = D x U``
 :class:`ExpHawkes` with a decay per pair) or ``U`` (decays shared by all sources: a scalar decay,
 or :class:`SumExpHawkes`). The traces ``x`` are ``R x J`` per sequence, the adjoint traces
 ``K x J'``. Shared decays cost one exponential per decay and gap; the loops visit the columns decay
-by decay so that the factor stays in a register. Sums and decay factors of the forward run in
+by decay so that the factor stays in a register. Sums, and the forward's decay factors, run in
 float64, also for float32 traces.
 """
 
