@@ -125,7 +125,7 @@ def test_hawkes_parallel_path_is_linear_cost_and_matches_pairwise(monkeypatch):
 
 @needs_numba
 def test_sumexp_scan_kernels_match_torch_filter():
-    """The numba twin of the sum-of-exponentials filter (:mod:`pyro_dpp.intensity._sumexp_numba`)
+    """The numba twin of the sum-of-exponentials filter (:mod:`pyro_dpp.intensity._hawkes_numba`)
     against the torch filter (:class:`~pyro_dpp.intensity.sumexp.SumExpHawkesFilter`) over hundreds
     of steps with context events: the relaxed draw and the gradients of every parameter (the decays'
     through the lag-weighted traces), with batched parameters."""
@@ -150,6 +150,37 @@ def test_sumexp_scan_kernels_match_torch_filter():
         loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
         out[name] = (value.detach(), torch.autograd.grad(loss, [mu, adj, decays]))
     assert int(event_mask(out["torch"][0]).sum()) > 600
+    torch.testing.assert_close(out["numba"][0], out["torch"][0], rtol=1e-11, atol=1e-12)
+    for g, r in zip(out["numba"][1], out["torch"][1]):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+
+
+@needs_numba
+@pytest.mark.parametrize("layout", ["scalar decay", "decay per pair", "sum of exponentials"])
+def test_exp_trace_kernels_with_one_source(layout):
+    """The numba exponential-trace kernels (:mod:`pyro_dpp.intensity._hawkes_numba`) on one mark
+    and no context, where every decay is its own column (their per-entry path even for shared
+    decays), against the torch filter: the relaxed draw and every parameter's gradient."""
+    from pyro_dpp import PointProcess, event_mask
+    from pyro_dpp.intensity import SumExpHawkes
+
+    mu = torch.tensor([0.6], dtype=DT, requires_grad=True)
+    if layout == "sum of exponentials":
+        adj = torch.tensor([[[0.2, 0.15, 0.1]]], dtype=DT, requires_grad=True)
+        decay = torch.tensor([0.4, 2.0, 7.0], dtype=DT, requires_grad=True)
+        make = SumExpHawkes
+    else:
+        adj = torch.tensor([[0.4]], dtype=DT, requires_grad=True)
+        decay = torch.tensor(1.3 if layout == "scalar decay" else [[1.3]], dtype=DT, requires_grad=True)
+        make = ExpHawkes
+    out = {}
+    for name in ("torch", "numba"):
+        torch.manual_seed(3)
+        with pyro_dpp.backend(name):
+            value = PointProcess(make(mu, adj, decay), 80.0, bound=6.0, temperature=0.4).rsample((3,))
+        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
+        out[name] = (value.detach(), torch.autograd.grad(loss, [mu, adj, decay]))
+    assert int(event_mask(out["torch"][0]).sum()) > 100
     torch.testing.assert_close(out["numba"][0], out["torch"][0], rtol=1e-11, atol=1e-12)
     for g, r in zip(out["numba"][1], out["torch"][1]):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)

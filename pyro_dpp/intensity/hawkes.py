@@ -9,6 +9,7 @@ import torch
 
 from ..scan.accelerators import register_accelerator
 from ..scan.filter import ScanFilter, batch_last
+from ._branching import stationary_count
 from ._decay import decayed_sums
 from .base import (
     Intensity,
@@ -29,7 +30,28 @@ _PAIRWISE_MAX = 64
 _COMPENSATOR_ELEMENTS = 1 << 22
 
 
-class ExpHawkes(Intensity):
+class _ExpKernelHawkes(Intensity):
+    """What :class:`ExpHawkes` and :class:`~pyro_dpp.intensity.SumExpHawkes` share: linear Hawkes
+    processes with a baseline ``baseline`` and nonnegative exponential kernels, whose branching
+    matrix a subclass gives (:meth:`branching_matrix`)."""
+
+    def like(self) -> torch.Tensor:
+        return self.baseline
+
+    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
+        bound = self.rates(state, time).sum(-1)
+        return bound, torch.full_like(bound, torch.inf)
+
+    def branching_matrix(self) -> torch.Tensor:
+        """``batch x K x K``: mean number of mark-i events triggered by one mark-j event."""
+        raise NotImplementedError
+
+    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return stationary_count(self.branching_matrix(), self.baseline, duration)
+
+
+class ExpHawkes(_ExpKernelHawkes):
     r"""Linear (mutually exciting) Hawkes process with exponential kernels.
 
     .. math::
@@ -97,9 +119,6 @@ class ExpHawkes(Intensity):
         else:  # Parameters (and other subclasses) are registered as nn.Module does
             self.baseline, self.adjacency, self.decay = baseline, adjacency, decay
         vars(self).update(attributes)
-
-    def like(self) -> torch.Tensor:
-        return self.baseline
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -181,51 +200,58 @@ class ExpHawkes(Intensity):
         # exponential kernels: events older than this change the intensity below float precision
         return self.negligible_lag(self.decay, self.baseline.dtype) if keeps_math(self, ExpHawkes) else math.inf
 
-    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
-        bound = self.rates(state, time).sum(-1)
-        return bound, torch.full_like(bound, torch.inf)
-
     def branching_matrix(self) -> torch.Tensor:
-        """``batch x K x K``: mean number of mark-i events triggered by one mark-j event."""
         return self.adjacency[..., : self.num_marks]
 
-    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        branching = self.branching_matrix()
-        radius = torch.linalg.eigvals(branching).abs().amax(-1)
-        if (radius >= 1).any():
-            return None
-        eye = torch.eye(self.num_marks, dtype=branching.dtype, device=branching.device)
-        stationary = torch.linalg.solve(eye - branching, self.baseline.unsqueeze(-1)).squeeze(-1)
-        mean = stationary.sum(-1) * duration
-        # Hawkes counts are overdispersed by about 1 / (1 - radius)^2 (cluster sizes).
-        return mean, mean.sqrt() / (1 - radius)
 
+class ExpTraceFilter(ScanFilter):
+    r"""The scan filter of linear Hawkes processes with exponential kernels, on exponential traces
+    with a decay axis: the drive is the rate itself,
 
-class ExpHawkesFilter(ScanFilter):
-    """The scan filter of :class:`ExpHawkes`: the drive is the rate itself,
-    ``u_s = mu + sum_j alpha_ij beta_ij X_ij(t_s)``, with one exponential trace ``X`` per source
-    (scalar decay) or per (target, source), decayed step to step and incremented by the pushed
-    weights. The adjoint is the same recursion run backwards. With a decay that requires a gradient,
-    the forward pass also keeps the lag-weighted traces ``Y = -dX / d(decay)`` for :meth:`surrogate`.
-    numba twin: :mod:`pyro_dpp.intensity._hawkes_numba`."""
+    .. math::
+        u_{is} = \mu_i + \sum_{j,u} g_{iju}\, X_{rju}(t_s), \qquad
+        X_{rju}(t) = \sum_{t_n^{(j)} < t} w_{nj}\, e^{-\beta_{rju} (t - t_n)}
+
+    with ``g`` the kernels' values at lag 0+ (``K x D x U``) and the decays :math:`\beta` laid out
+    ``R x D' x U``: ``R`` is 1 (traces shared by all targets) or ``K`` (a trace per target), ``D'``
+    is 1 or ``D``, ``U`` the number of decays. :class:`ExpHawkesFilter` is the case ``U = 1``
+    (``R = D' = 1`` for a scalar decay, ``R = K, D' = D`` for a decay per pair),
+    :class:`~pyro_dpp.intensity.sumexp.SumExpHawkesFilter` the case ``R = D' = 1`` with ``U``
+    decays. The traces ``X`` (``R x D x U``) are decayed step to step and incremented by the pushed
+    weights; the adjoint runs the same recursion backwards on one trace per (target, ``D'``,
+    decay). With a decay that requires a gradient, the forward pass also keeps the lag-weighted
+    traces ``Y = -dX / d(beta)`` for :meth:`surrogate`. numba twin:
+    :mod:`pyro_dpp.intensity._hawkes_numba`.
+
+    Subclasses supply :attr:`decay_parameter`, :meth:`trace_parameters` and :meth:`excitation`.
+    """
+
+    @property
+    def decay_parameter(self) -> torch.Tensor:
+        """The intensity's decay tensor (whether it requires a gradient decides what is stored)."""
+        raise NotImplementedError
+
+    def trace_parameters(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(baseline, gain, decay)``: ``batch x K``, ``batch x K x D x U`` and ``batch x R x D' x U``;
+        differentiable, or detached and cast to ``dtype`` when one is given."""
+        raise NotImplementedError
+
+    def excitation(self, traces: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """``batch x S x K``: :math:`\\sum_{j,u} g_{iju} X_{rju}` from ``batch x S x R x D x U`` traces."""
+        raise NotImplementedError
 
     def _setup(self) -> None:
-        intensity, batch, dtype = self.intensity, self.batch, self.keys.dtype
-        decay = intensity.decay.detach().to(dtype)
-        adjacency = intensity.adjacency.detach().to(dtype)
-        self.base = batch_last(intensity.baseline.detach().to(dtype), batch, 1)  # K x B
-        self.uniform = decay.numel() == 1
-        self.gain = batch_last(adjacency * decay, batch, 2)  # K x D x B
+        base, gain, decay = self.trace_parameters(self.keys.dtype)
+        self.base = batch_last(base, self.batch, 1)  # K x B
+        self.gain = batch_last(gain, self.batch, 3)  # K x D x U x B
+        self.beta = batch_last(decay, self.batch, 3)  # R x D' x U x B
         self.step_gaps = self.gaps()  # S x B
-        if self.uniform:
-            self.decay_steps = torch.exp(-decay.reshape(()) * self.step_gaps)  # S x B
-        else:
-            self.beta = batch_last(decay.expand(torch.broadcast_shapes(decay.shape, adjacency.shape)), batch, 2)
-        self.rows = 1 if self.uniform else self.K
+        shared = self.beta.shape[0] * self.beta.shape[1] == 1
+        # S x 1 x 1 x U x B when every trace of a decay shares it (S x K x D x B would be too large)
+        self.decay_steps = torch.exp(-self.beta * self.step_gaps[:, None, None, None]) if shared else None
 
     def _dec(self, s: int) -> torch.Tensor:
-        if self.uniform:
+        if self.decay_steps is not None:
             return self.decay_steps[s]
         return torch.exp(-self.beta * self.step_gaps[s])
 
@@ -237,11 +263,13 @@ class ExpHawkesFilter(ScanFilter):
 
     def start(self, store: bool) -> None:
         self._setup()
-        self.x = self.keys.new_zeros((self.D, self.B) if self.uniform else (self.K, self.D, self.B))
-        self.lagged = store and self.intensity.decay.requires_grad
+        rows, _, decays, _ = self.beta.shape
+        self.x = self.keys.new_zeros((rows, self.D, decays, self.B))  # R x D x U x B
+        self.x_by_decay = self.x.permute(0, 2, 1, 3)  # R x U x D x B: the pushed D x B broadcast (a view)
+        self.lagged = store and self.decay_parameter.requires_grad
         self.traces = None
         if store:
-            self.traces = self.keys.new_empty((self.S, 1 + self.lagged, self.rows, self.D, self.B))
+            self.traces = self.keys.new_empty((self.S, 1 + self.lagged) + self.x.shape)
             if self.lagged:
                 self.y = torch.zeros_like(self.x)
 
@@ -254,46 +282,60 @@ class ExpHawkesFilter(ScanFilter):
             self.traces[s, 0] = x
             if self.lagged:
                 self.traces[s, 1] = self.y
-        return self.base + (self.gain * x).sum(1)
+        return self.base + (self.gain * x).sum((1, 2))
 
     def push(self, s: int, h: torch.Tensor) -> None:
-        self.x.add_(h if self.uniform else h.unsqueeze(0))
+        self.x_by_decay.add_(h)
 
     def start_reverse(self) -> None:
-        self.r = self.keys.new_zeros((self.K, self.B) if self.uniform else (self.K, self.D, self.B))
+        self.r = self.keys.new_zeros((self.K,) + self.beta.shape[1:])  # K x D' x U x B
+        self.r_by_target = self.r.permute(1, 2, 0, 3)  # D' x U x K x B: the pushed K x B broadcast (a view)
 
     def pull(self, s: int) -> torch.Tensor:
         if s + 1 < self.S:
             self.r.mul_(self._dec(s + 1))
-        if self.uniform:
-            return (self.gain * self.r.unsqueeze(1)).sum(0)
-        return (self.gain * self.r).sum(0)
+        return (self.gain * self.r).sum((0, 2))
 
     def push_reverse(self, s: int, g: torch.Tensor) -> None:
-        self.r.add_(g if self.uniform else g.unsqueeze(1))
+        self.r_by_target.add_(g)
 
     def stored(self) -> torch.Tensor | None:
-        """``B x S x (1 or 2) x R x D``: the traces ``X`` (and ``Y``), ``R`` = 1 for a scalar decay, else ``K``."""
-        return None if self.traces is None else self.traces.permute(4, 0, 1, 2, 3)
+        """``B x S x (1 or 2) x R x D x U``: the traces ``X`` (and ``Y``)."""
+        return None if self.traces is None else self.traces.permute(5, 0, 1, 2, 3, 4)
 
     def surrogate(self, stored: torch.Tensor | None, times: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Log-rates from the stored traces ``X``; with the lag-weighted traces ``Y``,
-        ``X - (decay - decay_0) Y`` carries the decay's gradient (first order, exact at the scan's decay)."""
+        ``X - (beta - beta_0) Y`` carries the decays' gradient (first order, exact at the scan's decays)."""
         if stored is None:
             return super().surrogate(stored, times, history)
+        base, gain, decay = self.trace_parameters()
+        traces = stored[..., 0, :, :, :]  # batch x S x R x D x U
+        if stored.shape[-4] == 2 and self.decay_parameter.requires_grad:
+            traces = traces - (decay - decay.detach()).unsqueeze(-4) * stored[..., 1, :, :, :]
+        return safe_log(base.unsqueeze(-2) + self.excitation(traces, gain))
+
+
+class ExpHawkesFilter(ExpTraceFilter):
+    """The scan filter of :class:`ExpHawkes`: :class:`ExpTraceFilter` with one decay (``U = 1``),
+    traces per source (``R = 1``) for a scalar decay, per (target, source) otherwise."""
+
+    @property
+    def decay_parameter(self) -> torch.Tensor:
+        return self.intensity.decay
+
+    def trace_parameters(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         intensity = self.intensity
-        traces = stored[..., 0, :, :]
-        if stored.shape[-3] == 2 and intensity.decay.requires_grad:
-            if intensity._uniform_decay:
-                shift = (intensity.decay - intensity.decay.detach()).reshape(())
-            else:
-                decay = intensity._decay_matrix()
-                shift = (decay - decay.detach()).unsqueeze(-3)
-            traces = traces - shift * stored[..., 1, :, :]
-        gain = intensity.adjacency * intensity.decay
-        excitation = (traces * gain.unsqueeze(-3)).sum(-1)
-        return safe_log(intensity.baseline.unsqueeze(-2) + excitation)
+        baseline, adjacency, decay = intensity.baseline, intensity.adjacency, intensity.decay
+        if dtype is not None:
+            baseline, adjacency, decay = (x.detach().to(dtype) for x in (baseline, adjacency, decay))
+        gain = (adjacency * decay).unsqueeze(-1)
+        if intensity._uniform_decay:
+            return baseline, gain, decay.reshape(1, 1, 1)
+        return baseline, gain, decay.expand(torch.broadcast_shapes(decay.shape, adjacency.shape)).unsqueeze(-1)
+
+    def excitation(self, traces: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return (traces[..., 0] * gain[..., 0].unsqueeze(-3)).sum(-1)
 
 
-register_accelerator(ExpHawkesFilter, "pyro_dpp.intensity._hawkes_numba:HawkesKernels")
-register_accelerator(ExpHawkesFilter, "pyro_dpp.intensity._hawkes_numba:sample_ogata", kind="ogata")
+register_accelerator(ExpTraceFilter, "pyro_dpp.intensity._hawkes_numba:ExpTraceKernels")
+register_accelerator(ExpTraceFilter, "pyro_dpp.intensity._hawkes_numba:sample_ogata", kind="ogata")

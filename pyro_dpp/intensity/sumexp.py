@@ -7,18 +7,16 @@ from typing import Any
 
 import torch
 
-from ..scan.accelerators import register_accelerator
-from ..scan.filter import ScanFilter, batch_last
-from ._branching import stationary_count
 from ._decay import decayed_sums
-from .base import Intensity, State, as_param, check_finite, keeps_math, pairwise_lags, safe_log
+from .base import State, as_param, check_finite, keeps_math, pairwise_lags
+from .hawkes import ExpTraceFilter, _ExpKernelHawkes
 
 #: Histories and query sets both longer than this are evaluated by chunked exponential sums (linear
 #: cost, bounded memory) instead of the ``Q x E x U`` pairwise kernel tensor.
 _PAIRWISE_MAX = 64
 
 
-class SumExpHawkes(Intensity):
+class SumExpHawkes(_ExpKernelHawkes):
     r"""Linear (mutually exciting) Hawkes process whose kernels are sums of exponentials with ``U``
     fixed decays shared by all pairs of marks:
 
@@ -93,9 +91,6 @@ class SumExpHawkes(Intensity):
         self.num_marks = k
         self.num_context_marks = adjacency.shape[-2] - k
 
-    def like(self) -> torch.Tensor:
-        return self.baseline
-
     @property
     def batch_shape(self) -> torch.Size:
         return torch.broadcast_shapes(self.baseline.shape[:-1], self.adjacency.shape[:-3], self.decays.shape[:-1])
@@ -159,97 +154,25 @@ class SumExpHawkes(Intensity):
         # exponential kernels: events older than this change the intensity below float precision
         return self.negligible_lag(self.decays, self.baseline.dtype) if keeps_math(self, SumExpHawkes) else math.inf
 
-    def local_bound(self, state: State, time: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Nonnegative kernels decay between events: the intensity now bounds it until the next event.
-        bound = self.rates(state, time).sum(-1)
-        return bound, torch.full_like(bound, torch.inf)
-
     def branching_matrix(self) -> torch.Tensor:
-        """``batch x K x K``: mean number of mark-i events triggered by one mark-j event."""
         return self.adjacency[..., : self.num_marks, :].sum(-1)
 
-    def mean_count(self, duration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return stationary_count(self.branching_matrix(), self.baseline, duration)
 
+class SumExpHawkesFilter(ExpTraceFilter):
+    """The scan filter of :class:`SumExpHawkes`: :class:`~pyro_dpp.intensity.hawkes.ExpTraceFilter`
+    with ``U`` decays shared by all pairs (``R = D' = 1``): one trace ``X_ju`` per (source, decay),
+    ``O(K D U)`` per step; the adjoint keeps one trace per (target, decay)."""
 
-class SumExpHawkesFilter(ScanFilter):
-    """The scan filter of :class:`SumExpHawkes`: the :class:`~pyro_dpp.intensity.ExpHawkes` filter
-    with a decay axis. The drive is the rate itself, ``u_s = mu + sum_{j,u} alpha_iju beta_u X_ju(t_s)``,
-    with one exponential trace ``X_ju`` per (source, decay), decayed by ``exp(-beta_u gap)`` step to
-    step and incremented by the pushed weights (``O(K D U)`` per step). The adjoint runs the same
-    recursion backwards on one trace per (target, decay), ``R_iu(s) = sum_{n > s} g_ni
-    exp(-beta_u (t_n - t_s))``, and pulls ``sum_{i,u} alpha_iju beta_u R_iu``. With decays that
-    require a gradient, the forward pass also keeps the lag-weighted traces ``Y = -dX / d(beta)``
-    for :meth:`surrogate`. numba twin: :mod:`pyro_dpp.intensity._sumexp_numba`."""
+    @property
+    def decay_parameter(self) -> torch.Tensor:
+        return self.intensity.decays
 
-    def _setup(self) -> None:
-        intensity, batch, dtype = self.intensity, self.batch, self.keys.dtype
-        decays = intensity.decays.detach().to(dtype)
-        self.base = batch_last(intensity.baseline.detach().to(dtype), batch, 1)  # K x B
-        self.gain = batch_last(intensity._gain().detach().to(dtype), batch, 3)  # K x D x U x B
-        self.step_gaps = self.gaps()  # S x B
-        beta = batch_last(decays, batch, 1)  # U x B
-        self.decay_steps = torch.exp(-beta.unsqueeze(0) * self.step_gaps.unsqueeze(1))  # S x U x B
-
-    def log_rates(self, u: torch.Tensor) -> torch.Tensor:
-        return safe_log(u)
-
-    def log_rates_step(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.log(u)
-
-    def start(self, store: bool) -> None:
-        self._setup()
-        u = self.decay_steps.shape[1]
-        self.x = self.keys.new_zeros(self.D, u, self.B)  # D x U x B
-        self.lagged = store and self.intensity.decays.requires_grad
-        self.traces = None
-        if store:
-            self.traces = self.keys.new_empty((self.S, 1 + self.lagged, self.D, u, self.B))
-            if self.lagged:
-                self.y = torch.zeros_like(self.x)
-
-    def drive(self, s: int) -> torch.Tensor:
-        q = self.decay_steps[s]  # U x B
-        if self.lagged:
-            self.y.add_(self.x * self.step_gaps[s]).mul_(q)
-        x = self.x.mul_(q)
-        if self.traces is not None:
-            self.traces[s, 0] = x
-            if self.lagged:
-                self.traces[s, 1] = self.y
-        return self.base + (self.gain * x).sum((1, 2))
-
-    def push(self, s: int, h: torch.Tensor) -> None:
-        self.x.add_(h.unsqueeze(1))
-
-    def start_reverse(self) -> None:
-        self.r = self.keys.new_zeros(self.K, self.decay_steps.shape[1], self.B)  # K x U x B
-
-    def pull(self, s: int) -> torch.Tensor:
-        if s + 1 < self.S:
-            self.r.mul_(self.decay_steps[s + 1])
-        return (self.gain * self.r.unsqueeze(1)).sum((0, 2))
-
-    def push_reverse(self, s: int, g: torch.Tensor) -> None:
-        self.r.add_(g.unsqueeze(1))
-
-    def stored(self) -> torch.Tensor | None:
-        """``B x S x (1 or 2) x D x U``: the traces ``X`` (and ``Y``)."""
-        return None if self.traces is None else self.traces.permute(4, 0, 1, 2, 3)
-
-    def surrogate(self, stored: torch.Tensor | None, times: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Log-rates from the stored traces ``X``; with the lag-weighted traces ``Y``,
-        ``X - (beta - beta_0) Y`` carries the decays' gradient (first order, exact at the scan's decays)."""
-        if stored is None:
-            return super().surrogate(stored, times, history)
+    def trace_parameters(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         intensity = self.intensity
-        traces = stored[..., 0, :, :]  # batch x S x D x U
-        if stored.shape[-3] == 2 and intensity.decays.requires_grad:
-            shift = intensity.decays - intensity.decays.detach()  # batch x U
-            traces = traces - shift[..., None, None, :] * stored[..., 1, :, :]
-        excitation = torch.einsum("...sdu,...kdu->...sk", traces, intensity._gain())
-        return safe_log(intensity.baseline.unsqueeze(-2) + excitation)
+        baseline, gain, decays = intensity.baseline, intensity._gain(), intensity.decays
+        if dtype is not None:
+            baseline, gain, decays = (x.detach().to(dtype) for x in (baseline, gain, decays))
+        return baseline, gain, decays[..., None, None, :]
 
-
-register_accelerator(SumExpHawkesFilter, "pyro_dpp.intensity._sumexp_numba:SumExpKernels")
-register_accelerator(SumExpHawkesFilter, "pyro_dpp.intensity._sumexp_numba:sample_ogata", kind="ogata")
+    def excitation(self, traces: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...sdu,...kdu->...sk", traces[..., 0, :, :], gain)
