@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
-from .generic import _leaves, add_segment_grads, default_checkpoint_every, intensity_tensors, segment_vjp
+from .segments import _leaves, add_segment_grads, default_checkpoint_every, intensity_tensors, segment_vjp
 
 #: History rows per :meth:`~pyro_dpp.intensity.base.Intensity.breakpoints` call in marks mode.
 _BREAKPOINT_CHUNK = 1 << 12
