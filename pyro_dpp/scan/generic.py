@@ -39,7 +39,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -49,6 +48,7 @@ from ..intensity.base import Intensity, State
 from ..past import full_width
 from .backend import get_backend
 from .segments import (
+    SegmentPlan,
     _hidden_tensor,
     _leaves,
     add_segment_grads,
@@ -71,14 +71,9 @@ def graph_bytes(leaves: list[torch.Tensor], steps: int, outputs: int) -> int:
 
 
 @dataclass
-class _Plan:
-    """What one scan needs besides its differentiable inputs."""
+class _Plan(SegmentPlan):
+    """The scan's own inputs besides the differentiable ones."""
 
-    intensity: Intensity
-    spec: Any
-    num_state: int
-    num_params: int
-    params: list[torch.Tensor]
     cand: torch.Tensor  # batch x S x 1 (float)
     ctx: torch.Tensor  # batch x S x 1 (float)
     noise: torch.Tensor  # batch x S x (K+1): the Gumbel noise over the temperature (as the reference scales it)

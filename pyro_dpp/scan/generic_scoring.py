@@ -28,14 +28,13 @@ one segment, ``ceil(sqrt(rows))`` rows) and returns the log-intensity of each ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
 from ..intensity.base import Intensity, State
-from .segments import _leaves, add_segment_grads, default_checkpoint_every, intensity_tensors, segment_vjp
+from .segments import SegmentPlan, _leaves, add_segment_grads, default_checkpoint_every, intensity_tensors, segment_vjp
 
 #: History rows per :meth:`~pyro_dpp.intensity.base.Intensity.breakpoints` call in marks mode.
 _BREAKPOINT_CHUNK = 1 << 12
@@ -56,12 +55,7 @@ def scores_by_scan(intensity: Intensity) -> bool:
 
 
 @dataclass
-class _Plan:
-    intensity: Intensity
-    spec: Any
-    num_state: int
-    num_params: int
-    params: list[torch.Tensor]
+class _Plan(SegmentPlan):
     new_group: torch.Tensor | None  # batch x R: the row starts a group of equal times (None: no ties)
     ends: torch.Tensor  # batch x (R + 1): interval j is [ends[j-1], ends[j]] (ends[-1] := 0)
     nodes: torch.Tensor | None  # Legendre nodes and weights (2 x n), None: no compensator

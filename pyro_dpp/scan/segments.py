@@ -12,12 +12,26 @@ parameters and the other inputs (:func:`add_segment_grads`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
-from ..intensity.base import State
+from ..intensity.base import Intensity, State
+
+
+@dataclass
+class SegmentPlan:
+    """What every checkpointed scan needs besides its differentiable inputs: the intensity, the
+    pytree spec of its state and the counts of state leaves and of the intensity's tensors
+    (``params``) among the autograd function's inputs."""
+
+    intensity: Intensity
+    spec: Any
+    num_state: int
+    num_params: int
+    params: list[torch.Tensor]
 
 
 def default_checkpoint_every(steps: int) -> int:
