@@ -52,7 +52,7 @@ log-weights still match the weights (an in-place edit of the weights makes them 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -166,19 +166,22 @@ def _validation_key(value: torch.Tensor, num_marks: int, duration: Any, exact: b
     return (value._version, num_marks, exact, tuple(duration.shape), values)
 
 
-def _validate_realization(
-    value: torch.Tensor, num_marks: int, duration: torch.Tensor, name: str, exact: bool | None
-) -> None:
+def check_layout(value: torch.Tensor, num_marks: int, name: str, columns: str, advice: str,
+                 atol: float | None = None, before_sorted: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+                 ) -> torch.Tensor:
+    """The layout checks every realization tensor passes, raising :class:`ValueError`: shape
+    ``batch x events x (num_marks + 2)`` (else the message names ``columns`` and gives ``advice``),
+    finite entries, weights on the simplex (within ``atol``, default by dtype) or all zero (padding),
+    padding rows last, and real times sorted; ``before_sorted(times, real)`` runs its own checks just
+    before the last one. Returns the real-row mask."""
     if value.dim() < 2 or value.shape[-1] != num_marks + 2:
         raise ValueError(
-            f"{name} must have shape batch x events x {num_marks + 2} (time, {num_marks} mark weights, "
-            f"'no event' weight), got {tuple(value.shape)}; build it with "
-            "SpikeTrains(...).to_tensor() or from_lists/from_events"
+            f"{name} must have shape batch x events x {num_marks + 2} ({columns}), got {tuple(value.shape)}; {advice}"
         )
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or inf; remove or fix those rows")
     times, weights = value[..., 0], value[..., 1:]
-    atol = _atol(value.dtype)
+    atol = _atol(value.dtype) if atol is None else atol
     if (weights < -atol).any():
         raise ValueError(f"{name} has negative mark weights; weights must lie on the simplex")
     total = weights.sum(-1)
@@ -190,14 +193,27 @@ def _validate_realization(
         )
     if (real[..., 1:] & ~real[..., :-1]).any():
         raise ValueError(f"{name} has real events after padding rows; put padding rows last")
-    duration = torch.as_tensor(duration, dtype=value.dtype, device=value.device)
-    if (outside_window(times, duration) & (real | (times < 0))).any():
-        raise ValueError(
-            f"{name} has event times outside the window [0, duration]; drop them or enlarge the duration"
-        )
-    both = real[..., 1:] & real[..., :-1]
-    if (both & (times[..., 1:] < times[..., :-1])).any():
+    if before_sorted is not None:
+        before_sorted(times, real)
+    if (real[..., 1:] & real[..., :-1] & (times[..., 1:] < times[..., :-1])).any():
         raise ValueError(f"{name} has unsorted event times; sort events by time within each sequence")
+    return real
+
+
+def _validate_realization(
+    value: torch.Tensor, num_marks: int, duration: torch.Tensor, name: str, exact: bool | None
+) -> None:
+    def inside_window(times: torch.Tensor, real: torch.Tensor) -> None:
+        window = torch.as_tensor(duration, dtype=value.dtype, device=value.device)
+        if (outside_window(times, window) & (real | (times < 0))).any():
+            raise ValueError(
+                f"{name} has event times outside the window [0, duration]; drop them or enlarge the duration"
+            )
+
+    real = check_layout(value, num_marks, name, f"time, {num_marks} mark weights, 'no event' weight",
+                        "build it with SpikeTrains(...).to_tensor() or from_lists/from_events",
+                        before_sorted=inside_window)
+    weights, atol = value[..., 1:], _atol(value.dtype)
     if exact is True:
         one_hot = (weights[..., :num_marks] - (weights[..., :num_marks] > 0.5).to(value.dtype)).abs() <= atol
         if (real & ~(one_hot.all(-1) & (weights[..., num_marks].abs() <= atol))).any():

@@ -21,33 +21,15 @@ from typing import Any
 
 import torch
 
-from .events import event_mask, outside_window, validate_realization
+from .events import check_layout, event_mask, outside_window, validate_realization
 
 
 def _check_layout(value: torch.Tensor, num_marks: int, name: str, what: str) -> torch.Tensor:
-    """Shape, finiteness, simplex weights, padding last, sorted real times; returns the real-row mask."""
-    if value.dim() < 2 or value.shape[-1] != num_marks + 2:
-        raise ValueError(
-            f"{name} must have shape batch x events x {num_marks + 2} ({num_marks} {what}, as the intensity), "
-            f"got {tuple(value.shape)}; check the number of neurons of the {name} against the process"
-        )
-    if not torch.isfinite(value).all():
-        raise ValueError(f"{name} contains NaN or inf; remove or fix those rows")
-    weights = value[..., 1:]
-    atol = 1e-9 if value.dtype == torch.float64 else 1e-4
-    total = weights.sum(-1)
-    real = total > 0.5
-    if (weights < -atol).any() or ((real & ((total - 1).abs() > atol)) | (~real & (total.abs() > atol))).any():
-        raise ValueError(
-            f"{name} has rows whose weights are negative or sum neither to 1 (an event) nor to 0 (padding); "
-            "marks must lie on the simplex"
-        )
-    if (real[..., 1:] & ~real[..., :-1]).any():
-        raise ValueError(f"{name} has real events after padding rows; put padding rows last")
-    times = value[..., 0]
-    if (real[..., 1:] & real[..., :-1] & (times[..., 1:] < times[..., :-1])).any():
-        raise ValueError(f"{name} has unsorted event times; sort events by time within each sequence")
-    return real
+    """:func:`~pyro_dpp.events.check_layout` of events that may lie before the window; returns the
+    real-row mask."""
+    return check_layout(value, num_marks, name, f"{num_marks} {what}, as the intensity",
+                        f"check the number of neurons of the {name} against the process",
+                        atol=1e-9 if value.dtype == torch.float64 else 1e-4)
 
 
 def check_past(past: Any, num_marks: int, like: torch.Tensor) -> torch.Tensor | None:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .backend import get_backend
-from .generic import intensity_tensors
+from .segments import intensity_tensors
 
 _STORE = WeakTensorKeyDictionary()
 
