@@ -48,7 +48,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,6 +65,7 @@ from ._conformance import (
     realization,
 )
 from ._rescaling import cumulative, ks_pvalue, rescaled_gaps
+from ._tensor_slots import bind, with_leaves
 from .distribution import PointProcess
 from .events import LOG_WEIGHTS_ATTR, event_mask
 from .intensity.base import Intensity
@@ -285,74 +285,10 @@ def _fine_compensator(case: Case, times: torch.Tensor, weights: torch.Tensor) ->
 
 
 # ---- gradients ------------------------------------------------------------------------------------
-def tensor_slots(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, str, torch.Tensor]]:
-    """Every tensor a module holds: ``(qualified name, owner, attribute, kind, tensor)`` with kind
-    ``"parameter"``, ``"buffer"`` or ``"attribute"`` (a plain tensor attribute); shared tensors once."""
-    seen: set[int] = set()
-    out = []
-    for prefix, owner in module.named_modules():
-        dot = prefix + "." if prefix else ""
-        groups = (("parameter", owner._parameters), ("buffer", owner._buffers),
-                  ("attribute", {n: v for n, v in vars(owner).items() if isinstance(v, torch.Tensor)}))
-        for kind, entries in groups:
-            for name, tensor in entries.items():
-                if tensor is not None and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    out.append((dot + name, owner, name, kind, tensor))
-    return out
-
-
-def cast_copy(intensity: Intensity, dtype: torch.dtype) -> Intensity:
-    """A deep copy with every floating tensor detached and cast to ``dtype``."""
-    memo: dict[int, Any] = {}
-    for _, _, _, kind, tensor in tensor_slots(intensity):
-        new = tensor.detach().to(dtype if tensor.is_floating_point() else tensor.dtype).clone()
-        memo[id(tensor)] = torch.nn.Parameter(new, requires_grad=False) if kind == "parameter" else new
-    try:
-        return copy.deepcopy(intensity, memo)
-    except Exception as err:
-        raise ConformanceError("interface", f"cannot copy the intensity ({type(err).__name__}: {err}); pass "
-                               "make=lambda dtype: ... building an equal intensity in that dtype") from err
-
-
-def _leaves(intensity: Intensity, params: Sequence[str] | None) -> dict[str, tuple[torch.nn.Module, str, str]]:
-    slots = tensor_slots(intensity)
-    names = [s[0] for s in slots]
-    if params is not None:
-        missing = [p for p in params if p not in names]
-        if missing:
-            raise ConformanceError("interface", f"params {missing} are not tensors of the intensity; it holds {names}")
-    chosen = {}
-    for name, owner, attr, kind, tensor in slots:
-        wanted = name in params if params is not None else kind != "buffer"
-        if wanted and tensor.is_floating_point():
-            chosen[name] = (owner, attr, kind)
-    return chosen
-
-
-def _bind(slots: dict[str, tuple[torch.nn.Module, str, str]], values: Sequence[torch.Tensor]) -> None:
-    for (owner, attr, kind), value in zip(slots.values(), values):
-        store = {"parameter": owner._parameters, "buffer": owner._buffers}.get(kind, owner.__dict__)
-        store[attr] = value
-
-
-def _with_leaves(intensity: Intensity, dtype: torch.dtype, params: Sequence[str] | None,
-                 make: Callable[[torch.dtype], Intensity] | None = None
-                 ) -> tuple[Intensity, dict[str, tuple[torch.nn.Module, str, str]], list[torch.Tensor]]:
-    """A copy in ``dtype`` whose checked tensors are fresh leaves requiring gradients."""
-    model = cast_copy(make(dtype) if make is not None else intensity, dtype)
-    slots = _leaves(model, params)
-    leaves = []
-    for owner, attr, kind in slots.values():
-        store = {"parameter": owner._parameters, "buffer": owner._buffers}.get(kind, owner.__dict__)
-        leaves.append(store[attr].requires_grad_(True))
-    return model, slots, leaves
-
-
 def _check_gradients(case: Case, make: Callable[[torch.dtype], Intensity] | None,
                      params: Sequence[str] | None) -> dict[str, Any]:
     wide = torch.float64
-    model, slots, leaves = _with_leaves(case.intensity, wide, params, make)
+    model, slots, leaves = with_leaves(case.intensity, wide, params, make)
     if not leaves:
         return {"skipped": "the intensity holds no parameters (nn.Parameter or plain tensor attributes)"}
     size = max(2, case.num_events // 2)
@@ -371,7 +307,7 @@ def _check_gradients(case: Case, make: Callable[[torch.dtype], Intensity] | None
     for i, name in enumerate(slots):
 
         def log_prob(x: torch.Tensor, i: int = i) -> torch.Tensor:
-            _bind(slots, leaves[:i] + [x] + leaves[i + 1 :])
+            bind(slots, leaves[:i] + [x] + leaves[i + 1 :])
             process = PointProcess(model, case.duration, context=context, max_events=value.shape[-2])
             return process.log_prob(value).sum()
 
@@ -389,7 +325,7 @@ def _check_gradients(case: Case, make: Callable[[torch.dtype], Intensity] | None
             raise ConformanceError("gradients", f"the float64 gradient check of {name!r} raised "
                                    f"{type(err).__name__}: {err}") from err
         finally:
-            _bind(slots, leaves)
+            bind(slots, leaves)
         done[name] = "ok"
     return done
 
@@ -429,7 +365,7 @@ def _check_statistics(case: Case, bound: float | None, context: torch.Tensor | N
 # ---- relaxed sampler -------------------------------------------------------------------------------------
 def _check_relaxed(case: Case, bound: Any, context: torch.Tensor | None, temperature: float,
                    params: Sequence[str] | None) -> dict[str, Any]:
-    model, slots, leaves = _with_leaves(case.intensity, case.dtype, params)
+    model, slots, leaves = with_leaves(case.intensity, case.dtype, params)
     num = 4
     ctx = _sampling_context(case, context, num)
     bound_t = torch.as_tensor(bound, dtype=case.dtype, device=case.device).detach()
