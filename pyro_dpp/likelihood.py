@@ -49,13 +49,34 @@ def _rows_in_use(value: torch.Tensor) -> int:
     return int(event_mask(value).sum(-1).max())
 
 
-def use_scan(intensity: Intensity, *tensors: torch.Tensor | None) -> bool:
+#: On a CUDA device the parallel ``forward`` scores in a few large kernels where the scan launches
+#: several per event (measured, ``benchmarks/bench_cuda.py``: 5,000 events on an H200, 0.01 s against
+#: 1.5-2.6 s), so it is taken there while its pairwise tensors fit: (queries x history rows) pairs at
+#: ``_BYTES_PER_PAIR`` (a few float32 per pair for the evaluation and what its backward keeps) within
+#: ``_PARALLEL_MEMORY_SHARE`` of the device's memory.
+_BYTES_PER_PAIR = 64
+_PARALLEL_MEMORY_SHARE = 1 / 8
+
+
+def _parallel_fits(times: torch.Tensor, queries: int) -> bool:
+    """Whether the parallel ``forward`` at ``queries`` query times per sequence against the history
+    ``times`` (``batch x rows``) is the faster way and fits: on a CUDA device only."""
+    if times.device.type != "cuda":
+        return False
+    pairs = times.shape[:-1].numel() * queries * times.shape[-1]
+    memory = torch.cuda.get_device_properties(times.device).total_memory
+    return pairs * _BYTES_PER_PAIR <= memory * _PARALLEL_MEMORY_SHARE
+
+
+def use_scan(intensity: Intensity, times: torch.Tensor, queries: int, *tensors: torch.Tensor | None) -> bool:
     """Whether scoring runs as a scan over the events (:mod:`pyro_dpp.scan.generic_scoring`) rather
     than through the intensity's parallel ``forward``: for an intensity that has a scan and does not
     ask for parallel scoring (:attr:`~pyro_dpp.intensity.base.Intensity.parallel_scoring`), under
-    every backend but ``"reference"``, unless a gradient with respect to the duration is needed (the
-    scan's intervals carry none)."""
-    if get_backend() == "reference" or not scores_by_scan(intensity):
+    every backend but ``"reference"``, unless a gradient with respect to one of ``tensors`` (the
+    duration) is needed (the scan's intervals carry none), or the history ``times`` live on a CUDA
+    device where the parallel evaluation at ``queries`` query times per sequence fits in memory
+    (:func:`_parallel_fits`)."""
+    if get_backend() == "reference" or not scores_by_scan(intensity) or _parallel_fits(times, queries):
         return False
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
@@ -194,7 +215,8 @@ def exact_log_likelihood(
     k = intensity.num_marks
     value, context, past = trim_padding(value), trim_padding(context), trim_padding(past)
     times, weights = history(value, k, context, intensity.num_context_marks, past)
-    if use_scan(intensity, duration):
+    # the parallel path queries the events and, without a closed compensator, ``nodes`` points per interval
+    if use_scan(intensity, times, value.shape[-2] * (1 + nodes), duration):
         closed = intensity.compensator(times, weights, duration)
         grid = None if closed is not None else torch.stack(gauss_legendre(nodes, times))
         log_rates, comp = scan_score(intensity, times, weights, duration, grid)
@@ -293,7 +315,7 @@ def dpp_log_density(
     times, weights = history(value, k, context, intensity.num_context_marks, trim_padding(past))
     if sampled is not None and past is None:
         log_rates = sampled[..., :rows, :]
-    elif use_scan(intensity):
+    elif use_scan(intensity, times, value.shape[-2]):
         log_rates = scan_score(intensity, times, weights, duration, None)[0][..., : value.shape[-2], :]
     else:
         log_rates = evaluate(intensity, times, weights, value[..., 0], log=True)  # batch x N x K

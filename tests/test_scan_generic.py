@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from _helpers import make_context
 from user_intensities import NeuralIntensity, UserPowerLaw
 
-from pyro_dpp import PointProcess, backend, event_mask, thinning
+from pyro_dpp import PointProcess, backend, event_mask, likelihood, thinning
 from pyro_dpp.events import LOG_WEIGHTS_ATTR
 from pyro_dpp.intensity.base import Intensity, pairwise_lags
 from pyro_dpp.likelihood import gauss_legendre, history
@@ -130,18 +130,18 @@ def _backend(fast: bool) -> str:
     return "auto" if fast else "reference"
 
 
-def draw(name, fast, mode, seed=3, backend_name=None):
-    intensity, params, bound, _ = make(name)
+def draw(name, fast, mode, seed=3, backend_name=None, device="cpu"):
+    intensity, params, bound, _ = make(name, device)
     temperature = 0.0 if mode == "exact" else 0.3
     torch.manual_seed(seed)
     with backend(backend_name or _backend(fast)):
-        process = PointProcess(intensity, DURATION, bound=bound, temperature=temperature, context=context(),
-                               straight_through=mode == "straight-through")
+        process = PointProcess(intensity, DURATION, bound=bound, temperature=temperature,
+                               context=context().to(device), straight_through=mode == "straight-through")
         if temperature == 0:
             return process.sample(), None, None
         value = process.rsample()
         logs = getattr(value, LOG_WEIGHTS_ATTR)
-        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
+        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT, device=device)).sum()
         loss = loss + 0.1 * logs.clamp(min=-30).sum()
         grads = torch.autograd.grad(loss, params)
     return value.detach(), logs.detach(), grads
@@ -401,6 +401,24 @@ def test_generic_paths_on_cuda(name):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_scoring_path_by_device(device):
+    """On the CPU a user intensity with a scan is scored by the scan at any size; on a CUDA device by
+    the parallel ``forward`` while its pairwise tensors fit (one pass of large kernels against a launch
+    per event) and by the scan beyond; ``log_prob`` gives the reference's value either way."""
+    intensity, _, bound, _ = make("powerlaw", device)
+    small = torch.zeros(2, 50, dtype=DT, device=device)
+    assert likelihood.use_scan(intensity, small, 50 * 9) == (device == "cpu")
+    assert likelihood.use_scan(intensity, torch.zeros(1, 10**6, dtype=DT, device=device), 9 * 10**6)
+    value = _score_value(intensity, bound, False).to(device)
+    process = PointProcess(intensity, DURATION)
+    with torch.no_grad():
+        fast = process.log_prob(value)
+        with backend("reference"):
+            torch.testing.assert_close(fast, process.log_prob(value), rtol=1e-9, atol=1e-9)
+
+
 # ---- the sampler's log-rates reused by the DPP density of the same draw ---------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_dpp_density_of_own_draw_reuses_the_sampler(name, monkeypatch):
@@ -466,19 +484,21 @@ def test_reused_log_rates_only_for_the_same_unmodified_draw():
     assert reuse.recall(value, intensity, process.context) is None
 
 
-@pytest.mark.parametrize(("name", "mode", "checkpointed"), [
-    ("neural", "exact", False), ("neural", "relaxed", True), ("powerlaw", "relaxed", False)])
-def test_compiled_backend_matches_reference(name, mode, checkpointed, generic_calls, monkeypatch):
+@pytest.mark.parametrize(("name", "mode", "checkpointed", "device"), [
+    ("neural", "exact", False, "cpu"), ("neural", "relaxed", True, "cpu"), ("powerlaw", "relaxed", False, "cpu"),
+    pytest.param("neural", "relaxed", True, "cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_compiled_backend_matches_reference(name, mode, checkpointed, device, generic_calls, monkeypatch):
     """Backend "compiled": the generic scan's chunks of steps through torch.compile (and its backward
     through the compiled graph, recomputed per checkpointed segment) agree with the reference to
-    float64 precision; the steps that do not fill a chunk run eagerly. (Chunks of 4 steps: the
-    compilation takes a while and grows with the chunk.)"""
+    float64 precision, on the CPU (C++ kernels) and on CUDA (Triton kernels); the steps that do not fill
+    a chunk run eagerly. (Chunks of 4 steps: the compilation takes a while and grows with the chunk.)"""
     import torch._dynamo.config
 
     monkeypatch.setattr(generic, "COMPILED_CHUNK", 4)
     if checkpointed:
         monkeypatch.setattr(generic, "GRAPH_BUDGET_BYTES", 0)
-    ref = draw(name, False, mode)
+    ref = draw(name, False, mode, device=device)
     original, chunks = generic.compiled_steps, []
 
     def spy():
@@ -487,7 +507,7 @@ def test_compiled_backend_matches_reference(name, mode, checkpointed, generic_ca
 
     monkeypatch.setattr(generic, "compiled_steps", spy)
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no silent eager fallback
-        got = draw(name, True, mode, backend_name="compiled")
+        got = draw(name, True, mode, backend_name="compiled", device=device)
     assert generic_calls and chunks
     assert ref[0].shape[-2] > 4
     torch.testing.assert_close(got[0], ref[0], rtol=1e-9, atol=1e-10)
