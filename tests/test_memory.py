@@ -62,7 +62,8 @@ def test_cuda_limit_counts_the_caching_allocators_unused_blocks(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_limit_on_the_device():
+def test_cuda_limit_on_the_device(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
     free = torch.cuda.mem_get_info()[0]
     block = torch.empty(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB, then freed into the cache
     del block
