@@ -162,3 +162,13 @@ def test_snn_fit_dtype_device(dtype, device):
         result = fit(model, observed, estimator=estimator, num_epochs=1, batch_size=None, seed=0, progress=False)
         assert all(torch.isfinite(torch.tensor(result.losses)))
     _check(model.weight, dtype, device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpu_scalar_among_cuda_parameters_is_refused():
+    """``decay=torch.tensor(1.5)`` (CPU) with CUDA baseline and adjacency: a clear ValueError when the
+    process is built, not a device error inside the scan."""
+    kw = {"device": "cuda"}
+    hawkes = ExpHawkes(torch.tensor([0.4, 0.3], **kw), torch.tensor([[0.3, 0.1], [0.2, 0.2]], **kw), torch.tensor(1.5))
+    with pytest.raises(ValueError, match="build all its parameters on one device"):
+        PointProcess(hawkes, duration=4.0, bound=5.0)
