@@ -107,6 +107,10 @@ def test_point_process_dtype_device(name, dtype, device):
     # SpikeTrains round trip on the same dtype and device
     trains = SpikeTrains.from_tensor(value, exact.duration.expand(3))
     _check(trains.to_tensor(), dtype, device)
+    # the index format (time, mark id) scores as the dense one, on the same device
+    index = trains.to_tensor(format="index")
+    _check(index, dtype, device)
+    torch.testing.assert_close(exact.log_prob(index), log_p.detach())
 
 
 @pytest.mark.parametrize("name", ["hawkes", "sumexp_hawkes", "powerlaw_hawkes", "piecewise_poisson"])
@@ -151,6 +155,26 @@ def test_snn_dtype_device(basis, dtype, device):
     _check(log_marginal(model, guide, observed, num_particles=2), dtype, device)
     variance = gradient_variance(model, guide, observed, "score_function_baseline", num_draws=4, chunk=4)
     _check(variance["std"], dtype, device)
+
+
+def test_snn_pieces_and_windows_dtype_device(dtype, device):
+    """Simulation in pieces (each with the spikes before it as past events), and the windowed
+    evaluation and training (windows cut on the CPU, each with its past observed spikes)."""
+    from pyro_dpp.snn import fit
+
+    model = SNN(2, 1, basis="epanechnikov", num_basis=2, init="small").to(device=device, dtype=dtype)
+    guide = SNN(2, 1, basis="epanechnikov", num_basis=2, init="small", acausal=True).to(device=device, dtype=dtype)
+    observed, hidden = model.simulate(2, 6.0, seed=5, piece=2.5)
+    _check(observed.to_tensor(), dtype, device)
+    _check(hidden.to_tensor(), dtype, device)
+    for value in (exact_elbo(model, guide, observed, num_particles=2, window=2.5),
+                  log_marginal(model, guide, observed, num_particles=2, window=2.5)):
+        _check(value, dtype, device)
+        assert value.shape == (2,) and torch.isfinite(value).all()
+    result = fit(model, observed, guide, estimator="pathwise", num_epochs=1, batch_size=2, window=2.5, seed=0,
+                 progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    _check(model.weight, dtype, device)
 
 
 def test_snn_fit_dtype_device(dtype, device):
