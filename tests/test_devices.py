@@ -120,6 +120,14 @@ def test_ogata_sampling_without_bound(name, dtype, device):
     value = PointProcess(intensity, duration=5.0).sample((2,))  # local bounds (Ogata)
     _check(value, dtype, device)
     _check(PointProcess(intensity, duration=5.0).log_prob(value), dtype, device)
+    # with past events before the window (folded into the start state)
+    past = torch.tensor([[-1.0, 1.0, 0.0, 0.0], [-0.5, 0.0, 1.0, 0.0]], dtype=dtype, device=device)
+    process = PointProcess(intensity, duration=5.0, past=past)
+    value = process.sample((2,))
+    _check(value, dtype, device)
+    log_p = process.log_prob(value)
+    _check(log_p, dtype, device)
+    assert torch.isfinite(log_p).all()
 
 
 def test_spike_trains_dtype_device(dtype, device):
