@@ -28,7 +28,8 @@ def refuse_tracing() -> None:
 
 
 def check_intensity_dtype(intensity: Intensity, like: torch.Tensor) -> None:
-    """Refuse an intensity whose floating tensors are not all float32 or all float64."""
+    """Refuse an intensity whose floating tensors are not all float32 or all float64, or not all on
+    one device."""
     # the intensity's own tensors (its parameters); submodules such as a basis hold constants that
     # are converted where they are used
     tensors = list(intensity._parameters.values()) + list(intensity._buffers.values())
@@ -44,6 +45,14 @@ def check_intensity_dtype(intensity: Intensity, like: torch.Tensor) -> None:
         raise ValueError(
             f"the intensity mixes {' and '.join(sorted(str(d) for d in dtypes))} tensors; give all its "
             "parameters one dtype (float32 or float64)"
+        )
+    # a CPU scalar among CUDA parameters (decay=torch.tensor(1.5)) passes some operations as a
+    # scalar and breaks others deep inside a scan: say so here
+    devices = {like.device} | {t.device for t in tensors if t is not None and t.is_floating_point()}
+    if len(devices) > 1:
+        raise ValueError(
+            f"the intensity holds tensors on {' and '.join(sorted(str(d) for d in devices))}; build all its "
+            "parameters on one device (e.g. torch.tensor(1.5, device=baseline.device))"
         )
 
 

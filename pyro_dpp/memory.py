@@ -9,7 +9,9 @@ with :func:`memory_limit` first and raises :class:`ValueError` saying what to ch
 
 The limit is, in order: what :func:`set_memory_limit` set; the environment variable
 ``PYRO_DPP_MEMORY_LIMIT`` (bytes, or with a suffix ``K``, ``M``, ``G``, ``T``: ``"8G"``); half of
-the memory available at the time of the check (Linux ``sysconf``; 8 GiB where that is unknown).
+the memory available at the time of the check (Linux ``sysconf``; 8 GiB where that is unknown; on a
+CUDA device the device's free memory plus what torch's caching allocator holds but does not use,
+which a new tensor reuses first).
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ def memory_limit(device: Any = None) -> int:
     if os.environ.get(ENV):
         return _parse(os.environ[ENV])
     if device is not None and torch.device(device).type == "cuda":
-        return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
+        device = torch.device(device)
+        # blocks the caching allocator keeps after earlier tensors were freed count as free: the driver
+        # reports them as used, so a second draw as large as the first would otherwise be refused
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return (int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))) // 2
     return _available() // 2
 
 

@@ -107,6 +107,10 @@ def test_point_process_dtype_device(name, dtype, device):
     # SpikeTrains round trip on the same dtype and device
     trains = SpikeTrains.from_tensor(value, exact.duration.expand(3))
     _check(trains.to_tensor(), dtype, device)
+    # the index format (time, mark id) scores as the dense one, on the same device
+    index = trains.to_tensor(format="index")
+    _check(index, dtype, device)
+    torch.testing.assert_close(exact.log_prob(index), log_p.detach())
 
 
 @pytest.mark.parametrize("name", ["hawkes", "sumexp_hawkes", "powerlaw_hawkes", "piecewise_poisson"])
@@ -116,6 +120,14 @@ def test_ogata_sampling_without_bound(name, dtype, device):
     value = PointProcess(intensity, duration=5.0).sample((2,))  # local bounds (Ogata)
     _check(value, dtype, device)
     _check(PointProcess(intensity, duration=5.0).log_prob(value), dtype, device)
+    # with past events before the window (folded into the start state)
+    past = torch.tensor([[-1.0, 1.0, 0.0, 0.0], [-0.5, 0.0, 1.0, 0.0]], dtype=dtype, device=device)
+    process = PointProcess(intensity, duration=5.0, past=past)
+    value = process.sample((2,))
+    _check(value, dtype, device)
+    log_p = process.log_prob(value)
+    _check(log_p, dtype, device)
+    assert torch.isfinite(log_p).all()
 
 
 def test_spike_trains_dtype_device(dtype, device):
@@ -153,6 +165,26 @@ def test_snn_dtype_device(basis, dtype, device):
     _check(variance["std"], dtype, device)
 
 
+def test_snn_pieces_and_windows_dtype_device(dtype, device):
+    """Simulation in pieces (each with the spikes before it as past events), and the windowed
+    evaluation and training (windows cut on the CPU, each with its past observed spikes)."""
+    from pyro_dpp.snn import fit
+
+    model = SNN(2, 1, basis="epanechnikov", num_basis=2, init="small").to(device=device, dtype=dtype)
+    guide = SNN(2, 1, basis="epanechnikov", num_basis=2, init="small", acausal=True).to(device=device, dtype=dtype)
+    observed, hidden = model.simulate(2, 6.0, seed=5, piece=2.5)
+    _check(observed.to_tensor(), dtype, device)
+    _check(hidden.to_tensor(), dtype, device)
+    for value in (exact_elbo(model, guide, observed, num_particles=2, window=2.5),
+                  log_marginal(model, guide, observed, num_particles=2, window=2.5)):
+        _check(value, dtype, device)
+        assert value.shape == (2,) and torch.isfinite(value).all()
+    result = fit(model, observed, guide, estimator="pathwise", num_epochs=1, batch_size=2, window=2.5, seed=0,
+                 progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    _check(model.weight, dtype, device)
+
+
 def test_snn_fit_dtype_device(dtype, device):
     from pyro_dpp.snn import fit
 
@@ -162,3 +194,13 @@ def test_snn_fit_dtype_device(dtype, device):
         result = fit(model, observed, estimator=estimator, num_epochs=1, batch_size=None, seed=0, progress=False)
         assert all(torch.isfinite(torch.tensor(result.losses)))
     _check(model.weight, dtype, device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cpu_scalar_among_cuda_parameters_is_refused():
+    """``decay=torch.tensor(1.5)`` (CPU) with CUDA baseline and adjacency: a clear ValueError when the
+    process is built, not a device error inside the scan."""
+    kw = {"device": "cuda"}
+    hawkes = ExpHawkes(torch.tensor([0.4, 0.3], **kw), torch.tensor([[0.3, 0.1], [0.2, 0.2]], **kw), torch.tensor(1.5))
+    with pytest.raises(ValueError, match="build all its parameters on one device"):
+        PointProcess(hawkes, duration=4.0, bound=5.0)

@@ -942,6 +942,16 @@ def test_mixed_dtype_intensity_raises():
         PointProcess(ExpHawkes(torch.tensor([1.0, 3.0]), torch.tensor(_HAWKES_ADJ, dtype=torch.float64), 2.0), 4.0)
 
 
+def test_mixed_device_intensity_raises():
+    """A tensor on another device among the intensity's own (a CPU scalar among CUDA parameters;
+    here a meta tensor among CPU ones) is refused with what to change, before any scan runs."""
+    from user_intensities import UserPowerLaw
+
+    intensity = UserPowerLaw(torch.tensor([0.5, 0.3]), torch.tensor(_HAWKES_ADJ), torch.tensor(1.0, device="meta"))
+    with pytest.raises(ValueError, match="holds tensors on cpu and meta; build all its parameters on one device"):
+        PointProcess(intensity, 4.0)
+
+
 @pytest.mark.parametrize("value_dtype", [torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_inputs_are_converted_to_the_intensity_dtype(dtype, value_dtype):

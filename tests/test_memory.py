@@ -48,3 +48,23 @@ def test_a_draw_is_sized_against_the_limit():
         process.rsample()
     with pytest.raises(ValueError, match="a draw of 3 sequence"):
         process.sample((3,))
+
+
+def test_cuda_limit_counts_the_caching_allocators_unused_blocks(monkeypatch):
+    """On a CUDA device the limit is half of the driver's free memory plus what torch's caching
+    allocator reserved but does not use (freed tensors' blocks, which the driver reports as used)."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (6 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 50 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * 2**30)
+    assert memory_limit("cuda") == (6 + 50 - 10) * 2**30 // 2
+    assert memory_limit(torch.device("cuda", 0)) == (6 + 50 - 10) * 2**30 // 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_limit_on_the_device(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    free = torch.cuda.mem_get_info()[0]
+    block = torch.empty(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB, then freed into the cache
+    del block
+    assert memory_limit("cuda") >= free // 2 - 2**25  # the unused block counts (without it: 128 MiB less)
