@@ -22,7 +22,7 @@ Cases, each at batch 256 and at ``--large-batch`` (4,096; the reference at the s
 
 Usage (on a machine with a GPU)::
 
-    python benchmarks/bench_cuda.py                       # ~3 minutes on an H200
+    python benchmarks/bench_cuda.py                       # ~5 minutes on an H200 (16 CPU cores)
     python benchmarks/bench_cuda.py --quick --device cpu  # a smoke run of the script itself
 """
 
