@@ -171,11 +171,13 @@ class Intensity(torch.nn.Module):
         default: any). Scoring evaluates each chunk of query times from the events within this lag
         before it only, which makes its cost linear in the events for kernels of finite support.
 
-        Scoring's cut must never change a log-likelihood beyond the model's float precision: the
-        stock intensities return their :meth:`history_reach` at their own dtype where its cut is
-        below precision *in total* (finite supports; exponential tails), else ``inf`` (power laws
-        without a support, whose per-event cut can leave a heavy tail that sums above precision),
-        and ``inf`` for a subclass that overrides one of :data:`MATH_METHODS`."""
+        The same concept as :meth:`history_reach`, held to a stricter rule: scoring's cut must
+        never change a log-likelihood beyond the model's float precision, and must not trust a
+        parent's kernels. The stock history kernels return their :meth:`history_reach` at their
+        own dtype where the events beyond it change the intensity below precision *in total*
+        (finite supports; exponential tails), else ``inf``: power laws without a support (each
+        event beyond the reach changes the intensity below precision, but their heavy tail can
+        sum above it), and any subclass that overrides one of :data:`MATH_METHODS`."""
         return math.inf
 
     def history_reach(self, dtype: torch.dtype | None = None) -> float | None:
@@ -185,7 +187,8 @@ class Intensity(torch.nn.Module):
 
         The lag beyond which every history kernel has fallen below ``dtype``'s epsilon relative to
         its largest value: a finite kernel's support, ``log(1 / eps)`` slowest time constants for
-        exponentials (:meth:`negligible_lag`), ``0`` for no history. Windows shift time (each starts
+        exponentials (:meth:`negligible_lag`), ``c (eps^{-1/b} - 1)`` for a power law
+        ``(c + lag)^{-b}``, ``0`` for no history. Windows shift time (each starts
         at 0), so an intensity that depends on absolute time raises here.
 
         The default is :meth:`history_support` where it is finite, else None (not known:
@@ -194,8 +197,9 @@ class Intensity(torch.nn.Module):
         overrides the math (the kernels' shape is taken as the parent's, as a nonlinear or
         rescaled variant keeps it): override this method where a subclass looks further back.
 
-        :param dtype: the data's dtype (default: the intensity's, :meth:`like`); ``inf`` tails are
-            cut where they fall below its epsilon.
+        :param dtype: the data's dtype (where an override needs one and none is given: the
+            intensity's, :meth:`like`); kernels of infinite support are cut where they fall below
+            its epsilon.
         :returns: the reach in seconds (``>= 0``; ``inf``: all earlier events), or None if unknown.
         :raises ValueError: where windows cannot be used at all (an intensity of absolute time).
         """
