@@ -403,7 +403,6 @@ def _check_padding_and_order(case: Case, tf: torch.Tensor, wf: torch.Tensor, qf:
                                "sort them yourself if the evaluation needs it")
 
 
-
 def check_reach(case: Case) -> dict[str, Any]:
     """Events older than the declared :meth:`~pyro_dpp.intensity.Intensity.history_reach` before every
     query (as windows of a long recording drop them) must not change :meth:`forward` there."""
