@@ -402,3 +402,42 @@ def _check_padding_and_order(case: Case, tf: torch.Tensor, wf: torch.Tensor, qf:
                                "not be sorted (log_prob appends the context events after the value's events); "
                                "sort them yourself if the evaluation needs it")
 
+
+def check_reach(case: Case) -> dict[str, Any]:
+    """Events older than the declared :meth:`~pyro_dpp.intensity.Intensity.history_reach` before every
+    query (as windows of a long recording drop them) must not change :meth:`forward` there."""
+    try:
+        reach = case.intensity.history_reach(case.dtype)
+    except ConformanceError:
+        raise
+    except ValueError:  # refused (an intensity of absolute time): windows do not apply
+        return {"history_reach": None}
+    except Exception as err:
+        raise ConformanceError("history reach", f"history_reach(dtype) raised {type(err).__name__}: {err}") from err
+    if reach is None:
+        return {"history_reach": None}
+    try:
+        value = float(reach)
+    except (TypeError, ValueError, RuntimeError):
+        value = math.nan
+    if not value >= 0:
+        raise ConformanceError("history reach", f"history_reach(dtype) returned {reach!r}: return seconds >= 0 "
+                               "(inf: all earlier events), or None where the reach is not known")
+    if math.isinf(value):
+        return {"history_reach": value}
+    times, weights, query = _history(case)
+    tf, wf, qf = _full(case, times, 1), _full(case, weights, 2), _full(case, query, 1)
+    shape = tuple(case.data_batch) + (case.num_events,)
+    # queries are >= 0: these events lie further back than the reach from every one of them
+    u = torch.rand(shape, generator=case.gen, dtype=torch.float64).sort(-1).values
+    old = case.tensor(-value - (1.05 - 0.95 * u) * case.duration)
+    want = _forward(case, tf, wf, qf, "history reach")
+    got = _forward(case, torch.cat([old, tf], -1), torch.cat([random_weights(case, shape), wf], -2), qf,
+                   "history reach")
+    error = float((got - want).abs().max())
+    if got.shape != want.shape or not close(got, want, case.rtol):
+        raise ConformanceError("history reach", f"forward() changed by up to {error:.3g} when events older than "
+                               f"history_reach() = {value:g} s before the queries were added: return a longer "
+                               "reach (the lag beyond which no event changes the intensity), or None where it is "
+                               "not known")
+    return {"history_reach": value, "history_reach_max_error": error}

@@ -13,7 +13,9 @@ on the stock intensities (:mod:`pyro_dpp.intensity.base` states the contract):
 - ``log_prob`` of :class:`~pyro_dpp.PointProcess`: shape, finiteness, padding, and the compensator
   (a closed form, or the default quadrature) against a fine quadrature of ``forward``;
 - history before the window: ``log_prob`` with ``past=`` (events at negative times, as windows of a
-  long recording carry them; :mod:`pyro_dpp.windows`) against the same direct computation;
+  long recording carry them; :mod:`pyro_dpp.windows`) against the same direct computation; and
+  where the intensity declares a finite :meth:`~pyro_dpp.intensity.Intensity.history_reach`,
+  events older than it must not change ``forward``;
 - gradients: :func:`torch.autograd.gradcheck` in float64 of the exact ``log_prob`` with respect to
   every parameter of the intensity;
 - sampler statistics: exact draws, rescaled by each mark's compensator, give iid Exp(1) intervals
@@ -24,8 +26,8 @@ Each broken rule raises :class:`ConformanceError` (a :class:`ValueError`) whose 
 ``rule '<name>' broken:`` and says what to change. The rules: ``interface``, ``num_marks``,
 ``num_context_marks``, ``state``, ``in-place update``, ``finite``, ``negative rates``,
 ``log_rates``, ``max_rate``, ``local_bound``, ``batch shape``, ``causality``, ``scan/parallel``,
-``log_forward``, ``padding``, ``row order``, ``log_prob``, ``compensator``, ``past``, ``gradients``,
-``statistics``, ``relaxed``.
+``log_forward``, ``padding``, ``row order``, ``log_prob``, ``compensator``, ``past``,
+``history reach``, ``gradients``, ``statistics``, ``relaxed``.
 
 **Parameters and float64.** Gradients are checked on a float64 copy. By default the copy is the
 intensity itself with every floating tensor it holds (``nn.Parameter``\\ s, buffers and plain tensor
@@ -60,6 +62,7 @@ from ._conformance import (
     ConformanceError,
     call,
     check_parallel,
+    check_reach,
     check_scan,
     close,
     realization,
@@ -141,12 +144,13 @@ def check_intensity(
             with torch.no_grad():
                 report.update(check_scan(case))
                 report.update(check_parallel(case))
+                report.update(check_reach(case))
                 report.update(_check_log_prob(case, quadrature_rtol))
                 report.update(_check_past(case, quadrature_rtol))
             report["passed"] += ["interface", "num_marks", "num_context_marks", "state", "in-place update",
                                  "finite", "negative rates", "log_rates", "max_rate", "local_bound", "batch shape",
                                  "causality", "scan/parallel", "log_forward", "padding", "row order", "log_prob",
-                                 "compensator", "past"]
+                                 "compensator", "past", "history reach"]
         else:
             report["skipped"]["structure"] = "structure=False"
         if gradients:

@@ -21,6 +21,12 @@ The reach (:func:`history_reach`):
 - no history (homogeneous :class:`Poisson`): 0;
 - anything else: pass ``history=`` (seconds).
 
+Each intensity states its reach next to its math, by its
+:meth:`~pyro_dpp.intensity.Intensity.history_reach` (:class:`~pyro_dpp.intensity.Basis` and
+:class:`~pyro_dpp.snn.SNN` have one too): a user's own intensity that defines it works with
+windows like a stock one, one that does not gets a ``ValueError`` asking for ``history=``, and
+a subclass of a stock intensity keeps its parent's reach unless it overrides the method.
+
 Windows shift time: window ``w`` starts at 0. So an intensity must not depend on absolute time
 (the kernels of the history do not; a time-varying baseline such as :class:`InhomogeneousPoisson`
 or :class:`PiecewisePoisson` does, and :func:`history_reach` refuses it).
@@ -172,65 +178,34 @@ def prepend_past(past: torch.Tensor | None, value: torch.Tensor, duration: torch
     return torch.cat([times.unsqueeze(-1), both[..., 1:]], -1)[..., : min(rows, both.shape[-2]), :]
 
 
-def _eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps)
-
-
-def _basis_reach(basis: Any, dtype: torch.dtype) -> float | None:
-    from .intensity.base import Intensity
-    from .intensity.basis import ExponentialBasis
-
-    if math.isfinite(getattr(basis, "support", math.inf)):
-        return float(basis.support)
-    if isinstance(basis, ExponentialBasis):
-        return Intensity.negligible_lag(1 / basis.time_constants.max(), dtype)
-    return None
-
-
 def history_reach(model: Any, dtype: torch.dtype = torch.float64) -> float:
     """The lag beyond which an event no longer changes the intensity of ``model`` (see the module
     docstring): the support of a finite kernel, else where every kernel falls below ``dtype``'s
     epsilon relative to its largest value.
 
-    :param model: an :class:`~pyro_dpp.intensity.Intensity`, a :class:`~pyro_dpp.intensity.Basis`,
-        an :class:`~pyro_dpp.snn.SNN`, or a list of those (the longest reach).
-    :raises ValueError: for a model whose reach is unknown (pass ``history=`` then).
-    """
-    from .intensity import ExpHawkes, InhomogeneousPoisson, PiecewisePoisson, Poisson, PowerLawHawkes, SumExpHawkes
-    from .intensity.basis import Basis
+    Each model states its own reach, next to its math: ``model.history_reach(dtype)``
+    (:meth:`pyro_dpp.intensity.Intensity.history_reach`, :meth:`pyro_dpp.intensity.Basis.history_reach`,
+    :meth:`pyro_dpp.snn.SNN.history_reach`), so a user's own intensity states its reach by
+    defining that method.
 
+    :param model: an :class:`~pyro_dpp.intensity.Intensity`, a :class:`~pyro_dpp.intensity.Basis`,
+        an :class:`~pyro_dpp.snn.SNN` (any object with a ``history_reach(dtype)`` method), or a
+        list of those (the longest reach).
+    :param dtype: the data's dtype, whose epsilon cuts infinite tails.
+    :raises ValueError: for a model whose reach is unknown (pass ``history=`` then), or one that
+        windows cannot serve (an intensity of absolute time).
+    """
     if isinstance(model, (list, tuple)):
         return max((history_reach(m, dtype) for m in model), default=0.0)
-    if isinstance(model, (InhomogeneousPoisson, PiecewisePoisson)):
-        raise ValueError(
-            f"{type(model).__name__} depends on absolute time, and windows shift every window to start at 0, "
-            "which would change its rates: score the recording whole, or model the time dependence in a way "
-            "that moves with the window"
-        )
-    log_eps = math.log(1 / _eps(dtype))
-    reach: float | None = None
-    if isinstance(model, Poisson):
-        reach = 0.0
-    elif isinstance(model, ExpHawkes):
-        reach = model.negligible_lag(model.decay, dtype)
-    elif isinstance(model, SumExpHawkes):
-        reach = model.negligible_lag(model.decays, dtype)
-    elif isinstance(model, PowerLawHawkes):
-        if math.isfinite(model.support):
-            reach = float(model.support)
-        else:  # (c + d)^-b / c^-b = eps  <=>  d = c (eps^(-1/b) - 1)
-            c, b = float(model.cutoff.detach().max()), float(model.exponent.detach().min())
-            reach = c * math.expm1(log_eps / b)
-    elif isinstance(model, Basis):
-        reach = _basis_reach(model, dtype)
-    elif hasattr(model, "basis") and isinstance(model.basis, Basis):  # GLM, SNN
-        reach = _basis_reach(model.basis, dtype)
+    method = getattr(model, "history_reach", None)
+    reach = method(dtype) if callable(method) else None
     if reach is None or not reach >= 0:
         raise ValueError(
             f"the history reach of {type(model).__name__} is not known: pass history= (seconds: how far back "
-            "an event still changes the intensity; windows then carry the events that far back as past)"
+            "an event still changes the intensity; windows then carry the events that far back as past), "
+            "or give the class a history_reach(dtype) method"
         )
-    return reach
+    return float(reach)
 
 
 def _events(trains: SpikeTrains) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -19,6 +19,7 @@ from pyro_dpp.intensity import (
     ExpHawkes,
     ExponentialBasis,
     Intensity,
+    PiecewisePoisson,
     Poisson,
     RaisedCosineBasis,
 )
@@ -313,6 +314,18 @@ class SqrtTrace(UserHawkes):
         return self.mu.unsqueeze(-2) + torch.sqrt(self.kernel(times, query) @ weights) @ self.a.T
 
 
+class ShortReach(UserHawkes):
+    """Declares a reach shorter than its exponential kernel's."""
+
+    def history_reach(self, dtype=None):
+        return 0.5
+
+
+class NegativeReach(UserHawkes):
+    def history_reach(self, dtype=None):
+        return -1.0
+
+
 BROKEN = [
     (NegativeRates(), {}, "negative rates"),
     (GrowingState(), {}, "'state'.*fixed shape"),
@@ -337,6 +350,8 @@ BROKEN = [
     (WrongBackward(), {}, "'gradients'.*'mu'"),
     (ScanOnlyExcites(), {"structure": False, "gradients": False}, "'statistics'"),
     (SqrtTrace(), {"gradients": False, "statistics": False}, "'relaxed'.*not finite"),
+    (ShortReach(), {}, "'history reach'.*history_reach\\(\\) = 0.5 s"),
+    (NegativeReach(), {}, "'history reach'.*returned -1.0"),
 ]
 
 
@@ -413,3 +428,22 @@ def test_history_before_the_window_rule():
     assert "past" in report["passed"] and report["past_error"] < 1e-6
     with pytest.raises(ConformanceError, match="rule 'past' broken"):
         check_intensity(_PastBlindHawkes(*args), duration=5.0, gradients=False, statistics=False, relaxed=False)
+
+
+class _ReachedUserHawkes(UserHawkes):
+    """States its reach: where its kernel exp(-b lag) has fallen below the dtype's epsilon."""
+
+    def history_reach(self, dtype=None):
+        return self.negligible_lag(self.b, self.mu.dtype if dtype is None else dtype)
+
+
+def test_history_reach_rule():
+    only = {"gradients": False, "statistics": False, "relaxed": False}
+    report = check_intensity(_ReachedUserHawkes(), duration=5.0, **only)
+    assert "history reach" in report["passed"]
+    assert report["history_reach"] == pytest.approx(math.log(1 / torch.finfo(DT).eps) / 1.5)
+    assert report["history_reach_max_error"] < 1e-12
+    # undeclared (unknown) and refused reaches are not checked
+    assert check_intensity(UserHawkes(), duration=5.0, **only)["history_reach"] is None
+    piecewise = PiecewisePoisson(torch.tensor([0.0, 2.0, 5.0], dtype=DT), torch.tensor([[0.5], [1.0]], dtype=DT))
+    assert check_intensity(piecewise, duration=5.0, **only)["history_reach"] is None

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
+from user_intensities import UserPowerLaw
 
 import pyro_dpp
 from pyro_dpp import PointProcess, SpikeTrains
 from pyro_dpp.distribution import DEFAULT_MAX_EVENTS
 from pyro_dpp.intensity import (
     GLM,
+    Basis,
     EpanechnikovBasis,
     ExpHawkes,
     ExponentialBasis,
@@ -142,6 +144,102 @@ def test_history_reach():
         history_reach(object())
     with pytest.raises(ValueError, match="absolute time"):
         history_reach(PiecewisePoisson(torch.tensor([0.0, 1.0, 2.0], dtype=DT), torch.tensor([[0.5], [1.0]], dtype=DT)))
+
+
+class _ReachedPowerLaw(UserPowerLaw):
+    """A user's own intensity (no stock class) that states its reach: its kernel is cut off at
+    ``support``."""
+
+    def history_reach(self, dtype=None):
+        return float(self.support)
+
+
+def _user_power_law(cls, support=3.0):
+    return cls(_leaf([0.5, 0.3]), _leaf([[0.3, 0.1], [0.2, 0.2]]), delta=1.0, beta=1.5, support=support)
+
+
+def test_windows_of_a_user_intensity_that_states_its_reach():
+    intensity = _user_power_law(_ReachedPowerLaw)
+    trains = _recording(intensity, seed=2)
+    # a quadrature compensator (no closed form), and a window edge is one more breakpoint: compare
+    # at a node count where both quadratures are exact to float precision (as for the GLMs above)
+    nodes = 48
+    whole = PointProcess(intensity, trains.duration, quadrature_nodes=nodes).log_prob(trains.to_tensor()).sum()
+    windows = trains.windows(LENGTH, model=intensity)
+    assert windows.history == 3.0
+    assert int(windows.past[..., 1:].sum()) > 0  # the windows do carry past events
+    parts = PointProcess(intensity, windows.duration, past=windows.past, quadrature_nodes=nodes).log_prob(
+        windows.value())
+    torch.testing.assert_close(parts.sum(), whole, rtol=1e-12, atol=0)
+    # the reach is what makes them agree: a third of it leaves the windows' first seconds short
+    short = trains.windows(LENGTH, history=1.0)
+    cut = PointProcess(intensity, short.duration, past=short.past, quadrature_nodes=nodes).log_prob(short.value())
+    assert abs((cut.sum() - whole).item()) > 1e-6 * abs(whole.item())
+
+
+def test_a_user_intensity_without_a_reach_asks_for_history():
+    intensity = _user_power_law(UserPowerLaw)
+    trains = _recording(_user_power_law(_ReachedPowerLaw), seed=2)
+    with pytest.raises(ValueError, match="history reach of UserPowerLaw is not known: pass history="):
+        trains.windows(LENGTH, model=intensity)
+    with pytest.raises(ValueError, match="pass history="):
+        history_reach([INTENSITIES["poisson"](), intensity])
+    # given history=, the same windows serve it
+    windows = trains.windows(LENGTH, history=3.0)
+    whole = PointProcess(intensity, trains.duration, quadrature_nodes=48).log_prob(trains.to_tensor()).sum()
+    parts = PointProcess(intensity, windows.duration, past=windows.past, quadrature_nodes=48).log_prob(
+        windows.value())
+    torch.testing.assert_close(parts.sum(), whole, rtol=1e-12, atol=0)
+
+
+def test_history_reach_protocol_defaults():
+    # a user's intensity that states a finite history_support (for scoring) gets it as its reach
+    class Supported(UserPowerLaw):
+        def history_support(self):
+            return float(self.support)
+
+    assert history_reach(_user_power_law(Supported, support=2.5)) == 2.5
+    assert _user_power_law(Supported).history_reach() == 3.0
+    # a subclass of a stock intensity that overrides the math keeps its parent's reach (documented:
+    # the kernels' shape is the parent's) while scoring stops trusting the parent's support
+    base = INTENSITIES["exp_hawkes"]()
+    derived = _ScanScoredHawkes(base.baseline, base.adjacency, base.decay)
+    assert history_reach(derived) == history_reach(base)
+    assert derived.history_support() == math.inf and base.history_support() == history_reach(base)
+
+    # ... unless it states its own
+    class Longer(_ScanScoredHawkes):
+        def history_reach(self, dtype=None):
+            return 2 * super().history_reach(dtype)
+
+    assert history_reach(Longer(base.baseline, base.adjacency, base.decay)) == 2 * history_reach(base)
+    # the reach follows the data's dtype, the support the model's
+    eps32 = torch.finfo(torch.float32).eps
+    assert history_reach(base, torch.float32) == pytest.approx(math.log(1 / eps32) / 2.0)
+    assert base.history_reach() == history_reach(base, DT)
+    # lists: the longest; a basis of a user's own with a finite support; one without
+    models = [INTENSITIES[name]() for name in ("poisson", "glm_epanechnikov", "powerlaw_support")]
+    assert history_reach(models) == 5.0
+
+    class Bumps(Basis):
+        num_basis = 1
+        support = 1.5
+
+    class Open(Basis):
+        num_basis = 1
+
+    assert history_reach(Bumps()) == 1.5
+    with pytest.raises(ValueError, match="history reach of Open is not known"):
+        history_reach(Open())
+
+
+def test_snn_reach_is_its_basis_reach():
+    from pyro_dpp.snn import SNN
+
+    for basis in (EpanechnikovBasis(2, 0.0, 3.0, 1.0), ExponentialBasis([0.5, 1.5])):
+        net = SNN(2, 1, basis=basis)
+        assert history_reach(net, torch.float32) == history_reach(basis, torch.float32)
+        assert net.history_reach() == basis.history_reach(net.weight.dtype)
 
 
 def test_windows_of_several_sequences_and_indexing():

@@ -20,8 +20,11 @@ Writing your own: subclass :class:`Intensity`, set ``num_marks`` and ``num_conte
 the four methods above and ``batch_shape``; optionally :meth:`compensator` (a closed form, else
 quadrature is used), :meth:`breakpoints` (times where the intensity is not smooth, to place
 quadrature nodes), :meth:`max_rate` (a constant bound on the summed rates, used when ``bound`` is
-omitted) and :meth:`local_bound` (for Ogata-style exact sampling without a global bound). Parameter
-batch dimensions must broadcast against the data's batch dimensions from the right.
+omitted), :meth:`local_bound` (for Ogata-style exact sampling without a global bound),
+:meth:`history_support` (a lag beyond which events change nothing, which makes scoring linear) and
+:meth:`history_reach` (how far back events count, for windows of long recordings,
+:mod:`pyro_dpp.windows`). Parameter batch dimensions must broadcast against the data's batch
+dimensions from the right.
 
 **Speed.** The samplers run an intensity's scan through one engine (:mod:`pyro_dpp.scan`) when
 :meth:`Intensity.scan_filter` hands it a :class:`~pyro_dpp.scan.ScanFilter`: the history filter
@@ -166,8 +169,42 @@ class Intensity(torch.nn.Module):
     def history_support(self) -> float:
         """The largest lag at which a history event still changes the intensity (``inf``, the
         default: any). Scoring evaluates each chunk of query times from the events within this lag
-        before it only, which makes its cost linear in the events for kernels of finite support."""
+        before it only, which makes its cost linear in the events for kernels of finite support.
+
+        The same concept as :meth:`history_reach`, held to a stricter rule: scoring's cut must
+        never change a log-likelihood beyond the model's float precision, and must not trust a
+        parent's kernels. The stock history kernels return their :meth:`history_reach` at their
+        own dtype where the events beyond it change the intensity below precision *in total*
+        (finite supports; exponential tails), else ``inf``: power laws without a support (each
+        event beyond the reach changes the intensity below precision, but their heavy tail can
+        sum above it), and any subclass that overrides one of :data:`MATH_METHODS`."""
         return math.inf
+
+    def history_reach(self, dtype: torch.dtype | None = None) -> float | None:
+        r"""How far back (seconds) an event still changes the intensity: the past each window of a
+        long recording carries (:mod:`pyro_dpp.windows`), so that the windows' log-likelihoods sum
+        to the recording's.
+
+        The lag beyond which every history kernel has fallen below ``dtype``'s epsilon relative to
+        its largest value: a finite kernel's support, ``log(1 / eps)`` slowest time constants for
+        exponentials (:meth:`negligible_lag`), ``c (eps^{-1/b} - 1)`` for a power law
+        ``(c + lag)^{-b}``, ``0`` for no history. Windows shift time (each starts
+        at 0), so an intensity that depends on absolute time raises here.
+
+        The default is :meth:`history_support` where it is finite, else None (not known:
+        :func:`pyro_dpp.windows.history_reach` then asks for ``history=``). Override it next to
+        your kernels' math. A subclass of a stock intensity keeps its parent's reach, also where it
+        overrides the math (the kernels' shape is taken as the parent's, as a nonlinear or
+        rescaled variant keeps it): override this method where a subclass looks further back.
+
+        :param dtype: the data's dtype (where an override needs one and none is given: the
+            intensity's, :meth:`like`); kernels of infinite support are cut where they fall below
+            its epsilon.
+        :returns: the reach in seconds (``>= 0``; ``inf``: all earlier events), or None if unknown.
+        :raises ValueError: where windows cannot be used at all (an intensity of absolute time).
+        """
+        support = self.history_support()
+        return float(support) if math.isfinite(support) else None
 
     @staticmethod
     def negligible_lag(slowest_rate: Any, dtype: torch.dtype) -> float:

@@ -22,7 +22,7 @@ import torch
 
 from ..scan.backend import numba_usable
 from ._decay import decayed_sums
-from .base import State, as_param, keeps_math
+from .base import Intensity, State, as_param, keeps_math
 
 #: The methods that define a basis's values on a scan: a subclass overriding one loses the stock filter.
 BASIS_MATH = ("forward", "initial_state", "state_features", "update")
@@ -42,6 +42,18 @@ class Basis(torch.nn.Module):
     def kinks(self) -> torch.Tensor | None:
         """Lags where some ``phi_l`` is not smooth (quadrature nodes avoid straddling them)."""
         return None
+
+    def history_reach(self, dtype: torch.dtype | None = None) -> float | None:
+        """The lag beyond which no ``phi_l`` changes a potential at ``dtype``'s precision: the
+        history reach of a GLM or SNN on this basis (:meth:`pyro_dpp.intensity.Intensity.history_reach`).
+
+        The default is :attr:`support` where it is finite, else None (not known). A subclass keeps
+        its parent's reach unless it overrides this method.
+
+        :param dtype: the data's dtype (used by infinite-support bases).
+        :returns: seconds (``>= 0``), or None if unknown.
+        """
+        return float(self.support) if math.isfinite(self.support) else None
 
     def scan_filter(self, glm: Any, keys: torch.Tensor, batch: torch.Size) -> Any:
         """The scan filter of a GLM with this basis (see :meth:`pyro_dpp.intensity.Intensity.scan_filter`),
@@ -162,6 +174,13 @@ class ExponentialBasis(Basis):
             raise ValueError("time_constants must be positive and finite")
         self.register_buffer("time_constants", tau)
         self.num_basis = tau.numel()
+
+    def history_reach(self, dtype: torch.dtype | None = None) -> float:
+        """``log(1 / eps)`` of the largest time constant: the slowest trace has fallen below
+        ``dtype``'s epsilon (default: the time constants' dtype) relative to its value at lag 0
+        (:meth:`~pyro_dpp.intensity.Intensity.negligible_lag`)."""
+        tau = self.time_constants
+        return Intensity.negligible_lag(1 / tau.max(), tau.dtype if dtype is None else dtype)
 
     def forward(self, lag: torch.Tensor) -> torch.Tensor:
         lag = lag.unsqueeze(-1)

@@ -232,14 +232,16 @@ class GLM(Intensity):
             points = torch.cat([points.expand(batch + points.shape[-1:]), ahead.expand(batch + ahead.shape[-1:])], -1)
         return points
 
+    def history_reach(self, dtype: torch.dtype | None = None) -> float | None:
+        """The basis's :meth:`~pyro_dpp.intensity.Basis.history_reach` (see
+        :meth:`Intensity.history_reach`)."""
+        return self.basis.history_reach(self.bias.dtype if dtype is None else dtype)
+
     def history_support(self) -> float:
-        # a subclass that changes the math may look further back
-        if not keeps_math(self, GLM):
-            return math.inf
-        taus = getattr(self.basis, "time_constants", None)
-        if math.isinf(self.basis.support) and taus is not None:  # exponential filters
-            return self.negligible_lag(1 / taus.max(), self.bias.dtype)
-        return self.basis.support
+        # a finite support, or exponential filters whose tails sum to below precision beyond the
+        # reach; a subclass that changes the math may look further back
+        reach = self.history_reach() if keeps_math(self, GLM) else None
+        return math.inf if reach is None else reach
 
     def max_rate(self) -> torch.Tensor | None:
         if self.activation in ("sigmoid", "hardtanh"):

@@ -21,6 +21,15 @@ from ..scan.filter import ScanFilter
 from .base import Intensity, State, as_param, check_finite, keeps_math
 
 
+def _absolute_time_error(intensity: Intensity) -> ValueError:
+    """The refusal of :meth:`Intensity.history_reach` for rates of absolute time."""
+    return ValueError(
+        f"{type(intensity).__name__} depends on absolute time, and windows shift every window to start at 0, "
+        "which would change its rates: score the recording whole, or model the time dependence in a way "
+        "that moves with the window"
+    )
+
+
 class PiecewisePoisson(Intensity):
     r"""Poisson process with piecewise-constant rates on a grid:
 
@@ -137,6 +146,14 @@ class PiecewisePoisson(Intensity):
         return self.edges.to(times).expand(times.shape[:-1] + self.edges.shape)
 
     # ---- sampling helpers ------------------------------------------------------------------
+    def history_reach(self, dtype: torch.dtype | None = None) -> float:
+        """Refuses: the rates depend on absolute time, which windows shift (see
+        :meth:`Intensity.history_reach`).
+
+        :raises ValueError: always.
+        """
+        raise _absolute_time_error(self)
+
     def max_rate(self) -> torch.Tensor:
         return self.rates_param.sum(-1).amax(-1)
 
@@ -331,6 +348,14 @@ class InhomogeneousPoisson(Intensity):
         return self.knots.to(times).expand(times.shape[:-1] + self.knots.shape)
 
     # ---- sampling helpers ------------------------------------------------------------------
+    def history_reach(self, dtype: torch.dtype | None = None) -> float:
+        """Refuses: the rates depend on absolute time, which windows shift (see
+        :meth:`Intensity.history_reach`).
+
+        :raises ValueError: always.
+        """
+        raise _absolute_time_error(self)
+
     def max_rate(self) -> torch.Tensor:
         return self.bound
 

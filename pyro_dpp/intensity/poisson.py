@@ -59,6 +59,10 @@ class Poisson(Intensity):
     def compensator(self, times: torch.Tensor, weights: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
         return self.rates_param.sum(-1) * duration
 
+    def history_reach(self, dtype: torch.dtype | None = None) -> float:
+        """0: no history (see :meth:`Intensity.history_reach`)."""
+        return 0.0
+
     def max_rate(self) -> torch.Tensor:
         return self.rates_param.sum(-1)
 

@@ -231,8 +231,22 @@ class PowerLawHawkes(Intensity):
                 triggered = triggered + torch.einsum("...ekd,...ed,...kd->...", mass, wc, self.multiplier)
         return self.baseline.sum(-1) * duration + triggered
 
+    def history_reach(self, dtype: torch.dtype | None = None) -> float:
+        r"""The ``support`` where finite, else the lag :math:`d` at which the slowest-falling
+        kernel has dropped to ``dtype``'s epsilon of its value at lag 0,
+        :math:`(c + d)^{-b} = \epsilon\, c^{-b}`, that is :math:`d = c\,(\epsilon^{-1/b} - 1)`
+        (largest cutoff, smallest exponent), which can be very long: windows then do better with
+        a shorter ``history=`` (see :meth:`Intensity.history_reach`)."""
+        if math.isfinite(self.support):
+            return float(self.support)
+        dtype = self.baseline.dtype if dtype is None else dtype
+        c, b = float(self.cutoff.detach().max()), float(self.exponent.detach().min())
+        return c * math.expm1(math.log(1 / torch.finfo(dtype).eps) / b)
+
     def history_support(self) -> float:
-        # a subclass that changes the math may look further back
+        # only a true support: without one, the events beyond the reach each change the intensity
+        # below precision, but their heavy tail can sum above it; a subclass that changes the math
+        # may look further back
         return float(self.support) if keeps_math(self, PowerLawHawkes) else math.inf
 
     def breakpoints(self, times: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:

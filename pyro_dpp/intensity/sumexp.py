@@ -150,9 +150,14 @@ class SumExpHawkes(_ExpKernelHawkes):
         return self.baseline.sum(-1) * duration + triggered
 
     # ---- sampling helpers ------------------------------------------------------------------
+    def history_reach(self, dtype: torch.dtype | None = None) -> float:
+        """:meth:`negligible_lag` of the slowest of the decays: older events change the intensity
+        below ``dtype``'s precision (see :meth:`Intensity.history_reach`)."""
+        return self.negligible_lag(self.decays, self.baseline.dtype if dtype is None else dtype)
+
     def history_support(self) -> float:
-        # exponential kernels: events older than this change the intensity below float precision
-        return self.negligible_lag(self.decays, self.baseline.dtype) if keeps_math(self, SumExpHawkes) else math.inf
+        # the exponential tails of the events beyond the reach sum to below float precision too
+        return self.history_reach() if keeps_math(self, SumExpHawkes) else math.inf
 
     def branching_matrix(self) -> torch.Tensor:
         return self.adjacency[..., : self.num_marks, :].sum(-1)

@@ -159,6 +159,15 @@ class SNN(torch.nn.Module):
     def hidden_index(self) -> list[int]:
         return list(range(self.n_observed, self.num_neurons))
 
+    def history_reach(self, dtype: torch.dtype | None = None) -> float | None:
+        """How far back a spike still changes the network's potentials: its basis's
+        :meth:`~pyro_dpp.intensity.Basis.history_reach` (see
+        :meth:`pyro_dpp.intensity.Intensity.history_reach`).
+
+        :param dtype: the data's dtype (default: the weights').
+        """
+        return self.basis.history_reach(self.weight.dtype if dtype is None else dtype)
+
     @torch.no_grad()
     def reset_parameters(self, init: str = "paper") -> None:
         """Random initialisation: ``"paper"`` or ``"small"`` (see the class docstring)."""
@@ -341,7 +350,7 @@ class SNN(torch.nn.Module):
         from ..windows import history_reach
 
         like = self.weight
-        reach = history_reach(self.basis, like.dtype)
+        reach = history_reach(self, like.dtype)
         times: list[list[torch.Tensor]] = [[] for _ in range(num_sequences)]
         marks: list[list[torch.Tensor]] = [[] for _ in range(num_sequences)]
         start = 0.0
