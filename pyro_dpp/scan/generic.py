@@ -153,25 +153,40 @@ def _compiler_failed(error: Exception) -> None:
                   "generic scan runs its steps eagerly in this session", RuntimeWarning, stacklevel=3)
 
 
+def _padded(x: torch.Tensor, extra: int, dims: int) -> torch.Tensor:
+    """``x`` (``batch x m`` then ``dims`` more dimensions) with ``extra`` more steps: repeats of the last
+    (times) or zeros (``dims > 0``: no candidate, no context event)."""
+    if dims == 0:
+        return torch.cat([x, x[..., -1:].expand(x.shape[:-1] + (extra,))], -1)
+    return torch.cat([x, x.new_zeros(x.shape[:-2] + (extra, x.shape[-1]))], -2)
+
+
 def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w: torch.Tensor,
-         bound: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+         bound: torch.Tensor, last: bool = False
+         ) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps ``lo .. hi-1`` (``lo < hi``) from ``state``; ``times`` (batch x m) and ``ctx_w`` (batch x m x (K+C))
     are the segment's. Returns the state after the segment and the steps' marks, log-weights (batch x m x
     (K+1)), summed rates over the bound (batch x m), history weights (batch x m x (K+C)) and log-rates
     (batch x m x K). Under backend ``"compiled"`` whole chunks of :data:`COMPILED_CHUNK` steps run as one
-    compiled call, the rest step by step."""
+    compiled call, the rest step by step; with ``last`` (the scan's last segment, its state and graph
+    unused: a forward pass without autograd) the rest runs as one more compiled chunk, padded with steps
+    that carry no event (their outputs dropped), since an eager step costs several compiled ones."""
     intensity = plan.intensity
     log_bound = torch.log(bound).unsqueeze(-1)
     cands, ctx_hists, noises = plan.cand[..., lo:hi, :], ctx_w * plan.ctx[..., lo:hi, :], plan.noise[..., lo:hi, :]
     flags = (plan.inv_t, plan.relaxed, plan.straight_through)
     parts: list[list[torch.Tensor]] = [[], [], [], [], []]
-    done = 0
+    done, steps = 0, hi - lo
     compiled = compiled_steps()
     size = COMPILED_CHUNK
-    if compiled is not None and hi - lo >= size:
+    if compiled is not None and last and steps % size:
+        extra = size - steps % size
+        times, cands, ctx_hists, noises = (_padded(x, extra, d) for x, d in ((times, 0), (cands, 1),
+                                                                           (ctx_hists, 1), (noises, 1)))
+    if compiled is not None and times.shape[-1] >= size:
         # chunk-major copies made once (a chunk must be contiguous: a view's strides depend on the
         # segment's length and would be guarded on and recompile)
-        n = (hi - lo) // size
+        n = times.shape[-1] // size
 
         def chunks(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, ...]:
             x = x[..., : n * size, :] if dims else x[..., : n * size]
@@ -198,8 +213,10 @@ def _run(plan: _Plan, state: State, lo: int, hi: int, times: torch.Tensor, ctx_w
     if eager:
         for j, (part, out) in enumerate(zip(parts, zip(*eager))):
             part.append(torch.stack(out, -1 if j == 2 else -2))
-    return state, *(part[0] if len(part) == 1 else torch.cat(part, -1 if j == 2 else -2)
-                    for j, part in enumerate(parts))
+    outs = [part[0] if len(part) == 1 else torch.cat(part, -1 if j == 2 else -2) for j, part in enumerate(parts)]
+    if done > steps:  # drop the padding
+        outs = [out[..., :steps] if j == 2 else out[..., :steps, :] for j, out in enumerate(outs)]
+    return state, *outs
 
 
 def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w: torch.Tensor,
@@ -216,11 +233,16 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w
         empty = times.new_zeros(batch + (0, k + 1))
         return empty, empty, times.new_zeros(batch + (0, d)), times.new_zeros(batch + (0,)), empty[..., :k]
     out = None
-    for lo in range(0, steps, plan.every):
-        hi = min(steps, lo + plan.every)
+    every = plan.every if checkpoints is not None else steps  # no checkpoints: one segment
+    for lo in range(0, steps, every):
+        hi = min(steps, lo + every)
         if checkpoints is not None:
             checkpoints.append([x.clone() for x in pytree.tree_leaves(state)])  # an update may work in place
-        state, *parts = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound)
+        state, *parts = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound,
+                             last=checkpoints is None)
+        if hi - lo == steps:  # one segment: its outputs are the scan's
+            out = parts
+            break
         if out is None:
             out = [p.new_empty(p.shape[:len(batch)] + (steps,) + p.shape[len(batch) + 1:]) for p in parts]
         for o, p in zip(out, parts):
