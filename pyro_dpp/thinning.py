@@ -68,8 +68,13 @@ def draw_candidates(
         width = max(most, 1)
         index = torch.arange(width, device=duration.device)
         mask = index < counts.unsqueeze(-1)
-        u = torch.rand(duration.shape + (width,), dtype=duration.dtype, device=duration.device)
-        u = torch.where(mask, u, torch.ones_like(u)).sort(-1).values
+        # n sorted uniforms without a sort: S_i / S_(n+1), i = 1..n, with S the partial sums of n + 1
+        # standard exponential spacings (the uniform order statistics); in at least float32, so that
+        # the partial sums of a low-precision dtype keep the spacings
+        work = torch.promote_types(duration.dtype, torch.float32)
+        sums = torch.empty(duration.shape + (width + 1,), dtype=work, device=duration.device).exponential_().cumsum(-1)
+        u = sums[..., :width] / sums.gather(-1, counts.long().unsqueeze(-1))
+        u = torch.where(mask, u, torch.ones_like(u)).to(duration.dtype)
         return (u * duration.unsqueeze(-1)).detach(), mask
 
 
@@ -312,13 +317,14 @@ def _compact(times: torch.Tensor, marks: torch.Tensor, accepted: torch.Tensor, d
         raise ValueError(
             f"a sequence has {most} events but max_events={max_events}; pass a larger max_events"
         )
-    order = (~accepted).to(torch.int8).argsort(dim=-1, stable=True)
-    times = times.gather(-1, order)
-    marks = marks.gather(-2, order.unsqueeze(-1).expand(order.shape + (marks.shape[-1],)))
-    keep = accepted.gather(-1, order).unsqueeze(-1).to(marks.dtype)
-    marks = _fit_rows(marks * keep, max_events)
-    times = _fit_rows(times.unsqueeze(-1), max_events).squeeze(-1)
-    return pad_realization(times, marks, torch.zeros_like(times), duration)
+    # each accepted row goes to its place among the accepted ones, every other row to a spare last row
+    place = torch.where(accepted, accepted.cumsum(-1) - 1, max_events)
+    rows = torch.cat([times.unsqueeze(-1), marks.to(times.dtype), times.new_zeros(times.shape + (1,))], -1)
+    out = rows.new_zeros(rows.shape[:-2] + (max_events + 1, rows.shape[-1]))
+    out = out.scatter_(-2, place.unsqueeze(-1).expand(rows.shape), rows)[..., :max_events, :]
+    real = torch.arange(max_events, device=times.device) < counts.unsqueeze(-1)
+    out[..., 0] = torch.where(real, out[..., 0], duration.unsqueeze(-1))
+    return out
 
 
 @torch.no_grad()

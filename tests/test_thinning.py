@@ -30,7 +30,7 @@ from pyro_dpp import PointProcess
 from pyro_dpp.events import LOG_WEIGHTS_ATTR, event_mask
 from pyro_dpp.intensity import GLM, EpanechnikovBasis, ExpHawkes, ExponentialBasis, Poisson, RaisedCosineBasis
 from pyro_dpp.likelihood import history
-from pyro_dpp.thinning import sample_exact, sample_ogata
+from pyro_dpp.thinning import draw_candidates, sample_exact, sample_ogata
 
 DT = torch.float64
 Z_TOL = 4.5
@@ -157,6 +157,28 @@ def test_poisson_counts_and_times(sampler):
     assert scipy.stats.kstest(times, "uniform").pvalue > P_MIN
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_draw_candidates_are_sorted_uniform_order_statistics(dtype):
+    """Thinning's candidates: Poisson(bound T) counts, real candidates first and sorted in [0, T],
+    padding at T, and given n candidates the i-th is T * Beta(i, n + 1 - i) (mean and SE per i)."""
+    torch.manual_seed(3)
+    n_seq, rate, duration, n = 20000, 0.5, 8.0, 4
+    times, mask = draw_candidates(torch.full((n_seq,), rate, dtype=dtype), torch.full((n_seq,), duration, dtype=dtype),
+                                  100)
+    assert times.dtype == dtype
+    counts = mask.sum(-1)
+    assert torch.equal(mask, torch.arange(mask.shape[-1]) < counts.unsqueeze(-1))
+    assert (times[~mask] == duration).all() and (times >= 0).all() and (times <= duration).all()
+    assert (times[..., 1:] >= times[..., :-1]).all()
+    mean = rate * duration
+    assert abs(float(counts.double().mean()) - mean) / math.sqrt(mean / n_seq) < Z_TOL
+    rows = times[counts == n][:, :n].double() / duration
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    beta_mean, beta_var = i / (n + 1), i * (n + 1 - i) / ((n + 1) ** 2 * (n + 2))
+    z = (rows.mean(0) - beta_mean) / (beta_var / rows.shape[0]).sqrt()
+    assert z.abs().max() < Z_TOL, z
+
+
 # ---- Hawkes: constant bound vs Ogata vs the exact mean --------------------------------------------------
 def test_hawkes_thinning_matches_ogata_and_exact_mean():
     duration, n = 10.0, 3000
@@ -191,7 +213,7 @@ def test_hawkes_with_context_and_matrix_decays_mean():
     intensity = hawkes(mu, alpha, beta)
     ogata = PointProcess(intensity, duration, context=context).sample()
     torch.manual_seed(5)
-    thinned = PointProcess(intensity, duration, bound=12.0, context=context).sample()
+    thinned = PointProcess(intensity, duration, bound=20.0, context=context).sample()  # Hawkes bursts: room
     mean = torch.tensor(hawkes_mean_counts(mu, alpha, beta, duration, [ctx_rate]))
     for c in (counts_of(ogata, 2), counts_of(thinned, 2)):
         z = (c.mean(0) - mean) / (c.var(0) / n).sqrt()
