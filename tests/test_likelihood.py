@@ -395,7 +395,7 @@ def _np_hawkes_rate_fn(case, ctx_t, ctx_w):
 @pytest.mark.parametrize("tau", [0.5, 0.1])
 @pytest.mark.parametrize("name", ["hawkes-scalar", "hawkes-matrix-context", "glm-exponential"])
 def test_dpp_log_prob_of_rsample_matches_candidate_loop(name, tau):
-    duration, batch, bound = 6.0, 3, 6.0
+    duration, batch, bound = 6.0, 3, 10.0  # room above the Hawkes processes' bursts
     torch.manual_seed(12)
     if name.startswith("hawkes"):
         case = HAWKES_CASES["scalar-decay" if name == "hawkes-scalar" else "matrix-decay-context"]

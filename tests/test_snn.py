@@ -344,8 +344,9 @@ def test_network_processes_in_windows_sum_to_the_whole(basis):
     hid_parts = net.hidden_process(obs_w.value(), obs_w.duration, past=obs_w.past).log_prob(hid_w.value())
     for whole, parts in ((whole_obs, obs_parts), (whole_hid, hid_parts)):
         per_seq = torch.zeros_like(whole).index_add(0, obs_w.sequence, parts)
-        # the GLM compensator is a quadrature whose breakpoints the window edges change
-        torch.testing.assert_close(per_seq, whole, rtol=1e-7, atol=1e-7)
+        # the GLM compensator is a quadrature (8 nodes per interval) whose intervals the window edges
+        # change: the two sums differ by its error, up to a few 1e-7 of the log-likelihood
+        torch.testing.assert_close(per_seq, whole, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("shared", [True, False])
