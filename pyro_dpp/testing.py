@@ -61,12 +61,11 @@ from ._conformance import (
     Case,
     ConformanceError,
     call,
-    check_parallel,
-    check_reach,
     check_scan,
     close,
     realization,
 )
+from ._conformance_parallel import check_parallel, check_reach
 from ._rescaling import cumulative, ks_pvalue, rescaled_gaps
 from ._tensor_slots import bind, with_leaves
 from .distribution import PointProcess

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ..scan.backend import numba_usable
 from ._support import SupportWindows
 from .base import Intensity, State, as_param, check_finite, keeps_math, safe_log
-from .basis import Basis, _rows
+from .basis import Basis
+from .basis_base import _rows
 
 ACTIVATIONS = ("sigmoid", "hardtanh", "softplus", "exp")
 _ANTICAUSAL_CHUNK = 1 << 12  # queries per evaluation of the anticausal features (bounds memory)
