@@ -501,8 +501,8 @@ def test_compiled_backend_matches_reference(name, mode, checkpointed, device, ge
     ref = draw(name, False, mode, device=device)
     original, chunks = generic.compiled_steps, []
 
-    def spy():
-        steps = original()
+    def spy(key=()):
+        steps = original(key)
         return None if steps is None else (lambda *args: chunks.append(1) or steps(*args))
 
     monkeypatch.setattr(generic, "compiled_steps", spy)
@@ -535,11 +535,13 @@ def test_compiled_backend_falls_back_to_eager_steps_when_compilation_fails(monke
     def failing(*args):
         raise torch._dynamo.exc.BackendCompilerFailed(failing, RuntimeError("no C++ compiler"), None)
 
-    monkeypatch.setattr(generic, "_compiled", [failing])
+    monkeypatch.setattr(generic, "_compiled", {})
+    monkeypatch.setattr(generic.torch, "compile", lambda fn, **options: failing)
     ref = draw("neural", False, "relaxed")
     with pytest.warns(RuntimeWarning, match="(?s)torch.compile failed.*no C\\+\\+ compiler"):
         got = draw("neural", True, "relaxed", backend_name="compiled")
-    assert generic._compiled == [None] and generic.compiled_steps() is None
+    with backend("compiled"):
+        assert not generic.compiling() and generic.compiled_steps() is None
     torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
     for g, r in zip(got[2], ref[2], strict=True):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
