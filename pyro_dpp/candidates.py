@@ -52,10 +52,12 @@ def draw_candidates(
         index = torch.arange(width, device=duration.device)
         mask = index < counts.unsqueeze(-1)
         # n sorted uniforms without a sort: S_i / S_(n+1), i = 1..n, with S the partial sums of n + 1
-        # standard exponential spacings (the uniform order statistics); in at least float32, so that
-        # the partial sums of a low-precision dtype keep the spacings
+        # standard exponential spacings -log(1 - U) (the uniform order statistics; U in [0, 1), so the
+        # spacings are finite, and cheaper than exponential_); in at least float32, so that the partial
+        # sums of a low-precision dtype keep the spacings
         work = torch.promote_types(duration.dtype, torch.float32)
-        sums = torch.empty(duration.shape + (width + 1,), dtype=work, device=duration.device).exponential_().cumsum(-1)
+        spacings = torch.rand(duration.shape + (width + 1,), dtype=work, device=duration.device).neg_().log1p_().neg_()
+        sums = spacings.cumsum(-1)
         u = sums[..., :width] / sums.gather(-1, counts.long().unsqueeze(-1))
         u = torch.where(mask, u, torch.ones_like(u)).to(duration.dtype)
         return (u * duration.unsqueeze(-1)).detach(), mask
