@@ -131,7 +131,7 @@ COMPILED_GRAPHS = 64
 COMPILE_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": True}
 
 #: configuration -> its compiled steps; ``_FAILED`` once a compilation failed in this session
-_compiled: dict[Hashable, Callable] = {}
+_compiled: dict[Hashable, Callable | None] = {}
 _FAILED = "failed"
 
 
