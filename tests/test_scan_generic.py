@@ -528,6 +528,25 @@ def test_compiled_backend_matches_reference(name, mode, checkpointed, device, ge
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
 
 
+def test_scan_without_autograd_runs_in_bounded_segments(generic_calls, monkeypatch):
+    """An exact draw (no autograd, no checkpoints) runs in segments of ``UNCHECKPOINTED_SEGMENT``
+    steps, which bound the per-step tensors a segment holds; only the last is the scan's last, and
+    the draw is the reference's."""
+    monkeypatch.setattr(generic, "UNCHECKPOINTED_SEGMENT", 8)
+    original_run, runs = generic._run, []
+
+    def run_spy(plan, state, lo, hi, *args, **kwargs):
+        runs.append((hi - lo, kwargs.get("last", False)))
+        return original_run(plan, state, lo, hi, *args, **kwargs)
+
+    monkeypatch.setattr(generic, "_run", run_spy)
+    ref = draw("neural", False, "exact")
+    got = draw("neural", True, "exact")
+    assert generic_calls and len(runs) > 2
+    assert all(n <= 8 for n, _ in runs) and [last for _, last in runs] == [False] * (len(runs) - 1) + [True]
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_backend_falls_back_to_eager_steps_when_compilation_fails(monkeypatch):
     """A failed torch.compile (no C++ compiler, say) warns once and the draw is the reference's."""
     import torch._dynamo.exc

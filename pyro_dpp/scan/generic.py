@@ -173,6 +173,11 @@ def _compiler_failed(error: Exception) -> None:
                   "generic scan runs its steps eagerly in this session", RuntimeWarning, stacklevel=3)
 
 
+#: Steps per segment of a scan without autograd (a multiple of :data:`COMPILED_CHUNK`): long enough that
+#: short scans run as one segment, short enough that a segment's per-step tensors stay a few megabytes.
+UNCHECKPOINTED_SEGMENT = 4096
+
+
 def _padded(x: torch.Tensor, extra: int, dims: int) -> torch.Tensor:
     """``x`` (``batch x m`` then ``dims`` more dimensions) with ``extra`` more steps: repeats of the last
     (times) or zeros (``dims > 0``: no candidate, no context event)."""
@@ -254,13 +259,14 @@ def _forward(plan: _Plan, leaves: list[torch.Tensor], times: torch.Tensor, ctx_w
         empty = times.new_zeros(batch + (0, k + 1))
         return empty, empty, times.new_zeros(batch + (0, d)), times.new_zeros(batch + (0,)), empty[..., :k]
     out = None
-    every = plan.every if checkpoints is not None else steps  # no checkpoints: one segment
+    # without checkpoints, segments only bound the per-step views and outputs that a segment holds
+    every = plan.every if checkpoints is not None else max(plan.every, UNCHECKPOINTED_SEGMENT)
     for lo in range(0, steps, every):
         hi = min(steps, lo + every)
         if checkpoints is not None:
             checkpoints.append([x.clone() for x in pytree.tree_leaves(state)])  # an update may work in place
         state, *parts = _run(plan, state, lo, hi, times[..., lo:hi], ctx_w[..., lo:hi, :], bound,
-                             last=checkpoints is None)
+                             last=checkpoints is None and hi == steps)
         if hi - lo == steps:  # one segment: its outputs are the scan's
             out = parts
             break
