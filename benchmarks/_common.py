@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["PEAK_PROBE", "ROOT", "RSS_PROBE", "child_env", "last_json", "run_code"]
+__all__ = ["PEAK_PROBE", "ROOT", "RSS_PROBE", "child_env", "environment", "last_json", "run_code"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,15 @@ def peak_mb():
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 """
+
+
+def environment() -> dict[str, object]:
+    """What a result file records about the machine and the software: torch and Python versions,
+    the platform and the CPU count."""
+    import torch
+
+    return {"torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
 
 
 def child_env() -> dict[str, str]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import environment
 
 import pyro_dpp
 from pyro_dpp import PointProcess, event_mask
@@ -187,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick, "threads": args.threads, "batch": batch, "duration": duration,
         "temperature": args.temperature, "backend": args.backend, "repeats": repeats, "warmup": args.warmup,
         "seed": args.seed,
-        "dtype": str(DTYPE), "torch": torch.__version__, "python": sys.version.split()[0],
-        "platform": platform.platform(), "cpu_count": os.cpu_count(), "elapsed_s": elapsed,
+        "dtype": str(DTYPE), **environment(), "elapsed_s": elapsed,
     }
     print(f"pyro_dpp core benchmark: batch {batch}, duration {duration}, {args.threads} thread(s), "
           f"median of {repeats} after {args.warmup} warm-up")

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import environment
 from bench_generic import make as make_user
 from bench_generic import sequence
 
@@ -78,6 +77,19 @@ def make(name: str, device: torch.device, dtype: torch.dtype = torch.float32) ->
     exponent = torch.tensor(1.5, **kw, requires_grad=True)
     return (PowerLawHawkes(baseline, adjacency, torch.tensor(1.0, **kw), exponent, support=5.0),
             [baseline, adjacency, exponent])
+
+
+def bound_of(name: str) -> float:
+    return BOUND.get(name, STOCK_BOUND)
+
+
+def relaxed_step(name: str, device: torch.device, batch: int, duration: float) -> None:
+    """Relaxed ``rsample`` + DPP ``log_prob`` + backward of a fresh intensity (built in the timed call,
+    as a model step does: a parameter's transform is part of it)."""
+    intensity, params = make(name, device)
+    process = PointProcess(intensity, duration, bound=bound_of(name), temperature=0.3)
+    value = process.rsample((batch,))
+    torch.autograd.grad(process.log_prob(value).sum(), params)
 
 
 #: the intensities to run (``--intensities``; all by default)
@@ -146,11 +158,7 @@ def bench_relaxed(device: torch.device, batches: list[int], duration: float, rep
                         torch.autograd.grad(sample[..., 1:-1].sum(), params)
                 else:
                     def run(name=name, dev=dev, batch=batch):
-                        # built in the timed call, as a model step does (a parameter's transform is part of it)
-                        intensity, params = make(name, dev)
-                        process = PointProcess(intensity, duration, bound=BOUND.get(name, STOCK_BOUND), temperature=0.3)
-                        value = process.rsample((batch,))
-                        torch.autograd.grad(process.log_prob(value).sum(), params)
+                        relaxed_step(name, dev, batch, duration)
                 with backend(name_of_backend):
                     row[label] = timed(run, dev, repeats)
             out[f"{name}_batch{batch}"] = with_ratios(row)
@@ -166,7 +174,7 @@ def bench_exact(device: torch.device, batches: list[int], duration: float, repea
             for label, dev, name_of_backend in paths(device, batch != batches[0]):
                 intensity, _ = make(name, dev)
                 # ExpHawkes without a bound: Ogata's local bounds (its own sampler)
-                bound = {} if name == "exp_hawkes" else {"bound": BOUND.get(name, STOCK_BOUND)}
+                bound = {} if name == "exp_hawkes" else {"bound": bound_of(name)}
                 process = PointProcess(intensity, duration, **bound)
 
                 def run(process=process, batch=batch):
@@ -206,14 +214,9 @@ def bench_compiled(device: torch.device, batch: int, duration: float, repeats: i
     for name in selected(USER):
         for what in ("relaxed", "exact"):
             def run(name=name, what=what):
-                intensity, params = make(name, device)
-                process = PointProcess(intensity, duration, bound=BOUND[name],
-                                       temperature=0.3 if what == "relaxed" else 0.0)
-                if what == "exact":
-                    with torch.no_grad():
-                        return process.sample((batch,))
-                value = process.rsample((batch,))
-                torch.autograd.grad(process.log_prob(value).sum(), params)
+                if what == "relaxed":
+                    return relaxed_step(name, device, batch, duration)
+                return PointProcess(make(name, device)[0], duration, bound=bound_of(name)).sample((batch,))
             row: dict = {}
             with backend("compiled"):
                 row["compiled_first_call_wall_s"] = timed(run, device, 1, warmup=False)
@@ -234,7 +237,7 @@ def agreement(device: torch.device, duration: float) -> dict:
         values = {}
         for dev in (torch.device("cpu"), device):
             intensity, params = make(name, dev, torch.float64)
-            process = PointProcess(intensity, duration, bound=BOUND.get(name, STOCK_BOUND))
+            process = PointProcess(intensity, duration, bound=bound_of(name))
             if dev.type == "cpu":
                 torch.manual_seed(0)
                 value = process.sample((8,))
@@ -280,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sections:
         results[name] = sections[name]()
     config = {"quick": args.quick, "repeats": args.repeats, "batches": batches, "duration": duration,
-              "bound": {**dict.fromkeys(STOCK, STOCK_BOUND), **BOUND}, "cpu_threads": 1, "torch": torch.__version__,
-              "python": sys.version.split()[0],
-              "platform": platform.platform(), "cpu_count": os.cpu_count(), "elapsed_s": time.perf_counter() - start,
+              "bound": {**dict.fromkeys(STOCK, STOCK_BOUND), **BOUND}, "cpu_threads": 1, **environment(),
+              "elapsed_s": time.perf_counter() - start,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": config, "results": results}, indent=2, default=float))

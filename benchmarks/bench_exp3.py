@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import environment
 
 from pyro_dpp.experiments import Setting, experiment3
 
@@ -124,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  speedup {key}: {value['speedup']:.0f}x ({value['reference']} reference epoch, which takes one "
               "step per sequence and trains q = p, so no separate guide)")
     payload = {"config": {"amplitudes": args.amplitudes, "sequences": args.sequences, "epochs": args.epochs,
-                          "torch": torch.__version__, "python": sys.version.split()[0],
-                          "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "load_average": os.getloadavg(), "elapsed_s": time.perf_counter() - start},
+                          **environment(), "load_average": os.getloadavg(), "elapsed_s": time.perf_counter() - start},
                "ours": ours["results"], "reference": reference, "quoted_reference_a5": QUOTED_REFERENCE,
                "speedups": ratios, "growth": growth}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _common import PEAK_PROBE
+from _common import PEAK_PROBE, environment
 
 from pyro_dpp import PointProcess, backend
 from pyro_dpp.events import pad_realization
@@ -247,9 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sections:
         results[name] = sections[name]()
         print(name, json.dumps(results[name], indent=1, default=float), flush=True)
-    config = {"quick": quick, "repeats": repeats, "threads": 1, "torch": torch.__version__,
+    config = {"quick": quick, "repeats": repeats, "threads": 1, **environment(),
               "compile_cache": "warm" if args.warm_compile_cache else "cold",
-              "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "elapsed_s": time.perf_counter() - start}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": config, "results": results}, indent=2, default=float))

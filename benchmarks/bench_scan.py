@@ -32,7 +32,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from _common import PEAK_PROBE
+from _common import PEAK_PROBE, environment
 
 import pyro_dpp
 from pyro_dpp import PointProcess, event_mask
@@ -326,9 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         results[key] = run()
         print(report({key: results[key]}), flush=True)
     elapsed = time.perf_counter() - start
-    config = {"quick": quick, "threads": args.threads, "repeats": repeats, "torch": torch.__version__,
+    config = {"quick": quick, "threads": args.threads, "repeats": repeats, **environment(),
               "numba": numba_available() and __import__("numba").__version__,
-              "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average": os.getloadavg(), "elapsed_s": elapsed}
     payload = {"config": config, "results": results}
     if args.merge and args.out.exists():

@@ -123,13 +123,32 @@ def test_hawkes_parallel_path_is_linear_cost_and_matches_pairwise(monkeypatch):
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
+def _numba_draw_matches_torch(draw, params, seed, min_events):
+    """``draw()`` (a relaxed ``rsample``) under the torch and the numba backend from the same seed:
+    at least ``min_events`` events, the same draw, and the same gradient of a fixed linear loss with
+    respect to every tensor of ``params``."""
+    from pyro_dpp import event_mask
+
+    out = {}
+    for name in ("torch", "numba"):
+        torch.manual_seed(seed)
+        with pyro_dpp.backend(name):
+            value = draw()
+        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
+        out[name] = (value.detach(), torch.autograd.grad(loss, params))
+    assert int(event_mask(out["torch"][0]).sum()) > min_events
+    torch.testing.assert_close(out["numba"][0], out["torch"][0], rtol=1e-11, atol=1e-12)
+    for g, r in zip(out["numba"][1], out["torch"][1], strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+
+
 @needs_numba
 def test_sumexp_scan_kernels_match_torch_filter():
     """The numba twin of the sum-of-exponentials filter (:mod:`pyro_dpp.intensity._hawkes_numba`)
     against the torch filter (:class:`~pyro_dpp.intensity.sumexp.SumExpHawkesFilter`) over hundreds
     of steps with context events: the relaxed draw and the gradients of every parameter (the decays'
     through the lag-weighted traces), with batched parameters."""
-    from pyro_dpp import PointProcess, event_mask
+    from pyro_dpp import PointProcess
     from pyro_dpp.events import pad_realization
     from pyro_dpp.intensity import SumExpHawkes
 
@@ -141,18 +160,9 @@ def test_sumexp_scan_kernels_match_torch_filter():
     times = (torch.rand(2, 40, generator=gen, dtype=DT) * duration).sort(-1).values
     context = pad_realization(times, torch.ones(2, 40, 1, dtype=DT), torch.zeros(2, 40, dtype=DT),
                               torch.full((2,), duration, dtype=DT))
-    out = {}
-    for name in ("torch", "numba"):
-        torch.manual_seed(11)
-        with pyro_dpp.backend(name):
-            value = PointProcess(SumExpHawkes(mu, adj, decays), duration, bound=8.0, temperature=0.4,
-                                 context=context).rsample()
-        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
-        out[name] = (value.detach(), torch.autograd.grad(loss, [mu, adj, decays]))
-    assert int(event_mask(out["torch"][0]).sum()) > 600
-    torch.testing.assert_close(out["numba"][0], out["torch"][0], rtol=1e-11, atol=1e-12)
-    for g, r in zip(out["numba"][1], out["torch"][1]):
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+    _numba_draw_matches_torch(lambda: PointProcess(SumExpHawkes(mu, adj, decays), duration, bound=8.0,
+                                                   temperature=0.4, context=context).rsample(),
+                              [mu, adj, decays], seed=11, min_events=600)
 
 
 @needs_numba
@@ -161,7 +171,7 @@ def test_exp_trace_kernels_with_one_source(layout):
     """The numba exponential-trace kernels (:mod:`pyro_dpp.intensity._hawkes_numba`) on one mark
     and no context, where every decay is its own column (their per-entry path even for shared
     decays), against the torch filter: the relaxed draw and every parameter's gradient."""
-    from pyro_dpp import PointProcess, event_mask
+    from pyro_dpp import PointProcess
     from pyro_dpp.intensity import SumExpHawkes
 
     mu = torch.tensor([0.6], dtype=DT, requires_grad=True)
@@ -173,14 +183,5 @@ def test_exp_trace_kernels_with_one_source(layout):
         adj = torch.tensor([[0.4]], dtype=DT, requires_grad=True)
         decay = torch.tensor(1.3 if layout == "scalar decay" else [[1.3]], dtype=DT, requires_grad=True)
         make = ExpHawkes
-    out = {}
-    for name in ("torch", "numba"):
-        torch.manual_seed(3)
-        with pyro_dpp.backend(name):
-            value = PointProcess(make(mu, adj, decay), 80.0, bound=6.0, temperature=0.4).rsample((3,))
-        loss = (value[..., 1:] * torch.linspace(0.3, 1.7, value.shape[-1] - 1, dtype=DT)).sum()
-        out[name] = (value.detach(), torch.autograd.grad(loss, [mu, adj, decay]))
-    assert int(event_mask(out["torch"][0]).sum()) > 100
-    torch.testing.assert_close(out["numba"][0], out["torch"][0], rtol=1e-11, atol=1e-12)
-    for g, r in zip(out["numba"][1], out["torch"][1]):
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-11)
+    _numba_draw_matches_torch(lambda: PointProcess(make(mu, adj, decay), 80.0, bound=6.0, temperature=0.4)
+                              .rsample((3,)), [mu, adj, decay], seed=3, min_events=100)
